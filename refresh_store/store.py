@@ -1,0 +1,612 @@
+"""Reading and writing ReFresh stores (see :mod:`refresh_store.format`).
+
+Writing goes through :class:`StoreWriter`, which works in ``DST.partial/`` and
+turns it into ``DST`` by one atomic rename after the manifest is written, so a
+store that is interrupted at any moment never opens as complete, neither here
+nor in zarr-python (``DST`` simply does not exist yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import crc32c
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from .errors import ConvertError, StoreFormatError, StoreIncompleteError
+from .format import (
+    ARRAY_NAMES,
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    RowRegion,
+    default_chunk_rows,
+    encode_shard_index,
+    read_shard_index,
+    shard_path,
+)
+
+__all__ = [
+    "Store",
+    "open_store",
+    "is_complete_store",
+    "StoreWriter",
+    "ArrayWriter",
+    "write_store",
+    "array_checksums",
+    "CHECKSUM_BLOCK_BYTES",
+]
+
+#: Checksums of the data are kept per block of this many bytes, so that
+#: ``verify`` can say where a store is damaged.
+CHECKSUM_BLOCK_BYTES = 64 << 20  # 64 MiB
+_PROGRESS_FILE = ".refresh_progress.json"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via ``path.partial``, fsync and rename."""
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise StoreFormatError(f"{str(path)!r} is missing; this is not a ReFresh store") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreFormatError(
+            f"{str(path)!r} is not valid JSON ({exc}); the store is damaged"
+        ) from None
+
+
+def is_complete_store(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a group whose manifest says the store is complete."""
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        attrs = _read_json(meta).get("attributes", {})
+    except StoreFormatError:
+        return False
+    return isinstance(attrs.get(MANIFEST_KEY), dict)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class Store:
+    """A complete ReFresh store opened for reading.
+
+    Arrays are read-only ``numpy.memmap`` views, opened on first use, so that
+    a topology or feature matrix larger than RAM can be used directly.
+    Node ids are the store's (reordered) ids; ``old_id[v]`` is the source id of
+    node ``v`` and ``new_id[u]`` the store id of source node ``u``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        group_meta = self.path / "zarr.json"
+        partial = self.path.with_name(self.path.name + ".partial")
+        hint = (
+            f"; an unfinished conversion is at {str(partial)!r}: rerun tools/convert.py with --resume"
+            if partial.exists()
+            else ""
+        )
+        if not self.path.is_dir():
+            raise StoreFormatError(
+                f"store {str(self.path)!r} does not exist{hint or '; convert a dataset with tools/convert.py'}"
+            )
+        if not group_meta.is_file():
+            raise StoreFormatError(f"{str(self.path)!r} is not a ReFresh store: no zarr.json{hint}")
+        meta = _read_json(group_meta)
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+            raise StoreFormatError(f"{str(self.path)!r} is not a Zarr v3 group")
+        manifest = meta.get("attributes", {}).get(MANIFEST_KEY)
+        if not isinstance(manifest, dict):
+            raise StoreIncompleteError(
+                f"store {str(self.path)!r} has no manifest: its conversion did not finish; "
+                "rerun tools/convert.py with --resume or --overwrite"
+            )
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"store {str(self.path)!r} has format_version {version!r}; this release reads "
+                f"{FORMAT_VERSION} — reconvert with tools/convert.py"
+            )
+        self.manifest: dict[str, Any] = manifest
+        self.num_nodes = int(manifest["num_nodes"])
+        self.num_edges = int(manifest["num_edges"])
+        self.feature_dim = int(manifest["feature_dim"])
+        self.dtype = np.dtype(manifest["dtype"])
+        self.num_classes = int(manifest["num_classes"])
+        self._regions: dict[str, RowRegion] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Store({str(self.path)!r}, num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
+            f"feature_dim={self.feature_dim}, dtype={self.dtype.name})"
+        )
+
+    def region(self, name: str = "features") -> RowRegion:
+        """Where the rows of array ``name`` lie on disk (read from its shard index)."""
+        if name not in self._regions:
+            self._regions[name] = _open_region(self.path, name)
+        return self._regions[name]
+
+    def array(self, name: str) -> np.ndarray:
+        """Read-only memory map of array ``name``."""
+        region = self.region(name)
+        shape = (region.nrows, *region.row_shape)
+        if region.nrows == 0:
+            return np.empty(shape, dtype=region.dtype)
+        if not region.contiguous:
+            raise StoreFormatError(
+                f"array {name!r} of {str(self.path)!r} was rewritten with its chunks out of "
+                "order and cannot be memory-mapped; reconvert the store with tools/convert.py"
+            )
+        return np.memmap(
+            region.path,
+            dtype=region.dtype,
+            mode="r",
+            offset=int(region.chunk_offsets[0]),
+            shape=shape,
+        )
+
+    features = cached_property(lambda self: self.array("features"))
+    indptr = cached_property(lambda self: self.array("indptr"))
+    indices = cached_property(lambda self: self.array("indices"))
+    labels = cached_property(lambda self: self.array("labels"))
+    train_idx = cached_property(lambda self: self.array("train_idx"))
+    valid_idx = cached_property(lambda self: self.array("valid_idx"))
+    test_idx = cached_property(lambda self: self.array("test_idx"))
+    new_id = cached_property(lambda self: self.array("new_id"))
+    old_id = cached_property(lambda self: self.array("old_id"))
+
+
+def open_store(path: str | os.PathLike[str]) -> Store:
+    """Open a complete store for reading.
+
+    Raises
+    ------
+    StoreFormatError
+        ``path`` is not a store, is damaged, or has another format version.
+    StoreIncompleteError
+        The store's conversion did not finish (no manifest).
+    """
+    return Store(path)
+
+
+def _open_region(root: Path, name: str) -> RowRegion:
+    if name not in ARRAY_NAMES:
+        raise ValueError(f"unknown array {name!r}; a store holds {', '.join(ARRAY_NAMES)}")
+    meta = _read_json(root / name / "zarr.json")
+    try:
+        shape = tuple(int(s) for s in meta["shape"])
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        (codec,) = meta["codecs"]
+        if codec["name"] != "sharding_indexed":
+            raise KeyError("sharding_indexed")
+        cfg = codec["configuration"]
+        inner = tuple(int(s) for s in cfg["chunk_shape"])
+        inner_codecs = [c["name"] for c in cfg["codecs"]]
+        shard_shape = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        index_at_end = cfg.get("index_location", "end") == "end"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreFormatError(
+            f"array {name!r} of {str(root)!r} is not laid out as one uncompressed shard "
+            f"({exc!r}); reconvert the store with tools/convert.py"
+        ) from None
+    if (
+        inner_codecs != ["bytes"]
+        or not index_at_end
+        or shard_shape[0] < shape[0]
+        or inner[1:] != shape[1:]
+        or shard_shape[1:] != shape[1:]
+    ):
+        raise StoreFormatError(
+            f"array {name!r} of {str(root)!r} is compressed or not a single row-chunked shard; "
+            "reconvert the store with tools/convert.py"
+        )
+    chunk_rows = inner[0]
+    n_inner = shard_shape[0] // chunk_rows
+    path = shard_path(root / name, len(shape))
+    # A shard reached through a link that leaves the store is refused: paths in
+    # a store never escape it.
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise StoreFormatError(f"{str(path)!r} points outside the store {str(root)!r}")
+    index = read_shard_index(path, n_inner)
+    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    used = -(-shape[0] // chunk_rows)  # inner chunks that hold rows
+    if np.any(index[:used, 0] == np.uint64(2**64 - 1)) or np.any(
+        index[:used, 1] != np.uint64(chunk_rows * row_bytes)
+    ):
+        raise StoreFormatError(
+            f"array {name!r} of {str(root)!r} has missing or odd-sized chunks; reconvert it"
+        )
+    size = os.path.getsize(path)
+    if used and int(index[:used, 0].max()) + chunk_rows * row_bytes > size:
+        raise StoreFormatError(f"shard {str(path)!r} is truncated; the store is damaged")
+    return RowRegion(
+        path=str(path),
+        nrows=shape[0],
+        row_shape=shape[1:],
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        chunk_offsets=index[:, 0].astype(np.int64),
+    )
+
+
+def array_checksums(
+    path: str | os.PathLike[str], name: str, block_bytes: int = CHECKSUM_BLOCK_BYTES
+) -> dict[str, Any]:
+    """Per-block crc32c of the data of array ``name`` of the store (or partial store) at ``path``.
+
+    Only the rows of the array are covered, not the padding of its last chunk.
+    """
+    region = _open_region(Path(path), name)
+    total = region.nrows * region.row_bytes
+    sums: list[int] = []
+    with open(region.path, "rb", buffering=0) as f:
+        if region.contiguous:
+            base = int(region.chunk_offsets[0]) if len(region.chunk_offsets) else 0
+            done = 0
+            while done < total:
+                n = min(block_bytes, total - done)
+                data = os.pread(f.fileno(), n, base + done)
+                if len(data) != n:
+                    raise StoreFormatError(f"{region.path!r} is truncated at byte {base + done}")
+                sums.append(crc32c.crc32c(data))
+                done += n
+        else:  # follow the chunk table, in row order
+            chunk_bytes = region.chunk_rows * region.row_bytes
+            crc, filled, done = 0, 0, 0
+            for off in region.chunk_offsets:
+                n = min(chunk_bytes, total - done)
+                if n <= 0:
+                    break
+                data = memoryview(os.pread(f.fileno(), n, int(off)))
+                while len(data):
+                    take = min(len(data), block_bytes - filled)
+                    crc = crc32c.crc32c(data[:take], crc)
+                    filled += take
+                    data = data[take:]
+                    if filled == block_bytes:
+                        sums.append(crc)
+                        crc, filled = 0, 0
+                done += n
+            if filled:
+                sums.append(crc)
+    return {"block_bytes": block_bytes, "nbytes": total, "crc32c": sums}
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class ArrayWriter:
+    """One array of a store being written: a preallocated shard file.
+
+    The shard index is written at creation, so the file is a valid shard from
+    the start; rows are then written in place with :meth:`write` or through
+    :meth:`memmap`.
+    """
+
+    def __init__(self, array_dir: Path, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int):
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.chunk_rows = chunk_rows
+        self.path = shard_path(array_dir, len(shape))
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows of the array (without the padding of the last chunk)."""
+        return self.shape[0] * self.row_bytes
+
+    def write(self, start_row: int, block: np.ndarray) -> None:
+        """Write ``block`` as rows ``[start_row, start_row + len(block))``."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if (
+            block.shape[1:] != self.shape[1:]
+            or start_row < 0
+            or start_row + len(block) > self.shape[0]
+        ):
+            raise ValueError(
+                f"block of shape {block.shape} at row {start_row} does not fit array of shape {self.shape}"
+            )
+        data = memoryview(block).cast("B")
+        offset = start_row * self.row_bytes
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            while len(data):
+                n = os.pwrite(fd, data, offset)
+                data = data[n:]
+                offset += n
+        finally:
+            os.close(fd)
+
+    def memmap(self) -> np.memmap:
+        """Writable memory map of the array's rows."""
+        if self.shape[0] == 0:
+            return np.empty(self.shape, self.dtype)  # type: ignore[return-value]
+        return np.memmap(self.path, dtype=self.dtype, mode="r+", shape=self.shape)
+
+    def flush(self) -> None:
+        """fsync the shard file."""
+        _fsync_path(self.path)
+
+
+class StoreWriter:
+    """Streaming writer of a store; all work happens in ``DST.partial/``.
+
+    Parameters
+    ----------
+    dst
+        Final path of the store.
+    overwrite
+        Replace a complete store at ``dst`` when committing. Without it an
+        existing store is never touched.
+    resume
+        Keep an existing ``DST.partial/`` and its finished steps.
+
+    Raises
+    ------
+    ConvertError
+        ``dst`` holds a complete store and ``overwrite`` is false, or ``dst``
+        is a non-empty folder that is not a store, or a file.
+    """
+
+    def __init__(
+        self, dst: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False
+    ) -> None:
+        self.dst = Path(dst)
+        self.partial_path = self.dst.with_name(self.dst.name + ".partial")
+        self.overwrite = overwrite
+        check_destination(self.dst, overwrite=overwrite)
+        if self.partial_path.exists() and not (resume and self._progress_file.is_file()):
+            shutil.rmtree(self.partial_path)
+        if not self.partial_path.exists():
+            self.partial_path.mkdir(parents=True)
+            # The group exists from the start but carries no manifest until commit.
+            zarr.open_group(str(self.partial_path), mode="w", zarr_format=3)
+            _atomic_write_text(self._progress_file, json.dumps({"steps": {}}))
+
+    @property
+    def _progress_file(self) -> Path:
+        return self.partial_path / _PROGRESS_FILE
+
+    # -- resume bookkeeping
+    def _progress(self) -> dict[str, Any]:
+        return _read_json(self._progress_file)
+
+    def step_done(self, step: str) -> bool:
+        """True when ``step`` was finished (and marked) by an earlier run."""
+        return step in self._progress()["steps"]
+
+    def step_info(self, step: str) -> dict[str, Any]:
+        """What :meth:`mark_step` recorded for ``step``."""
+        return self._progress()["steps"][step]
+
+    def mark_step(self, step: str, info: Mapping[str, Any] | None = None) -> None:
+        """Record ``step`` as finished, after fsyncing what it wrote."""
+        for entry in self.partial_path.rglob("*"):
+            if entry.is_file():
+                _fsync_path(entry)
+        progress = self._progress()
+        progress["steps"][step] = dict(info or {})
+        _atomic_write_text(self._progress_file, json.dumps(progress))
+
+    # -- arrays
+    def create_array(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype | str | type,
+        chunk_rows: int | None = None,
+    ) -> ArrayWriter:
+        """Create array ``name`` as one preallocated, zero-filled, uncompressed shard."""
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        chunk_rows = int(chunk_rows or default_chunk_rows(row_bytes))
+        n_inner = max(1, -(-shape[0] // chunk_rows))
+        group = zarr.open_group(str(self.partial_path), mode="r+")
+        if name in group:
+            del group[name]
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=(chunk_rows, *shape[1:]),
+            shards=(n_inner * chunk_rows, *shape[1:]),
+            dtype=dtype,
+            compressors=None,
+            filters=None,
+            fill_value=0,
+        )
+        writer = ArrayWriter(self.partial_path / name, shape, dtype, chunk_rows)
+        writer.path.parent.mkdir(parents=True, exist_ok=True)
+        chunk_bytes = chunk_rows * row_bytes
+        data_bytes = n_inner * chunk_bytes
+        offsets = np.arange(n_inner, dtype=np.uint64) * np.uint64(chunk_bytes)
+        nbytes = np.full(n_inner, chunk_bytes, dtype=np.uint64)
+        with open(writer.path, "wb") as f:
+            f.truncate(data_bytes)  # sparse: zero rows cost no disk until written
+            f.seek(data_bytes)
+            f.write(encode_shard_index(offsets, nbytes))
+        return writer
+
+    def open_array(self, name: str) -> ArrayWriter:
+        """Reopen an array created by an earlier run (for ``--resume``)."""
+        region = _open_region(self.partial_path, name)
+        return ArrayWriter(
+            self.partial_path / name,
+            (region.nrows, *region.row_shape),
+            region.dtype,
+            region.chunk_rows,
+        )
+
+    def has_array(self, name: str) -> bool:
+        """True when array ``name`` exists in the partial store."""
+        return (self.partial_path / name / "zarr.json").is_file()
+
+    # -- finishing
+    def commit(self, manifest: Mapping[str, Any]) -> Store:
+        """Write checksums and the manifest (last), then rename ``DST.partial`` to ``DST``.
+
+        ``manifest`` needs at least ``num_nodes``, ``num_edges``, ``feature_dim``,
+        ``dtype`` and ``num_classes``; ``format_version``, ``checksums`` and
+        ``created`` are added here.
+        """
+        missing = [n for n in ARRAY_NAMES if not self.has_array(n)]
+        if missing:
+            raise ConvertError(
+                f"cannot commit {str(self.dst)!r}: arrays {missing} were not written"
+            )
+        full = dict(manifest)
+        full["format_version"] = FORMAT_VERSION
+        full["chunk_rows"] = {n: _open_region(self.partial_path, n).chunk_rows for n in ARRAY_NAMES}
+        full["checksums"] = {n: array_checksums(self.partial_path, n) for n in ARRAY_NAMES}
+        full.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        for entry in self.partial_path.rglob("*"):
+            if entry.is_file():
+                _fsync_path(entry)
+        # The manifest is written last: a group without it is never complete.
+        meta_path = self.partial_path / "zarr.json"
+        meta = _read_json(meta_path)
+        meta.setdefault("attributes", {})[MANIFEST_KEY] = full
+        _atomic_write_text(meta_path, json.dumps(meta, indent=2))
+        self._progress_file.unlink(missing_ok=True)
+        _fsync_path(self.partial_path)
+        if self.dst.exists():
+            if self.dst.is_dir() and not any(self.dst.iterdir()):
+                self.dst.rmdir()
+            else:  # overwrite was checked at construction
+                trash = self.dst.with_name(self.dst.name + ".old")
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(self.dst, trash)
+                os.replace(self.partial_path, self.dst)
+                _fsync_path(self.dst.parent)
+                shutil.rmtree(trash, ignore_errors=True)
+                return open_store(self.dst)
+        os.replace(self.partial_path, self.dst)
+        _fsync_path(self.dst.parent)
+        return open_store(self.dst)
+
+    def abort(self) -> None:
+        """Remove ``DST.partial`` and everything written so far."""
+        shutil.rmtree(self.partial_path, ignore_errors=True)
+
+
+def check_destination(dst: Path, *, overwrite: bool) -> None:
+    """Refuse a destination that would lose data (see :class:`StoreWriter`)."""
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise ConvertError(
+            f"destination {str(dst)!r} is a file; choose a folder path for the store"
+        )
+    if is_complete_store(dst):
+        if not overwrite:
+            raise ConvertError(
+                f"destination {str(dst)!r} already holds a store; pass --overwrite to replace it"
+            )
+        return
+    if any(dst.iterdir()):
+        raise ConvertError(
+            f"destination {str(dst)!r} is a non-empty folder that is not a ReFresh store; "
+            "refusing to write into it — choose an empty or new folder"
+        )
+
+
+def write_store(
+    dst: str | os.PathLike[str],
+    *,
+    features: NDArray[Any],
+    indptr: NDArray[np.int64],
+    indices: NDArray[np.integer],
+    labels: NDArray[np.int64],
+    train_idx: NDArray[np.int64],
+    valid_idx: NDArray[np.int64],
+    test_idx: NDArray[np.int64],
+    new_id: NDArray[np.int64] | None = None,
+    old_id: NDArray[np.int64] | None = None,
+    num_classes: int | None = None,
+    manifest_extra: Mapping[str, Any] | None = None,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> Store:
+    """Write a store from in-memory arrays, as given (no reordering).
+
+    Meant for small data (tests, examples); large datasets go through
+    :func:`refresh_store.convert.convert`. ``new_id``/``old_id`` default to the
+    identity permutation; ``num_classes`` defaults to ``labels.max() + 1``.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D [N, D], got shape {features.shape}")
+    n = features.shape[0]
+    indptr = np.asarray(indptr, dtype=np.int64)
+    if indptr.shape != (n + 1,):
+        raise ValueError(f"indptr must have shape ({n + 1},), got {indptr.shape}")
+    indices = np.asarray(indices)
+    if indices.dtype not in (np.int32, np.int64):
+        indices = indices.astype(np.int64)
+    identity = np.arange(n, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    arrays: dict[str, np.ndarray] = {
+        "features": features,
+        "indptr": indptr,
+        "indices": indices,
+        "labels": labels,
+        "train_idx": np.asarray(train_idx, dtype=np.int64),
+        "valid_idx": np.asarray(valid_idx, dtype=np.int64),
+        "test_idx": np.asarray(test_idx, dtype=np.int64),
+        "new_id": identity if new_id is None else np.asarray(new_id, dtype=np.int64),
+        "old_id": identity if old_id is None else np.asarray(old_id, dtype=np.int64),
+    }
+    writer = StoreWriter(dst, overwrite=overwrite)
+    try:
+        for name, arr in arrays.items():
+            aw = writer.create_array(
+                name, arr.shape, arr.dtype, chunk_rows if name == "features" else None
+            )
+            if len(arr):
+                aw.write(0, arr)
+        if num_classes is None:
+            num_classes = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+        manifest: dict[str, Any] = {
+            "num_nodes": n,
+            "num_edges": int(indices.shape[0]),
+            "feature_dim": int(features.shape[1]),
+            "dtype": features.dtype.name,
+            "num_classes": int(num_classes),
+            "reorder": "none",
+            "source": {"format": "memory"},
+        }
+        manifest.update(manifest_extra or {})
+        return writer.commit(manifest)
+    except BaseException:
+        writer.abort()
+        raise
