@@ -1,0 +1,408 @@
+"""Uniform multi-layer neighbour sampling over a CSC topology, and epoch batching.
+
+The sampler reads the store's CSC arrays (``indices[indptr[v]:indptr[v+1]]``
+are the in-neighbours of ``v``) in place — ``np.memmap`` views work and are
+never copied, so a topology larger than RAM only costs the pages a batch
+touches — and returns one :class:`~refresh_train.batch.MiniBatch`.
+
+Semantics
+---------
+* ``fanouts`` are listed from the seeds outward (PyG's convention): with
+  ``[15, 10, 5]`` each seed draws up to 15 in-neighbours, each node of the next
+  hop up to 10, then 5. ``-1`` takes all neighbours, ``0`` none (an MLP needs
+  only the seeds). Block ``l`` of the batch uses ``fanouts[L-1-l]``.
+* Uniform without replacement over a node's CSC positions: a node with fewer
+  neighbours than the fanout takes all of them; duplicate edges of a multigraph
+  are distinct positions, so a neighbour may appear twice.
+* Deterministic: the neighbours node ``v`` draws at block ``l`` are a pure
+  function of ``(seed, batch_seed, l, v)`` — independent of ``num_threads``, of
+  the order of the seeds and of the other nodes in the batch. Use a different
+  ``batch_seed`` per batch (:func:`batch_seed` derives one from epoch and
+  batch index).
+* Pruning for the historical embedding cache: ``prune(l, ids)`` is called for
+  blocks ``l = L-1 .. 1`` with the global ids of block ``l``'s source nodes
+  (``int64`` numpy array). It returns either a boolean mask (``True`` = the
+  node's ``h^(l)`` is cached: do not expand it) or an integer array of history
+  table rows (``>= 0`` = cached at that row, ``-1`` = not cached). Cached nodes
+  are not destinations of block ``l-1``; see :class:`~refresh_train.batch.Block`
+  for the ``computed_pos`` / ``cached_pos`` / ``cached_ids`` / ``cached_rows``
+  fields this fills.
+
+Example
+-------
+>>> sampler = NeighborSampler(store.indptr, store.indices, [15, 10, 5], seed=0)
+>>> for i, seeds in enumerate(epoch_batches(store.train_idx, 1024, seed=0, epoch=0)):
+...     mb = sampler.sample(seeds, batch_seed(0, i))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from refresh_train import _sampler_kernels as K
+from refresh_train.batch import Block, MiniBatch
+
+__all__ = [
+    "NeighborSampler",
+    "PruneFn",
+    "batch_seed",
+    "epoch_batches",
+    "num_batches",
+    "derive_seed",
+    "check_fanouts",
+]
+
+PruneFn = Callable[[int, NDArray[np.int64]], NDArray]
+"""``prune(layer, ids) -> bool mask or int64 history rows (-1 = not cached)``."""
+
+_MASK63 = (1 << 63) - 1
+
+
+def derive_seed(*parts: int) -> int:
+    """Hash integers into one non-negative 63-bit seed.
+
+    Different tuples give unrelated seeds; the same tuple always the same seed
+    (on every platform and Python version).
+    """
+    z = np.uint64(0x243F6A8885A308D3)
+    for p in parts:
+        p = int(p)
+        if p < 0:
+            raise ValueError(f"seed parts must be non-negative integers; got {p!r}")
+        while True:
+            z = np.uint64(K.mix64(z ^ np.uint64(K.mix64(np.uint64(p & 0xFFFFFFFFFFFFFFFF)))))
+            p >>= 64
+            if p == 0:
+                break
+    return int(z) & _MASK63
+
+
+def batch_seed(epoch: int, batch_index: int) -> int:
+    """The ``batch_seed`` the trainer passes for batch ``batch_index`` of ``epoch``.
+
+    Combined with the sampler's own ``seed``, so two runs with different seeds
+    sample differently at the same (epoch, batch).
+    """
+    return derive_seed(epoch, batch_index)
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Number of batches :func:`epoch_batches` yields for ``n`` training nodes."""
+    if drop_last:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
+def epoch_batches(
+    train_idx: NDArray[np.integer] | torch.Tensor,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+) -> Iterator[NDArray[np.int64]]:
+    """Shuffle ``train_idx`` for ``(seed, epoch)`` and cut it into batches.
+
+    Parameters
+    ----------
+    train_idx : array of int, shape [n]
+        Global ids of the training nodes (a memmap is read once, not kept).
+    batch_size : int
+        Seeds per batch, >= 1.
+    seed, epoch : int
+        The permutation is a pure function of ``(seed, epoch)``, so a resumed
+        run sees the same batches as an uninterrupted one.
+    drop_last : bool
+        The last partial batch (``n % batch_size`` seeds) is yielded unless
+        this is true. Default False: every training node is seen each epoch.
+
+    Yields
+    ------
+    numpy.ndarray of int64, shape [<= batch_size]
+        The seeds of each batch, in order.
+    """
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if isinstance(train_idx, torch.Tensor):
+        train_idx = train_idx.numpy()
+    idx = np.asarray(train_idx)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(
+            f"train_idx must be a 1-D integer array; got dtype {idx.dtype!s} shape {idx.shape!r}"
+        )
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, epoch, 0x7EA1)))
+    perm = idx[rng.permutation(idx.shape[0])].astype(np.int64, copy=False)
+    n = num_batches(perm.shape[0], int(batch_size), drop_last)
+    for b in range(n):
+        yield perm[b * batch_size : (b + 1) * batch_size]
+
+
+def check_fanouts(fanouts: Sequence[int]) -> list[int]:
+    """Validate a fanout list (from the seeds outward) and return it as ints.
+
+    Raises
+    ------
+    ValueError
+        If it is empty or holds anything but integers >= -1.
+    """
+    if isinstance(fanouts, (str, bytes)):
+        raise ValueError(
+            f"fanouts must be a sequence of integers like [15, 10, 5]; got {fanouts!r}"
+        )
+    out = list(fanouts)
+    if not out or any(
+        isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < -1 for f in out
+    ):
+        raise ValueError(
+            f"fanouts must be a non-empty sequence of integers >= -1 "
+            f"(-1 = all neighbours); got {fanouts!r}"
+        )
+    return [int(f) for f in out]
+
+
+def _as_topology(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
+    arrs = []
+    for name, a, allowed in (
+        ("indptr", indptr, (np.int64, np.int32)),
+        ("indices", indices, (np.int32, np.int64)),
+    ):
+        if isinstance(a, torch.Tensor):
+            a = a.numpy()
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array or memmap; got {type(a).__name__!r}")
+        if a.ndim != 1 or a.dtype not in allowed:
+            raise ValueError(
+                f"{name} must be 1-D of dtype {' or '.join(np.dtype(t).name for t in allowed)}; "
+                f"got dtype {a.dtype!s} shape {a.shape!r}"
+            )
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (a store memmap is); got a strided view")
+        # A plain ndarray view of a memmap: no copy, and Numba types it as an array.
+        arrs.append(a.view(np.ndarray))
+    ip, ix = arrs
+    if ip.shape[0] < 1:
+        raise ValueError("indptr must have at least one element (num_nodes + 1)")
+    if int(ip[0]) != 0 or int(ip[-1]) > ix.shape[0]:
+        raise ValueError(
+            f"indptr must start at 0 and end at most at len(indices)={ix.shape[0]!r}; "
+            f"got indptr[0]={int(ip[0])!r}, indptr[-1]={int(ip[-1])!r}"
+        )
+    return ip, ix
+
+
+class NeighborSampler:
+    """Uniform multi-layer neighbour sampler producing :class:`MiniBatch` objects.
+
+    Parameters
+    ----------
+    indptr : numpy.ndarray of int64, shape [N+1]
+        CSC pointers (a read-only ``np.memmap`` of the store is fine).
+    indices : numpy.ndarray of int32 or int64, shape [E]
+        CSC in-neighbour ids.
+    fanouts : sequence of int
+        Per hop from the seeds outward; ``-1`` = all, ``0`` = none.
+    seed : int
+        Base seed; combined with each call's ``batch_seed``.
+    num_threads : int
+        Threads that draw neighbours in parallel (the relabelling pass is
+        serial). Results do not depend on it. On 2 shared cores 1 is usually
+        best: run the sampler in a background thread instead.
+    prune : PruneFn, optional
+        Default pruning hook for :meth:`sample` (see the module docstring).
+
+    Notes
+    -----
+    The topology is trusted beyond cheap checks (dtype, ``indptr[0] == 0``,
+    ``indptr[-1] <= len(indices)``): scanning a larger-than-RAM ``indices`` to
+    range-check every id would read it all. The sampler holds no per-batch
+    state, so one instance may serve several threads.
+    """
+
+    def __init__(
+        self,
+        indptr: NDArray[np.int64],
+        indices: NDArray[np.integer],
+        fanouts: Sequence[int],
+        seed: int = 0,
+        *,
+        num_threads: int = 1,
+        prune: PruneFn | None = None,
+    ) -> None:
+        self.indptr, self.indices = _as_topology(indptr, indices)
+        self.fanouts = check_fanouts(fanouts)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        self.seed = int(seed)
+        if not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive integer; got {num_threads!r}")
+        self.num_threads = int(num_threads)
+        self.prune = prune
+        self.num_nodes = self.indptr.shape[0] - 1
+        self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
+
+    @property
+    def num_layers(self) -> int:
+        """Number of blocks per batch (``len(fanouts)``)."""
+        return len(self.fanouts)
+
+    def close(self) -> None:
+        """Stop the worker threads (only used when ``num_threads > 1``)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def sample(
+        self,
+        seeds: NDArray[np.integer] | torch.Tensor | Sequence[int],
+        batch_seed: int = 0,
+        *,
+        prune: PruneFn | None = None,
+    ) -> MiniBatch:
+        """Sample the multi-layer neighbourhood of ``seeds``.
+
+        Parameters
+        ----------
+        seeds : array of int, shape [B]
+            Distinct global ids in ``[0, N)``.
+        batch_seed : int
+            Non-negative; see the module docstring on determinism.
+        prune : PruneFn, optional
+            Overrides the constructor's hook for this call.
+
+        Returns
+        -------
+        MiniBatch
+            With ``features`` and ``labels`` unset.
+
+        Raises
+        ------
+        ValueError
+            If seeds are out of range or repeated, or ``batch_seed`` is negative,
+            or ``prune`` returns an array of the wrong shape or dtype.
+        """
+        if isinstance(seeds, torch.Tensor):
+            seeds = seeds.cpu().numpy()
+        s = np.asarray(seeds)
+        if s.ndim != 1 or (s.size and not np.issubdtype(s.dtype, np.integer)):
+            raise ValueError(
+                f"seeds must be a 1-D integer array; got dtype {s.dtype!s} shape {s.shape!r}"
+            )
+        s = np.ascontiguousarray(s, dtype=np.int64)
+        if s.size and (int(s.min()) < 0 or int(s.max()) >= self.num_nodes):
+            raise ValueError(
+                f"seeds must lie in [0, {self.num_nodes}); got min {int(s.min())!r}, max {int(s.max())!r}"
+            )
+        if (
+            isinstance(batch_seed, bool)
+            or not isinstance(batch_seed, (int, np.integer))
+            or batch_seed < 0
+        ):
+            raise ValueError(f"batch_seed must be a non-negative integer; got {batch_seed!r}")
+        return self._sample(s, int(batch_seed), prune if prune is not None else self.prune)
+
+    def _sample(self, seeds: np.ndarray, bseed: int, prune: PruneFn | None) -> MiniBatch:
+        key = np.uint64(derive_seed(self.seed, bseed))
+        L = len(self.fanouts)
+        blocks: list[Block | None] = [None] * L
+        layer_nodes: list[torch.Tensor | None] = [None] * L
+        dst = seeds
+        for layer in range(L - 1, -1, -1):
+            fanout = self.fanouts[L - 1 - layer]
+            lkey = np.uint64(K.layer_key(key, np.uint64(layer)))
+            src, edge_index = self._sample_layer(dst, fanout, lkey)
+            if src is None:
+                raise ValueError(
+                    f"seeds must be distinct; {int(edge_index)!r} appears more than once"
+                )
+            block = Block(
+                num_src=src.shape[0], num_dst=dst.shape[0], edge_index=torch.from_numpy(edge_index)
+            )
+            dst = src
+            if prune is not None and layer >= 1:
+                dst = self._apply_prune(prune, layer, src, block)
+            blocks[layer] = block
+            layer_nodes[layer] = torch.from_numpy(src)
+        return MiniBatch(
+            seeds=torch.from_numpy(seeds),
+            blocks=blocks,
+            input_nodes=layer_nodes[0],
+            layer_nodes=layer_nodes,
+            batch_seed=bseed,
+        )
+
+    def _sample_layer(self, dst: np.ndarray, fanout: int, lkey: np.uint64):
+        n = dst.shape[0]
+        counts = np.empty(n, dtype=np.int64)
+        K.count_kernel(self.indptr, dst, fanout, counts)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        total = int(offsets[-1])
+        nbr = np.empty(total, dtype=np.int64)
+        if self._pool is None or n < 256:
+            K.sample_kernel(self.indptr, self.indices, dst, offsets, lkey, 0, n, nbr)
+        else:
+            # Chunks of about equal edge counts; many more chunks than threads
+            # so one hub-heavy chunk does not hold the others up.
+            parts = self.num_threads * 8
+            cuts = np.searchsorted(offsets, np.linspace(0, total, parts + 1)[1:-1])
+            bounds = [0, *np.unique(cuts).tolist(), n]
+            futs = [
+                self._pool.submit(
+                    K.sample_kernel, self.indptr, self.indices, dst, offsets, lkey, lo, hi, nbr
+                )
+                for lo, hi in zip(bounds[:-1], bounds[1:])
+                if hi > lo
+            ]
+            for f in futs:
+                f.result()
+        size = 1 << max(4, int(2 * (n + total)).bit_length())
+        table_keys = np.full(size, -1, dtype=np.int64)
+        table_vals = np.empty(size, dtype=np.int64)
+        src = np.empty(n + total, dtype=np.int64)
+        edge_index = np.empty((2, total), dtype=np.int64)
+        shift = 64 - (size.bit_length() - 1)
+        num_src = K.relabel_kernel(
+            dst, nbr, offsets, table_keys, table_vals, shift, src, edge_index
+        )
+        if num_src < 0:
+            return None, dst[-1 - num_src]
+        return src[:num_src].copy() if num_src < src.shape[0] // 2 else src[:num_src], edge_index
+
+    @staticmethod
+    def _apply_prune(prune: PruneFn, layer: int, src: np.ndarray, block: Block) -> np.ndarray:
+        # The hook gets a copy so it cannot corrupt the batch's id tensors.
+        ans = np.asarray(prune(layer, src.copy()))
+        if ans.shape != src.shape:
+            raise ValueError(
+                f"prune({layer}, ids) returned shape {ans.shape!r}; expected {src.shape!r} "
+                "(one entry per id)"
+            )
+        if ans.dtype == np.bool_:
+            cached = ans
+            rows = None
+        elif np.issubdtype(ans.dtype, np.integer):
+            cached = ans >= 0
+            rows = ans
+        else:
+            raise ValueError(
+                f"prune({layer}, ids) returned dtype {ans.dtype!s}; expected bool (True = cached) "
+                "or integer history rows (-1 = not cached)"
+            )
+        if not cached.any():
+            return src
+        cached_pos = np.flatnonzero(cached)
+        computed_pos = np.flatnonzero(~cached)
+        block.cached_pos = torch.from_numpy(cached_pos)
+        block.computed_pos = torch.from_numpy(computed_pos)
+        block.cached_ids = torch.from_numpy(src[cached_pos])
+        if rows is not None:
+            block.cached_rows = torch.from_numpy(rows[cached_pos].astype(np.int64))
+        return np.ascontiguousarray(src[computed_pos])
