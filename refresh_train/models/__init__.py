@@ -1,0 +1,72 @@
+"""Model zoo: GNNs over sampled blocks, chosen by name.
+
+>>> model = build_model("sage", in_dim=128, hidden=256, out_dim=172, num_layers=3, dropout=0.5)
+>>> logits = model(batch, batch.features)
+
+Every model subclasses :class:`BlockGNN` and shares its interface:
+``forward(batch, x, return_hidden=False)``, the per-layer entry point
+``forward_layer(layer, block, h)`` (cache injection/capture, layer-wise
+inference) and ``dims`` (the width of each ``h^(l)``).
+
+========  =====================================================  ====================
+name      layer                                                  extra options
+========  =====================================================  ====================
+``sage``  PyG ``SAGEConv``, mean aggregation                     ``aggr``
+``gcn``   :class:`BlockGCNConv` (row or symmetric normalisation)  ``aggr_norm``
+``gat``   PyG ``GATConv``, multi-head, bipartite, residual       ``heads``, ``attn_dropout``, ``residual``
+``mlp``   ``nn.Linear`` on the seeds only                        —
+========  =====================================================  ====================
+
+Common options: ``dropout``, ``input_dropout``, ``norm`` (``none``/``batch``/``layer``).
+"""
+
+from __future__ import annotations
+
+from refresh_train.models._base import NORMS, BlockGNN
+from refresh_train.models.gat import GAT
+from refresh_train.models.gcn import GCN, BlockGCNConv
+from refresh_train.models.mlp import MLP
+from refresh_train.models.sage import GraphSAGE
+
+__all__ = [
+    "MODELS",
+    "NORMS",
+    "BlockGNN",
+    "BlockGCNConv",
+    "GAT",
+    "GCN",
+    "GraphSAGE",
+    "MLP",
+    "build_model",
+]
+
+MODELS: dict[str, type[BlockGNN]] = {"sage": GraphSAGE, "gcn": GCN, "gat": GAT, "mlp": MLP}
+
+
+def build_model(
+    name: str, in_dim: int, hidden: int, out_dim: int, num_layers: int, **opts
+) -> BlockGNN:
+    """Instantiate the model registered as ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`MODELS`.
+    in_dim, hidden, out_dim, num_layers : int
+        Raw feature width, hidden width, number of classes, number of layers.
+    **opts
+        Common and model-specific options (see the table above).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not registered or an option is invalid.
+    """
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"model must be one of {sorted(MODELS)!r}; got {name!r}") from None
+    try:
+        return cls(in_dim, hidden, out_dim, num_layers, **opts)
+    except TypeError as e:
+        raise ValueError(f"invalid options for model {name!r}: {e}") from None
