@@ -1,0 +1,170 @@
+"""Numba kernels of the I/O scheduler (see :mod:`refresh_store.io_scheduler`).
+
+Plain kernels: contiguous arrays in, caller-allocated arrays out, no checks.
+The wrapper validates everything before calling them.
+
+``pread`` and ``__errno_location`` are declared as external C functions
+(``numba.types.ExternalFunction``) rather than ctypes objects because only the
+former keeps ``cache=True`` working: the symbol is resolved from the process
+when the cached machine code is loaded. Pointers and ``size_t`` travel as
+64-bit integers, which is the same register ABI on every 64-bit Linux.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, types
+
+# ssize_t pread(int fd, void *buf, size_t count, off_t offset)
+_pread = types.ExternalFunction(
+    "pread", types.intp(types.int32, types.intp, types.intp, types.int64)
+)
+# int *__errno_location(void): glibc's and musl's per-thread errno.
+_errno_location = types.ExternalFunction("__errno_location", types.CPointer(types.int32)())
+
+
+@njit(cache=True, nogil=True)
+def plan_reads(
+    ids,  # int64 [n], all in range
+    chunk_offsets,  # int64 [n_chunks]
+    chunk_rows,
+    row_bytes,
+    block_bytes,
+    max_gap_bytes,
+    max_read_bytes,
+    order,  # out int64 [n]: request positions sorted by file offset
+    group_start,  # out int64 [n + 1]: requests of unique row u are order[group_start[u]:group_start[u+1]]
+    urow_off,  # out int64 [n]: file offset of unique row u (increasing)
+    read_start,  # out int64 [n]: block-aligned file offset of read r
+    read_len,  # out int64 [n]: bytes asked for by read r (multiple of block_bytes)
+    read_need,  # out int64 [n]: bytes read r must return (end of its last row)
+    read_first,  # out int64 [n + 1]: unique rows of read r are read_first[r]:read_first[r+1]
+):
+    """Sort and deduplicate ``ids`` by file offset and group them into aligned reads.
+
+    Rows are sorted by their byte offset, not by id, so that a store whose
+    chunks were moved by a rewrite still yields ascending, coalescable reads.
+    A row's read covers every block it touches (a row may span two or more
+    blocks). The next row joins the current read when the gap between their
+    aligned ranges is at most ``max_gap_bytes`` and the read stays within
+    ``max_read_bytes``; a single row larger than the cap gets a read of its own.
+
+    Returns ``(n_unique, n_reads, bytes_planned)``.
+    """
+    n = ids.shape[0]
+    offs = np.empty(n, np.int64)
+    for i in range(n):
+        r = ids[i]
+        offs[i] = chunk_offsets[r // chunk_rows] + (r % chunk_rows) * row_bytes
+    order[:] = np.argsort(offs)
+
+    n_unique = 0
+    n_reads = 0
+    planned = 0
+    cur_s = np.int64(0)
+    cur_e = np.int64(0)
+    prev = np.int64(-1)
+    for k in range(n):
+        off = offs[order[k]]
+        if k > 0 and off == prev:
+            continue  # a duplicate joins the group of the previous unique row
+        prev = off
+        group_start[n_unique] = k
+        urow_off[n_unique] = off
+        s = off - off % block_bytes
+        e = off + row_bytes
+        e = e + (block_bytes - e % block_bytes) % block_bytes
+        end = e if e > cur_e else cur_e
+        if n_reads > 0 and s - cur_e <= max_gap_bytes and end - cur_s <= max_read_bytes:
+            cur_e = end
+            read_need[n_reads - 1] = off + row_bytes - cur_s
+        else:
+            if n_reads > 0:
+                read_len[n_reads - 1] = cur_e - cur_s
+                planned += cur_e - cur_s
+            read_start[n_reads] = s
+            read_need[n_reads] = off + row_bytes - s
+            read_first[n_reads] = n_unique
+            cur_s = s
+            cur_e = e
+            n_reads += 1
+        n_unique += 1
+    if n_reads > 0:
+        read_len[n_reads - 1] = cur_e - cur_s
+        planned += cur_e - cur_s
+    group_start[n_unique] = n
+    read_first[n_reads] = n_unique
+    return n_unique, n_reads, planned
+
+
+@njit(cache=True, nogil=True)
+def _scatter_read(buf, buf_start, r, read_first, urow_off, group_start, order, out):
+    row_bytes = out.shape[1]
+    for u in range(read_first[r], read_first[r + 1]):
+        p = urow_off[u] - buf_start
+        for g in range(group_start[u], group_start[u + 1]):
+            dst = order[g]
+            for j in range(row_bytes):
+                out[dst, j] = buf[p + j]
+
+
+@njit(cache=True, nogil=True)
+def pread_scatter(
+    fd,
+    buf,  # uint8 scratch of at least max(read_len), aligned for O_DIRECT
+    first,
+    step,
+    n_reads,
+    read_start,
+    read_len,
+    read_need,
+    read_first,
+    urow_off,
+    group_start,
+    order,
+    out,  # uint8 [n, row_bytes]
+    err,  # out int64 [3]: failed read, bytes it returned, errno (0 = end of file)
+):
+    """Run reads ``first, first + step, ...`` with ``pread`` and scatter their rows.
+
+    Each thread of the scheduler runs one call, so ``step`` reads are in
+    flight. A read returning fewer than ``read_need`` bytes (end of file, or
+    an error) stops the call and returns -1 with ``err`` filled; rows already
+    scattered are not to be used.
+    """
+    base = buf.ctypes.data
+    for r in range(first, n_reads, step):
+        start = read_start[r]
+        length = read_len[r]
+        need = read_need[r]
+        got = 0
+        k = 0
+        while got < need:
+            # pread may legitimately return less than asked (signals); only 0
+            # (end of file) or -1 (error) ends the attempt.
+            k = _pread(fd, base + got, length - got, start + got)
+            if k <= 0:
+                break
+            got += k
+        if got < need:
+            err[0] = r
+            err[1] = got
+            err[2] = 0
+            if k < 0:
+                err[2] = numba.carray(_errno_location(), (1,))[0]
+            return -1
+        _scatter_read(buf, start, r, read_first, urow_off, group_start, order, out)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def map_scatter(mapped, first, step, n_reads, read_first, urow_off, group_start, order, out):
+    """Copy the rows of reads ``first, first + step, ...`` from a memory map.
+
+    Page faults block the calling thread, so ``step`` threads give ``step``
+    faults in flight.
+    """
+    for r in range(first, n_reads, step):
+        _scatter_read(mapped, 0, r, read_first, urow_off, group_start, order, out)
+    return 0
