@@ -1,0 +1,368 @@
+"""Configuration of a training run: frozen dataclasses, size strings and TOML files.
+
+The command line and TOML files only fill these dataclasses; every subsystem
+reads its own part (:class:`TierConfig` for the feature tiers,
+:class:`LoaderConfig` for pipelining, :class:`EvalConfig` for evaluation).
+Sizes are bytes and are named ``*_bytes``; at the edges they may be written
+``"2GiB"``, ``"512MiB"``, ``"1.5GB"`` or a plain integer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refresh_store.errors import RefreshError
+
+__all__ = [
+    "ConfigError",
+    "TierConfig",
+    "LoaderConfig",
+    "EvalConfig",
+    "TrainConfig",
+    "parse_size",
+    "parse_fanouts",
+    "load_toml",
+]
+
+
+class ConfigError(RefreshError, ValueError):
+    """A training option has a value this release does not accept."""
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: str | int, *, name: str = "size") -> int:
+    """Bytes in a size written as ``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``4096``.
+
+    Binary units (KiB, MiB, GiB, TiB and the bare K, M, G, T) are powers of
+    1024; decimal units (KB, MB, GB, TB) are powers of 1000. Case is ignored.
+
+    Parameters
+    ----------
+    value
+        The size string, or an integer number of bytes.
+    name
+        The option's name, used in the error message.
+
+    Returns
+    -------
+    int
+        The size in bytes (rounded down).
+
+    Raises
+    ------
+    ConfigError
+        The string is not a non-negative number followed by a known unit.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a size like '2GiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0 bytes, got {value!r}")
+        return value
+    if isinstance(value, float):
+        value = repr(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a size like '2GiB', got {value!r}")
+    match = _SIZE_RE.match(value)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ConfigError(
+            f"{name} must be a size like '512MiB', '2GiB', '1.5GB' or a byte count, got {value!r}"
+        )
+    number = float(match.group(1))
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite size, got {value!r}")
+    return int(number * _UNITS[unit])
+
+
+def parse_fanouts(
+    value: str | list[int] | tuple[int, ...], *, name: str = "fanouts"
+) -> tuple[int, ...]:
+    """Fanouts from a string such as ``"15,10,5"`` (seeds outward; ``-1`` = all neighbours).
+
+    Raises
+    ------
+    ConfigError
+        Empty, not integers, or an entry that is neither positive nor -1.
+    """
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            fanouts = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be comma-separated integers like '15,10,5', got {value!r}"
+            ) from None
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        fanouts = tuple(value)
+    else:
+        raise ConfigError(f"{name} must be comma-separated integers like '15,10,5', got {value!r}")
+    if not fanouts or any(f == 0 or f < -1 for f in fanouts):
+        raise ConfigError(
+            f"{name} must list one positive integer (or -1 for all neighbours) per layer, "
+            f"got {value!r}"
+        )
+    return fanouts
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """Raw-feature tiers.
+
+    Attributes
+    ----------
+    cache
+        Name of the cache mode in :data:`refresh_train.tiers.CACHE_MODES`:
+        ``"none"`` reads every row from disk, ``"raw"`` adds the device tier
+        (hottest rows, a prefix of the reordered ids) and the host tier.
+    cache_budget_bytes
+        Bytes of the device tier (ignored by ``"none"``).
+    host_budget_bytes
+        Bytes of the host tier's cache; 0 keeps only transfer staging.
+    host_policy
+        Replacement policy of the host tier, a key of
+        :data:`refresh_train.tiers.POLICIES`.
+    io_mode
+        Disk read mode handed to the I/O scheduler (``"auto"``, ``"direct"``,
+        ``"buffered"`` or ``"mmap"``).
+    io_queue_depth
+        Reads in flight in the I/O scheduler.
+    """
+
+    cache: str = "raw"
+    cache_budget_bytes: int = 1 << 30  # 1 GiB
+    host_budget_bytes: int = 4 << 30  # 4 GiB
+    host_policy: str = "clock"
+    io_mode: str = "auto"
+    io_queue_depth: int = 32
+
+    def __post_init__(self) -> None:
+        from .tiers import CACHE_MODES, POLICIES
+
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"cache must be one of {sorted(CACHE_MODES)}, got {self.cache!r}")
+        if self.host_policy not in POLICIES:
+            raise ConfigError(
+                f"host_policy must be one of {sorted(POLICIES)}, got {self.host_policy!r}"
+            )
+        for name in ("cache_budget_bytes", "host_budget_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.io_mode not in ("auto", "direct", "buffered", "mmap"):
+            raise ConfigError(
+                f"io_mode must be one of 'auto', 'direct', 'buffered', 'mmap', got {self.io_mode!r}"
+            )
+        if not isinstance(self.io_queue_depth, int) or self.io_queue_depth < 1:
+            raise ConfigError(
+                f"io_queue_depth must be an integer >= 1, got {self.io_queue_depth!r}"
+            )
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Pipelining of sampling and feature fetching.
+
+    Attributes
+    ----------
+    prefetch_batches
+        Batches that sampling and fetching may run ahead of compute (the
+        bound of each queue between stages); 0 runs both stages in the
+        calling thread, one batch at a time.
+    """
+
+    prefetch_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
+            raise ConfigError(
+                f"prefetch_batches must be an integer >= 0, got {self.prefetch_batches!r}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation after each epoch.
+
+    Attributes
+    ----------
+    mode
+        ``"sampled"`` (mini-batches with ``fanouts``) or ``"layerwise"`` (exact
+        full-neighbourhood inference, one layer at a time, out of core).
+    fanouts
+        Fanouts of sampled evaluation; ``None`` uses the training fanouts.
+    batch_size
+        Seeds per batch (sampled) or destination nodes per block (layer-wise).
+    every_epochs
+        Evaluate every this many epochs (and always after the last one).
+    """
+
+    mode: str = "sampled"
+    fanouts: tuple[int, ...] | None = None
+    batch_size: int = 4096
+    every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sampled", "layerwise"):
+            raise ConfigError(f"eval must be 'sampled' or 'layerwise', got {self.mode!r}")
+        if self.fanouts is not None:
+            object.__setattr__(self, "fanouts", parse_fanouts(self.fanouts, name="eval_fanouts"))
+        for name in ("batch_size", "every_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"eval {name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    Attributes
+    ----------
+    store
+        Path of the store (see :func:`refresh_store.store.open_store`).
+    model
+        Model name in :data:`refresh_train.models.MODELS`.
+    layers, hidden, dropout
+        Model shape; ``fanouts`` must have ``layers`` entries.
+    fanouts
+        Training fanouts, seeds outward; ``-1`` takes all neighbours.
+    batch_size, epochs, lr
+        Seeds per batch, epochs to reach, Adam learning rate.
+    device
+        ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` also accepted).
+    seed
+        Seed of everything random: model init, dropout, batch order, sampling.
+    metrics_out
+        JSON-lines file, one line per epoch (appended on resume).
+    checkpoint_dir
+        Directory of the checkpoint written after every epoch, or ``None``.
+    resume
+        Continue from the checkpoint in ``checkpoint_dir``.
+    progress
+        Show a tqdm bar per epoch and the table after each epoch.
+    """
+
+    store: str
+    model: str = "sage"
+    layers: int = 3
+    hidden: int = 256
+    fanouts: tuple[int, ...] = (15, 10, 5)
+    batch_size: int = 1024
+    epochs: int = 10
+    lr: float = 0.003
+    dropout: float = 0.5
+    device: str = "cpu"
+    seed: int = 0
+    tiers: TierConfig = field(default_factory=TierConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics_out: str | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from .models import MODELS
+
+        object.__setattr__(self, "store", str(self.store))
+        object.__setattr__(self, "fanouts", parse_fanouts(self.fanouts))
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        for name in ("layers", "hidden", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"epochs must be an integer >= 0, got {self.epochs!r}")
+        if len(self.fanouts) != self.layers:
+            raise ConfigError(
+                f"fanouts {','.join(map(str, self.fanouts))!r} has {len(self.fanouts)} entries "
+                f"but layers is {self.layers}; give one fanout per layer"
+            )
+        if self.eval.fanouts is not None and len(self.eval.fanouts) != self.layers:
+            raise ConfigError(
+                f"eval_fanouts {','.join(map(str, self.eval.fanouts))!r} has "
+                f"{len(self.eval.fanouts)} entries but layers is {self.layers}"
+            )
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", str(self.device)):
+            raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ConfigError("resume needs checkpoint_dir: say where the checkpoint is")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (JSON- and checkpoint-safe)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file whose keys are the command-line flag names.
+
+    Keys may be written ``cache-budget`` or ``cache_budget``; they are
+    returned with underscores. Nested tables are not used.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not valid TOML, or holds a table.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "reading --config needs Python >= 3.11 or the 'tomli' package"
+            ) from None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            raise ConfigError(
+                f"config file {str(path)!r}: key {key!r} is a table; write flags as top-level keys"
+            )
+        out[key.replace("-", "_")] = value
+    return out

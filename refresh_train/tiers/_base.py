@@ -1,0 +1,166 @@
+"""The contract every raw-feature tier keeps (see :class:`FeatureTier`)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+__all__ = ["FeatureTier", "check_ids", "torch_dtype"]
+
+
+def torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy feature dtype."""
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+def check_ids(ids: object, num_rows: int, *, name: str = "ids") -> NDArray[np.int64]:
+    """Row ids as a contiguous int64 array, checked against ``[0, num_rows)``.
+
+    Raises
+    ------
+    TypeError
+        ``ids`` is not a 1-D integer array or tensor.
+    IndexError
+        An id lies outside ``[0, num_rows)``.
+    """
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise TypeError(
+            f"{name} must be a 1-D array of integer row ids, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= num_rows:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"{name} holds row {bad!r}; rows are 0..{num_rows - 1}")
+    return arr
+
+
+class FeatureTier(ABC):
+    """One level of the raw-feature hierarchy (GraphBolt-style composition).
+
+    A tier serves the rows it holds and hands only the misses to ``below``.
+    It counts what it served itself: ``rows_<name>`` rows (every requested
+    position, duplicates included) and ``bytes_<name> = rows_<name> *
+    row_bytes``. Over a chain the ``rows_*`` of all tiers add up to the rows
+    requested from the top.
+
+    Subclasses implement :meth:`_read` (trusted, checked ids) and may add
+    counters in :meth:`_own_stats`.
+
+    Attributes
+    ----------
+    name
+        ``"device"``, ``"host"`` or ``"disk"``: the suffix of its counters.
+    num_rows, row_shape, dtype
+        The feature array this tier serves (numpy dtype).
+    device
+        Where :meth:`read` returns rows.
+    below
+        The next tier, or ``None`` for the last one.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        num_rows: int,
+        row_shape: tuple[int, ...],
+        dtype: np.dtype,
+        device: torch.device,
+        below: FeatureTier | None,
+    ) -> None:
+        self.num_rows = int(num_rows)
+        self.row_shape = tuple(int(d) for d in row_shape)
+        self.dtype = np.dtype(dtype)
+        self.torch_dtype = torch_dtype(self.dtype)
+        self.device = torch.device(device)
+        self.below = below
+        self.row_bytes = int(self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64)))
+        self._rows = 0
+
+    def read(self, ids: object, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``ids`` in request order, as a tensor on :attr:`device`.
+
+        Parameters
+        ----------
+        ids
+            1-D integer row ids (numpy array, list or CPU tensor), any order,
+            duplicates allowed.
+        out
+            Optional tensor of shape ``(len(ids), *row_shape)``, dtype and
+            device of this tier, to fill instead of allocating.
+
+        Returns
+        -------
+        torch.Tensor of shape ``(len(ids), *row_shape)``.
+        """
+        arr = check_ids(ids, self.num_rows)
+        if out is not None:
+            want = (len(arr), *self.row_shape)
+            if (
+                tuple(out.shape) != want
+                or out.dtype != self.torch_dtype
+                or out.device != self.device
+                or not out.is_contiguous()
+            ):
+                raise ValueError(
+                    f"out must be a contiguous {self.torch_dtype} tensor of shape {want} on "
+                    f"{self.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+                )
+        return self._read(arr, out)
+
+    @abstractmethod
+    def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
+        """Rows of checked ids; fill ``out`` when given."""
+
+    def _empty(self, n: int, *, pin: bool = False) -> torch.Tensor:
+        return torch.empty(
+            (n, *self.row_shape), dtype=self.torch_dtype, device=self.device, pin_memory=pin
+        )
+
+    def _own_stats(self) -> dict[str, float | int]:
+        return {}
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters of this tier and every tier below it."""
+        out: dict[str, float | int] = {
+            f"rows_{self.name}": self._rows,
+            f"bytes_{self.name}": self._rows * self.row_bytes,
+        }
+        out.update(self._own_stats())
+        if self.below is not None:
+            out.update(self.below.stats())
+        return out
+
+    def reset_stats(self) -> None:
+        """Zero the counters of this tier and every tier below it."""
+        self._rows = 0
+        self._reset_own_stats()
+        if self.below is not None:
+            self.below.reset_stats()
+
+    def _reset_own_stats(self) -> None:  # noqa: B027  # optional hook, no-op by default
+        """Zero counters a subclass adds in :meth:`_own_stats`."""
+
+    def close(self) -> None:
+        """Release buffers and files of this tier and every tier below it."""
+        if self.below is not None:
+            self.below.close()
+
+    def chain(self) -> list[FeatureTier]:
+        """This tier and the tiers below it, top first."""
+        tiers: list[FeatureTier] = []
+        tier: FeatureTier | None = self
+        while tier is not None:
+            tiers.append(tier)
+            tier = tier.below
+        return tiers
