@@ -102,7 +102,7 @@ def parse_size(value: str | int, *, name: str = "size") -> int:
 def parse_fanouts(
     value: str | list[int] | tuple[int, ...], *, name: str = "fanouts"
 ) -> tuple[int, ...]:
-    """Fanouts from a string such as ``"15,10,5"`` (seeds outward; ``-1`` = all neighbours).
+    """Fanouts from a string such as ``"15,10,5"`` (seeds outward; ``-1`` = all, 0 = none).
 
     Raises
     ------
@@ -123,10 +123,9 @@ def parse_fanouts(
         fanouts = tuple(value)
     else:
         raise ConfigError(f"{name} must be comma-separated integers like '15,10,5', got {value!r}")
-    if not fanouts or any(f == 0 or f < -1 for f in fanouts):
+    if not fanouts or any(f < -1 for f in fanouts):
         raise ConfigError(
-            f"{name} must list one positive integer (or -1 for all neighbours) per layer, "
-            f"got {value!r}"
+            f"{name} must list one integer >= 0 (or -1 for all neighbours) per layer, got {value!r}"
         )
     return fanouts
 
@@ -221,12 +220,16 @@ class EvalConfig:
         Seeds per batch (sampled) or destination nodes per block (layer-wise).
     every_epochs
         Evaluate every this many epochs (and always after the last one).
+    tmp_dir
+        Directory of layer-wise inference's temporary per-layer files
+        (``None``: the system's temporary directory).
     """
 
     mode: str = "sampled"
     fanouts: tuple[int, ...] | None = None
     batch_size: int = 4096
     every_epochs: int = 1
+    tmp_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("sampled", "layerwise"):
@@ -249,8 +252,9 @@ class TrainConfig:
         Path of the store (see :func:`refresh_store.store.open_store`).
     model
         Model name in :data:`refresh_train.models.MODELS`.
-    layers, hidden, dropout
-        Model shape; ``fanouts`` must have ``layers`` entries.
+    layers, hidden, dropout, norm
+        Model shape and regularisation (``norm``: ``"none"``, ``"batch"`` or
+        ``"layer"``); ``fanouts`` must have ``layers`` entries.
     fanouts
         Training fanouts, seeds outward; ``-1`` takes all neighbours.
     batch_size, epochs, lr
@@ -278,6 +282,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 0.003
     dropout: float = 0.5
+    norm: str = "none"
     device: str = "cpu"
     seed: int = 0
     tiers: TierConfig = field(default_factory=TierConfig)
@@ -289,7 +294,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from .models import MODELS
+        from .models import MODELS, NORMS
 
         object.__setattr__(self, "store", str(self.store))
         object.__setattr__(self, "fanouts", parse_fanouts(self.fanouts))
@@ -315,6 +320,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", str(self.device)):
             raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:

@@ -1,0 +1,163 @@
+"""Checkpoints: everything a run needs to continue as if never interrupted.
+
+A checkpoint holds the model and optimiser state, the number of finished
+epochs, every global random number generator's state (torch CPU and CUDA,
+Python's ``random``; this project's numpy randomness is always seeded
+explicitly, never global) and the metric records so far. It is written
+atomically after every epoch (``checkpoint.pt.partial``, fsync, rename,
+fsync of the directory), so a crash leaves the previous checkpoint intact.
+
+It is read with ``torch.load(weights_only=True)``: only tensors and plain
+containers, never arbitrary pickled objects. Everything else is stored as
+tensors, numbers, strings, or JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refresh_store.errors import RefreshError
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RefreshError, ValueError):
+    """A checkpoint is missing, damaged, or belongs to a different run."""
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """States of the global generators, as tensors and plain values."""
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the global generators to a state from :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    records: list[dict[str, Any]],
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the checkpoint of a run that has finished ``epoch`` epochs.
+
+    Parameters
+    ----------
+    directory
+        Created if missing; holds ``checkpoint.pt``.
+    epoch
+        Number of finished epochs.
+    model, optimizer
+        Their ``state_dict()`` is saved.
+    records
+        Metric records of the finished epochs (JSON-serialisable).
+    config
+        The run's configuration (JSON-serialisable), checked on resume.
+    extra
+        More tensors / plain values (a cache mode's state, say).
+
+    Returns
+    -------
+    Path of the checkpoint file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": int(epoch),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng_state(),
+        "records_json": json.dumps(records),
+        "config_json": json.dumps(config, sort_keys=True),
+        "extra": extra or {},
+    }
+    final = directory / CHECKPOINT_NAME
+    tmp = directory / (CHECKPOINT_NAME + ".partial")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    return final
+
+
+def load_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Read ``directory/checkpoint.pt`` safely.
+
+    Returns
+    -------
+    dict with ``epoch``, ``model``, ``optimizer``, ``rng``, ``records``
+    (list of dicts), ``config`` (dict) and ``extra``.
+
+    Raises
+    ------
+    CheckpointError
+        No checkpoint, an unreadable one, or one of another format.
+    """
+    path = Path(directory) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {str(path)!r}; run without --resume to start a new run"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format {fmt!r}; this release reads "
+            f"{CHECKPOINT_FORMAT} — start a new run"
+        )
+    payload["records"] = json.loads(payload.pop("records_json"))
+    payload["config"] = json.loads(payload.pop("config_json"))
+    return payload

@@ -1,0 +1,208 @@
+"""Command line of the trainer: ``refresh-train`` / ``python -m refresh_train``.
+
+Example::
+
+    python -m refresh_train --store papers.refresh --model sage --layers 3 \\
+        --hidden 256 --fanouts 15,10,5 --batch-size 1024 --epochs 10 --lr 0.003 \\
+        --cache raw --cache-budget 1GiB --host-budget 4GiB --device cpu --seed 0 \\
+        --eval sampled --metrics-out run.jsonl --checkpoint-dir ckpt
+
+``--config FILE.toml`` reads the same options from a TOML file whose keys are
+the flag names (``cache-budget = "1GiB"``, ``fanouts = "15,10,5"`` or
+``[15, 10, 5]``, ``resume = true``); flags given on the command line win over
+the file. Bad input prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from refresh_store.errors import RefreshError
+
+from .config import (
+    ConfigError,
+    EvalConfig,
+    LoaderConfig,
+    TierConfig,
+    TrainConfig,
+    load_toml,
+    parse_fanouts,
+    parse_size,
+)
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+PROG = "refresh-train"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, and main() decides the exit status (argparse would sys.exit).
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every default is ``None``: unset flags fall back to
+    the TOML file, then to :class:`~refresh_train.config.TrainConfig`)."""
+    p = _Parser(
+        prog=PROG,
+        description="Train a GNN out of core on a ReFresh store, reading features from SSD.",
+        argument_default=None,
+    )
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file whose keys are these flag names"
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--store", metavar="DST", help="store written by tools/convert.py")
+    g.add_argument("--model", help="sage | gcn | gat | mlp (default sage)")
+    g.add_argument("--layers", type=int, help="number of GNN layers (default 3)")
+    g.add_argument("--hidden", type=int, help="hidden width (default 256)")
+    g.add_argument("--dropout", type=float, help="dropout between layers (default 0.5)")
+    g.add_argument("--norm", help="none | batch | layer (default none)")
+    g.add_argument(
+        "--fanouts", help="per layer, from the seeds outward; -1 = all (default 15,10,5)"
+    )
+    g.add_argument("--batch-size", type=int, help="seeds per batch (default 1024)")
+    g.add_argument("--epochs", type=int, help="epochs to reach (default 10)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 0.003)")
+    g.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+    g.add_argument("--device", help="cpu | cuda (default cpu)")
+    t = p.add_argument_group("feature tiers")
+    t.add_argument("--cache", help="none | raw (default raw)")
+    t.add_argument("--cache-budget", help="device tier size, e.g. 1GiB (default 1GiB)")
+    t.add_argument(
+        "--host-budget", help="host tier size, e.g. 4GiB; 0 = staging only (default 4GiB)"
+    )
+    t.add_argument("--host-policy", help="clock | s3fifo | lru (default clock)")
+    t.add_argument("--io-mode", help="auto | direct | buffered | mmap (default auto)")
+    t.add_argument("--io-queue-depth", type=int, help="disk reads in flight (default 32)")
+    t.add_argument(
+        "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 4)"
+    )
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval", help="sampled | layerwise (default sampled)")
+    e.add_argument("--eval-fanouts", help="fanouts of sampled evaluation (default: --fanouts)")
+    e.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 4096)")
+    e.add_argument(
+        "--eval-every", type=int, help="evaluate every N epochs and after the last (default 1)"
+    )
+    e.add_argument("--eval-tmp-dir", help="where layer-wise inference puts its per-layer files")
+    o = p.add_argument_group("output")
+    o.add_argument("--metrics-out", metavar="FILE.jsonl", help="one JSON line per epoch")
+    o.add_argument("--checkpoint-dir", metavar="D", help="checkpoint written after every epoch")
+    o.add_argument(
+        "--resume", action="store_true", default=None, help="continue from --checkpoint-dir"
+    )
+    o.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar and no per-epoch table")  # fmt: skip
+    return p
+
+
+# Option name (argparse dest) -> how to turn a flag or TOML value into a config value.
+_KEYS = {
+    "store", "model", "layers", "hidden", "dropout", "norm", "fanouts", "batch_size", "epochs",
+    "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
+    "io_queue_depth", "prefetch", "eval", "eval_fanouts", "eval_batch_size", "eval_every",
+    "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
+}  # fmt: skip
+
+
+def _pick(values: dict[str, Any], key: str, default: Any) -> Any:
+    value = values.get(key)
+    return default if value is None else value
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse command-line arguments (and ``--config``) into a :class:`TrainConfig`.
+
+    Raises
+    ------
+    ConfigError
+        A value is invalid, a key of the TOML file is unknown, or ``--store``
+        is missing.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        raise ConfigError(str(exc)) from None
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values = load_toml(args.config)
+        if "no_progress" in values:
+            values["progress"] = not values.pop("no_progress")
+        unknown = sorted(set(values) - _KEYS)
+        if unknown:
+            raise ConfigError(
+                f"config file {args.config!r} has unknown key {unknown[0].replace('_', '-')!r}; "
+                "keys are the command-line flag names (see --help)"
+            )
+    values.update({k: v for k, v in vars(args).items() if k in _KEYS and v is not None})
+    if values.get("store") is None:
+        raise ConfigError("--store is required (or 'store' in the --config file)")
+    tiers = TierConfig(
+        cache=_pick(values, "cache", "raw"),
+        cache_budget_bytes=parse_size(_pick(values, "cache_budget", "1GiB"), name="--cache-budget"),
+        host_budget_bytes=parse_size(_pick(values, "host_budget", "4GiB"), name="--host-budget"),
+        host_policy=_pick(values, "host_policy", "clock"),
+        io_mode=_pick(values, "io_mode", "auto"),
+        io_queue_depth=_pick(values, "io_queue_depth", 32),
+    )
+    eval_fanouts = values.get("eval_fanouts")
+    evaluation = EvalConfig(
+        mode=_pick(values, "eval", "sampled"),
+        fanouts=None
+        if eval_fanouts is None
+        else parse_fanouts(eval_fanouts, name="--eval-fanouts"),
+        batch_size=_pick(values, "eval_batch_size", 4096),
+        every_epochs=_pick(values, "eval_every", 1),
+        tmp_dir=values.get("eval_tmp_dir"),
+    )
+    fanouts = parse_fanouts(_pick(values, "fanouts", "15,10,5"), name="--fanouts")
+    return TrainConfig(
+        store=values["store"],
+        model=_pick(values, "model", "sage"),
+        layers=_pick(values, "layers", len(fanouts)),
+        hidden=_pick(values, "hidden", 256),
+        fanouts=fanouts,
+        batch_size=_pick(values, "batch_size", 1024),
+        epochs=_pick(values, "epochs", 10),
+        lr=_pick(values, "lr", 0.003),
+        dropout=_pick(values, "dropout", 0.5),
+        norm=_pick(values, "norm", "none"),
+        device=_pick(values, "device", "cpu"),
+        seed=_pick(values, "seed", 0),
+        tiers=tiers,
+        loader=LoaderConfig(prefetch_batches=_pick(values, "prefetch", 4)),
+        eval=evaluation,
+        metrics_out=values.get("metrics_out"),
+        checkpoint_dir=values.get("checkpoint_dir"),
+        resume=bool(_pick(values, "resume", False)),
+        progress=bool(_pick(values, "progress", True)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the trainer from the command line; the process exit status.
+
+    0 on success, 2 on bad input or a store/checkpoint problem (one line on
+    stderr), 130 when interrupted.
+    """
+    from .trainer import train
+
+    try:
+        config = config_from_args(argv)
+        train(config)
+    except RefreshError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0

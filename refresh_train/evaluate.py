@@ -1,0 +1,337 @@
+"""Evaluation: sampled mini-batch inference and exact layer-wise inference out of core.
+
+Two ways to get logits for a set of target nodes (valid and test):
+
+*Sampled* (:func:`predict_sampled`): the training pipeline in ``eval()``
+mode, with the training fanouts or others (``-1`` everywhere = the exact
+full neighbourhood, at the cost of its exponential blow-up).
+
+*Layer-wise* (:func:`predict_layerwise`): exact full-neighbourhood
+inference one layer at a time, as DGL and PyG do for large graphs. Layer
+``l`` is computed for every node from full one-hop blocks (fanout ``-1``)
+in chunks of destination nodes; its output ``h^(l+1)`` goes to a temporary
+file on disk, written by row ranges with ``pwrite`` and read back by the
+I/O scheduler, so RAM holds only one chunk's blocks and rows whatever the
+number of nodes. Only the last layer is restricted to the target nodes.
+Each node is computed once per layer, so the cost is linear in the graph.
+
+Both read raw features through an exact tier chain with its own counters
+(:meth:`refresh_train.tiers.CacheMode.eval_tiers`): evaluation never uses a
+cache that could change its result. Accuracy comes from
+``ogb.nodeproppred.Evaluator``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from refresh_store.format import RowRegion
+from refresh_store.io_scheduler import IOConfig, IOScheduler
+
+from .batch import MiniBatch
+from .config import EvalConfig
+from .loader import BatchLoader
+from .models import BlockGNN
+from .sampler import NeighborSampler, derive_seed
+from .tiers import FeatureTier
+
+__all__ = ["accuracy", "predict_sampled", "predict_layerwise", "evaluate"]
+
+# Every ogbn node task scores plain accuracy; this name only selects that metric.
+_OGB_ACC_TASK = "ogbn-papers100M"
+_EVAL_SEED_TAG = 0xE7A1
+
+
+def accuracy(y_true: NDArray[np.int64], y_pred: NDArray[np.int64]) -> float | None:
+    """Accuracy as ``ogb.nodeproppred.Evaluator`` computes it (``None`` for no nodes)."""
+    from ogb.nodeproppred import Evaluator
+
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1, 1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1, 1)
+    if len(y_true) == 0:
+        return None
+    return float(Evaluator(_OGB_ACC_TASK).eval({"y_true": y_true, "y_pred": y_pred})["acc"])
+
+
+def _to_device(batch: MiniBatch, device: torch.device) -> MiniBatch:
+    if device.type == "cpu":
+        return batch
+    return batch.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def predict_sampled(
+    model: BlockGNN,
+    sampler: NeighborSampler,
+    tiers: FeatureTier,
+    nodes: NDArray[np.int64],
+    *,
+    batch_size: int,
+    device: torch.device,
+    prefetch_batches: int = 2,
+) -> torch.Tensor:
+    """Logits ``[len(nodes), C]`` (on the CPU) from sampled neighbourhoods.
+
+    Batches are drawn with fixed batch seeds, so every call samples the same
+    neighbourhoods. The model is put in ``eval()`` mode and left there.
+    """
+    model.eval()
+    nodes = np.ascontiguousarray(nodes, dtype=np.int64)
+    parts = [nodes[i : i + batch_size] for i in range(0, len(nodes), batch_size)]
+    seeds = [derive_seed(_EVAL_SEED_TAG, i) for i in range(len(parts))]
+
+    def fetch(batch: MiniBatch) -> MiniBatch:
+        batch.features = tiers.read(batch.input_nodes)
+        return _to_device(batch, device)
+
+    out = torch.empty((len(nodes), model.dims[-1]), dtype=torch.float32)
+    loader = BatchLoader(parts, seeds, sampler.sample, fetch, prefetch_batches)
+    pos = 0
+    for batch in loader:
+        x = batch.features
+        logits = model(batch, x.float())
+        out[pos : pos + batch.num_seeds] = logits.float().cpu()
+        pos += batch.num_seeds
+    return out
+
+
+class _RowFile:
+    """A temporary ``[n, d]`` float32 array on disk: rows written by range, read by id."""
+
+    def __init__(self, path: Path, n: int, d: int) -> None:
+        self.path = path
+        self.n, self.d = n, d
+        self.row_bytes = 4 * d
+        with open(path, "wb") as f:
+            f.truncate(n * self.row_bytes)
+        self._fd = os.open(path, os.O_WRONLY)
+        self._reader: IOScheduler | None = None
+        self.bytes_read = 0
+
+    def write(self, start: int, rows: NDArray[np.float32]) -> None:
+        data = np.ascontiguousarray(rows, dtype=np.float32).tobytes()
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done:], start * self.row_bytes + done)
+
+    def finish_writing(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        region = RowRegion(
+            path=str(self.path),
+            nrows=self.n,
+            row_shape=(self.d,),
+            dtype=np.dtype(np.float32),
+            chunk_rows=max(1, self.n),
+            chunk_offsets=np.zeros(1, dtype=np.int64),
+        )
+        # Buffered: the file was just written, its pages are likely still cached.
+        self._reader = IOScheduler(region, IOConfig(mode="buffered", queue_depth=8))
+
+    def read(self, ids: NDArray[np.int64]) -> torch.Tensor:
+        if self._reader is None:
+            raise RuntimeError("finish_writing() comes before read()")
+        self.bytes_read += len(ids) * self.row_bytes
+        return torch.from_numpy(self._reader.gather(ids))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.path.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def predict_layerwise(
+    model: BlockGNN,
+    indptr: NDArray[np.int64],
+    indices: NDArray[np.integer],
+    tiers: FeatureTier,
+    nodes: NDArray[np.int64],
+    *,
+    batch_size: int,
+    device: torch.device,
+    tmp_dir: str | Path | None = None,
+    prefetch_batches: int = 2,
+    stats: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Exact logits ``[len(nodes), C]`` (CPU) by layer-wise full-neighbourhood inference.
+
+    Parameters
+    ----------
+    model
+        Put in ``eval()`` mode and left there.
+    indptr, indices
+        The CSC topology (store memmaps).
+    tiers
+        Where layer 0 reads raw features.
+    nodes
+        Target nodes of the last layer.
+    batch_size
+        Destination nodes per one-layer block.
+    device
+        Compute device.
+    tmp_dir
+        Directory of the per-layer temporary files (``[N, hidden]`` float32
+        each, at most two at a time); default: the system's temporary
+        directory.
+    prefetch_batches
+        Blocks sampled and read ahead of compute.
+    stats
+        If given, ``hidden_bytes_read`` and ``hidden_bytes_written`` are
+        added to it (traffic of the temporary files).
+    """
+    model.eval()
+    nodes = np.ascontiguousarray(nodes, dtype=np.int64)
+    num_nodes = len(indptr) - 1
+    one_hop = NeighborSampler(indptr, indices, [-1], seed=0)
+    written = 0
+    prev: _RowFile | None = None
+    with tempfile.TemporaryDirectory(prefix="refresh-layerwise-", dir=tmp_dir) as tmp:
+        try:
+            for layer in range(model.num_layers):
+                last = layer == model.num_layers - 1
+                targets = nodes if last else np.arange(num_nodes, dtype=np.int64)
+                parts = [targets[i : i + batch_size] for i in range(0, len(targets), batch_size)]
+                source = prev
+
+                def fetch(batch: MiniBatch, source: _RowFile | None = source) -> MiniBatch:
+                    ids = batch.input_nodes
+                    batch.features = tiers.read(ids) if source is None else source.read(ids.numpy())
+                    return _to_device(batch, device)
+
+                if last:
+                    out: _RowFile | torch.Tensor = torch.empty(
+                        (len(nodes), model.dims[-1]), dtype=torch.float32
+                    )
+                else:
+                    out = _RowFile(
+                        Path(tmp) / f"h{layer + 1}.f32", num_nodes, model.dims[layer + 1]
+                    )
+                loader = BatchLoader(
+                    parts, [0] * len(parts), one_hop.sample, fetch, prefetch_batches
+                )
+                pos = 0
+                for batch in loader:
+                    x = batch.features.to(device, non_blocking=True).float()
+                    y = model.forward_layer(layer, batch.blocks[0], x).float().cpu()
+                    if isinstance(out, _RowFile):
+                        out.write(pos, y.numpy())
+                        written += y.numel() * 4
+                    else:
+                        out[pos : pos + len(y)] = y
+                    pos += len(y)
+                if prev is not None:
+                    if stats is not None:
+                        stats["hidden_bytes_read"] = (
+                            stats.get("hidden_bytes_read", 0) + prev.bytes_read
+                        )
+                    prev.close()
+                if isinstance(out, _RowFile):
+                    out.finish_writing()
+                    prev = out
+                else:
+                    prev = None
+        finally:
+            if prev is not None:
+                prev.close()
+    if stats is not None:
+        stats["hidden_bytes_written"] = stats.get("hidden_bytes_written", 0) + written
+    return out  # type: ignore[return-value]  # the last layer's tensor
+
+
+def evaluate(
+    model: BlockGNN,
+    store: Any,
+    tiers: FeatureTier,
+    config: EvalConfig,
+    *,
+    train_fanouts: tuple[int, ...],
+    device: torch.device,
+    seed: int = 0,
+    prefetch_batches: int = 2,
+) -> dict[str, Any]:
+    """Validation and test accuracy of ``model``, with evaluation's own counters.
+
+    Parameters
+    ----------
+    model
+        Evaluated in ``eval()`` mode; its training mode is restored after.
+    store
+        The open store (topology, labels and splits).
+    tiers
+        An exact feature chain (its counters are reset here and reported with
+        an ``eval_`` prefix).
+    config
+        Mode, fanouts and batch size.
+    train_fanouts
+        Used when ``config.fanouts`` is ``None``.
+    device
+        Compute device.
+    seed
+        Seed of sampled evaluation's sampler.
+
+    Returns
+    -------
+    dict with ``valid_acc``, ``test_acc``, ``eval_s``, ``eval_mode`` and the
+    ``eval_``-prefixed tier counters.
+    """
+    was_training = model.training
+    t0 = time.perf_counter()
+    tiers.reset_stats()
+    valid = np.asarray(store.valid_idx, dtype=np.int64)
+    test = np.asarray(store.test_idx, dtype=np.int64)
+    nodes = np.concatenate([valid, test])
+    extra: dict[str, Any] = {}
+    try:
+        if config.mode == "layerwise":
+            logits = predict_layerwise(
+                model,
+                store.indptr,
+                store.indices,
+                tiers,
+                nodes,
+                batch_size=config.batch_size,
+                device=device,
+                tmp_dir=config.tmp_dir,
+                prefetch_batches=prefetch_batches,
+                stats=extra,
+            )
+        else:
+            fanouts = config.fanouts if config.fanouts is not None else train_fanouts
+            sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=seed)
+            logits = predict_sampled(
+                model,
+                sampler,
+                tiers,
+                nodes,
+                batch_size=config.batch_size,
+                device=device,
+                prefetch_batches=prefetch_batches,
+            )
+    finally:
+        model.train(was_training)
+    pred = logits.argmax(dim=1).numpy()
+    labels = np.asarray(store.labels[nodes], dtype=np.int64)
+    labelled = labels >= 0
+    nv = len(valid)
+    out: dict[str, Any] = {
+        "valid_acc": accuracy(labels[:nv][labelled[:nv]], pred[:nv][labelled[:nv]]),
+        "test_acc": accuracy(labels[nv:][labelled[nv:]], pred[nv:][labelled[nv:]]),
+        "eval_mode": config.mode,
+        "eval_s": time.perf_counter() - t0,
+    }
+    out.update({f"eval_{k}": v for k, v in tiers.stats().items()})
+    out.update({f"eval_{k}": v for k, v in extra.items()})
+    return out

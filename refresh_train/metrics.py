@@ -1,0 +1,191 @@
+"""Per-epoch metrics: JSON lines, the end-of-epoch table, peak RSS.
+
+One record (a flat dict) per epoch. Keys every record has:
+
+========================  ====================================================
+``epoch``                 1-based epoch number
+``epoch_time_s``          wall time of the training pass
+``sample_s``, ``fetch_s`` busy time of the sampling / fetching stages (run in
+                          background threads, so they overlap with compute)
+``data_wait_s``           time compute waited for the next batch
+``compute_s``             forward + backward + optimiser step
+``train_loss``            mean cross-entropy over the epoch's seeds
+``train_acc``             accuracy of the training predictions (with dropout)
+``valid_acc``/``test_acc`` from evaluation (``None`` on epochs not evaluated)
+``rows_X``/``bytes_X``    rows and bytes served by tier X (device, host, disk)
+                          for training fetches; ``bytes_X = rows_X * row_bytes``
+``disk_bytes_read``       bytes the I/O scheduler asked of the file (alignment
+                          and coalescing included); ``disk_reads`` read calls
+``peak_rss_bytes``        highest resident set size seen during the epoch
+``eval_*``                evaluation's own time and tier counters
+========================  ====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = [
+    "RssMonitor",
+    "JsonlWriter",
+    "read_jsonl",
+    "format_table",
+    "hit_rates",
+    "TABLE_COLUMNS",
+]
+
+
+class RssMonitor:
+    """Highest resident set size of this process since the last :meth:`reset`.
+
+    A daemon thread samples ``psutil.Process().memory_info().rss`` every
+    ``interval_s`` seconds (RSS peaks between samples shorter than that are
+    missed; the end-of-epoch value is always sampled).
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self._proc = psutil.Process(os.getpid())
+        self._interval = interval_s
+        self._peak = self._rss()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="refresh-rss", daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> int:
+        return int(self._proc.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            rss = self._rss()
+            with self._lock:
+                self._peak = max(self._peak, rss)
+
+    def reset(self) -> None:
+        """Start a new measurement window from the current RSS."""
+        with self._lock:
+            self._peak = self._rss()
+
+    def peak(self) -> int:
+        """Peak RSS in bytes of the current window."""
+        rss = self._rss()
+        with self._lock:
+            self._peak = max(self._peak, rss)
+            return self._peak
+
+    def close(self) -> None:
+        """Stop the sampling thread."""
+        self._stop.set()
+        self._thread.join()
+
+
+class JsonlWriter:
+    """Append one JSON object per line to a file, flushed and fsynced per record.
+
+    Parameters
+    ----------
+    path
+        The file; created with its parent directory.
+    records
+        When given, the file is first rewritten atomically to hold exactly
+        these records (a resumed run restores the lines of the epochs its
+        checkpoint covers, dropping any written after it).
+    """
+
+    def __init__(self, path: str | Path, records: Iterable[dict[str, Any]] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if records is not None:
+            tmp = self.path.with_name(self.path.name + ".partial")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        else:
+            self.path.write_text("", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def hit_rates(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Fraction of rows each tier served: ``{"device": .., "host": .., "disk": ..}``."""
+    tiers = ("device", "host", "disk")
+    rows = {t: float(stats.get(f"{prefix}rows_{t}", 0) or 0) for t in tiers}
+    total = sum(rows.values())
+    return {t: (rows[t] / total if total else 0.0) for t in tiers}
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key.startswith("bytes_") or key.endswith("_bytes") or key == "disk_bytes_read":
+        return _fmt_bytes(float(value))
+    if key.endswith("_acc"):
+        return f"{100 * value:.2f}"
+    if key.endswith("_s"):
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+#: Columns of the end-of-epoch table: (record key, header).
+TABLE_COLUMNS: Sequence[tuple[str, str]] = (
+    ("epoch", "epoch"),
+    ("epoch_time_s", "time s"),
+    ("sample_s", "sample s"),
+    ("fetch_s", "fetch s"),
+    ("data_wait_s", "wait s"),
+    ("compute_s", "compute s"),
+    ("train_loss", "loss"),
+    ("train_acc", "train %"),
+    ("valid_acc", "valid %"),
+    ("test_acc", "test %"),
+    ("bytes_device", "device"),
+    ("bytes_host", "host"),
+    ("bytes_disk", "disk"),
+    ("disk_bytes_read", "disk read"),
+    ("peak_rss_bytes", "peak RSS"),
+)
+
+
+def format_table(
+    records: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]] = TABLE_COLUMNS
+) -> str:
+    """A plain-text table with one row per record."""
+    header = [h for _, h in columns]
+    rows = [[_fmt(k, r.get(k)) for k, _ in columns] for r in records]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)

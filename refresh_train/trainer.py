@@ -1,0 +1,317 @@
+"""The out-of-core trainer: epochs of pipelined mini-batches through the feature tiers.
+
+One epoch: ``train_idx`` is shuffled for ``(seed, epoch)`` and cut into
+batches (the last partial batch is kept); a :class:`~refresh_train.loader.BatchLoader`
+samples and fetches them ahead of compute in background threads; the main
+thread runs forward, backward and the Adam step. Then evaluation (sampled or
+layer-wise), one metrics record (see :mod:`refresh_train.metrics`), the table
+of all epochs so far, and an atomic checkpoint.
+
+Everything that depends on ``--cache`` goes through the
+:class:`~refresh_train.tiers.CacheMode` hooks (``prune``, ``fetch``,
+``forward``, ``after_step``, ``eval_tiers``), so a new cache mode needs no
+change here.
+
+Library use::
+
+    from refresh_train.config import TrainConfig
+    from refresh_train.trainer import train
+    records = train(TrainConfig(store="papers.refresh", epochs=3, progress=False))
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from refresh_store.store import open_store
+
+from .batch import MiniBatch
+from .checkpoint import CheckpointError, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import ConfigError, TrainConfig
+from .evaluate import evaluate
+from .loader import BatchLoader
+from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
+from .models import build_model
+from .sampler import NeighborSampler, batch_seed, epoch_batches
+from .tiers import CACHE_MODES
+
+__all__ = ["Trainer", "train", "RESUME_KEYS"]
+
+#: Settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = (
+    "model",
+    "layers",
+    "hidden",
+    "fanouts",
+    "batch_size",
+    "lr",
+    "dropout",
+    "norm",
+    "seed",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name``; raises :class:`ConfigError` if it is absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu"
+        )
+    return device
+
+
+class Trainer:
+    """State of one training run (see :func:`train` for the one-call API).
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+
+    Raises
+    ------
+    refresh_store.errors.StoreFormatError
+        The store cannot be opened.
+    ConfigError
+        A setting does not fit the store or the machine.
+    CheckpointError
+        ``config.resume`` and no usable checkpoint.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.store = open_store(config.store)
+        store = self.store
+        if store.num_classes < 1:
+            raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.model = build_model(
+            config.model,
+            in_dim=store.feature_dim,
+            hidden=config.hidden,
+            out_dim=store.num_classes,
+            num_layers=config.layers,
+            dropout=config.dropout,
+            norm=config.norm,
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        # The MLP reads only its seeds' features: sampling neighbours would be wasted I/O.
+        self.fanouts = (0,) * config.layers if config.model == "mlp" else config.fanouts
+        self.eval_fanouts = config.eval.fanouts or self.fanouts
+        self.cache = CACHE_MODES[config.tiers.cache](store, config.tiers, self.device)
+        self.sampler = NeighborSampler(
+            store.indptr,
+            store.indices,
+            list(self.fanouts),
+            seed=config.seed,
+            prune=self.cache.prune(),
+        )
+        self.labels = np.asarray(store.labels, dtype=np.int64)
+        self.records: list[dict[str, Any]] = []
+        self.epochs_done = 0
+        self.step = 0
+        if config.resume:
+            self._resume()
+        self.metrics = (
+            JsonlWriter(config.metrics_out, self.records if config.resume else None)
+            if config.metrics_out
+            else None
+        )
+        self.rss = RssMonitor()
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        assert self.config.checkpoint_dir is not None  # TrainConfig checks it
+        state = load_checkpoint(self.config.checkpoint_dir, map_location=self.device)
+        saved = state["config"]
+        mine = self.config.to_dict()
+        diff = [
+            f"{k}={saved.get(k)!r} (now {mine[k]!r})"
+            for k in RESUME_KEYS
+            if _plain(saved.get(k)) != _plain(mine[k])
+        ]
+        if diff:
+            raise CheckpointError(
+                f"checkpoint in {self.config.checkpoint_dir!r} was written with "
+                f"{', '.join(diff)}; resume with the same settings or start a new run"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        self.records = list(state["records"])
+        self.epochs_done = int(state["epoch"])
+        self.step = int(state["extra"].get("step", 0))
+
+    # ------------------------------------------------------------------ stages
+    def _sample(self, seeds: np.ndarray, bseed: int) -> MiniBatch:
+        return self.sampler.sample(seeds, bseed)
+
+    def _fetch(self, batch: MiniBatch) -> MiniBatch:
+        batch = self.cache.fetch(batch)
+        batch.labels = torch.from_numpy(self.labels[batch.seeds.numpy()])
+        if self.device.type != "cpu":
+            batch = batch.to(self.device, non_blocking=True)
+        return batch
+
+    def make_loader(self, epoch: int) -> BatchLoader:
+        """The loader of epoch ``epoch`` (0-based) of this run."""
+        cfg = self.config
+        parts = list(epoch_batches(self.store.train_idx, cfg.batch_size, cfg.seed, epoch))
+        seeds = [batch_seed(epoch, i) for i in range(len(parts))]
+        return BatchLoader(parts, seeds, self._sample, self._fetch, cfg.loader.prefetch_batches)
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training nodes; the record's training part."""
+        cfg = self.config
+        self.cache.reset_stats()
+        loader = self.make_loader(epoch)
+        self.model.train()
+        compute_s = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        bar = tqdm(
+            total=len(loader),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not cfg.progress,
+            leave=False,
+            file=sys.stderr,
+        )
+        t_epoch = time.perf_counter()
+        try:
+            for batch in loader:
+                t0 = time.perf_counter()
+                if self.device.type == "cuda" and batch.features is not None:
+                    # Made on the tiers' stream; keep it alive until this stream is done.
+                    batch.features.record_stream(torch.cuda.current_stream(self.device))
+                logits = self.cache.forward(self.model, batch)
+                labels = batch.labels
+                loss = F.cross_entropy(logits, labels, ignore_index=-1)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.cache.after_step(batch, logits.detach(), self.step)
+                self.step += 1
+                n = batch.num_seeds
+                loss_sum += loss.detach().double() * n
+                correct += (logits.detach().argmax(dim=1) == labels).sum()
+                seen += n
+                compute_s += time.perf_counter() - t0
+                bar.update(1)
+                if cfg.progress:
+                    rates = hit_rates(self.cache.stats())
+                    bar.set_postfix(
+                        {f"hit_{k}": f"{v:.0%}" for k, v in rates.items()}, refresh=False
+                    )
+        finally:
+            bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        epoch_time = time.perf_counter() - t_epoch
+        stats = self.cache.stats()
+        times = loader.times
+        return {
+            "epoch": epoch + 1,
+            "epoch_time_s": epoch_time,
+            "sample_s": times.sample_s,
+            "fetch_s": times.fetch_s,
+            "data_wait_s": times.wait_s,
+            "compute_s": compute_s,
+            "batches": times.batches,
+            "batches_per_s": times.batches / epoch_time if epoch_time > 0 else 0.0,
+            "train_loss": float(loss_sum.item() / max(1, seen)),
+            "train_acc": float(correct.item() / max(1, seen)),
+            **{k: v for k, v in stats.items()},
+            **{f"hit_rate_{k}": v for k, v in hit_rates(stats).items()},
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation and test accuracy through the exact evaluation tiers."""
+        return evaluate(
+            self.model,
+            self.store,
+            self.cache.eval_tiers(),
+            self.config.eval,
+            train_fanouts=tuple(self.eval_fanouts),
+            device=self.device,
+            seed=self.config.seed,
+            prefetch_batches=max(1, self.config.loader.prefetch_batches),
+        )
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` epochs are done; every epoch's record."""
+        cfg = self.config
+        for epoch in range(self.epochs_done, cfg.epochs):
+            self.rss.reset()
+            record = self.train_epoch(epoch)
+            last = epoch + 1 == cfg.epochs
+            if last or (epoch + 1) % cfg.eval.every_epochs == 0:
+                record.update(self.evaluate())
+            else:
+                record.update({"valid_acc": None, "test_acc": None})
+            record["peak_rss_bytes"] = self.rss.peak()
+            record["cache"] = cfg.tiers.cache
+            self.records.append(record)
+            self.epochs_done = epoch + 1
+            if cfg.checkpoint_dir is not None:
+                save_checkpoint(
+                    cfg.checkpoint_dir,
+                    epoch=self.epochs_done,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    records=self.records,
+                    config=cfg.to_dict(),
+                    extra={"step": self.step},
+                )
+            if self.metrics is not None:
+                self.metrics.write(record)
+            if cfg.progress:
+                print(format_table(self.records), flush=True)
+        return self.records
+
+    def close(self) -> None:
+        """Stop threads and release tiers and files."""
+        self.rss.close()
+        self.cache.close()
+        self.sampler.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def train(config: TrainConfig) -> list[dict[str, Any]]:
+    """Run (or resume) training as ``config`` says; one record per epoch.
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+
+    Returns
+    -------
+    list of dict
+        The metric records of every epoch (on resume, also those of the
+        epochs the checkpoint covers). See :mod:`refresh_train.metrics`.
+    """
+    with Trainer(config) as trainer:
+        return trainer.run()
