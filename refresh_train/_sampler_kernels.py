@@ -123,15 +123,19 @@ def sample_kernel(indptr, indices, dst, offsets, lkey, lo, hi, out):
 
 
 @njit(cache=True, nogil=True)
-def relabel_kernel(dst, nbr, offsets, table_keys, table_vals, shift, src_out, edge_out):
+def relabel_hash_kernel(dst, offsets, table_keys, table_vals, shift, src_out, edge_out):
     """Give local ids to the destinations and their sampled neighbours.
 
-    Destinations get ``0 .. len(dst)-1``; each neighbour not seen before gets the
-    next id in order of first appearance (so the destinations are a prefix of
-    the source nodes). ``table_keys`` (filled with -1) / ``table_vals`` are an
-    open-addressing hash table whose size is a power of two above
-    ``2 * (len(dst) + len(nbr))``; ``shift`` is 64 minus its log2. Writes ``src_out[:num_src]`` (global ids)
-    and ``edge_out[0]`` / ``edge_out[1]`` (local source / destination ids).
+    ``edge_out[0]`` holds the sampled neighbours' global ids on entry (grouped
+    by destination as ``offsets`` says) and their local ids on return;
+    ``edge_out[1]`` receives the local destination ids. Destinations get
+    ``0 .. len(dst)-1``; each neighbour not seen before gets the next id in order
+    of first appearance, so the destinations are a prefix of the sources.
+    ``src_out[:num_src]`` receives the sources' global ids.
+
+    ``table_keys`` (filled with -1) / ``table_vals`` are an open-addressing
+    hash table whose size is a power of two at least twice ``len(src_out)``;
+    ``shift`` is 64 minus its log2.
 
     Returns ``num_src``, or ``-1 - i`` if ``dst[i]`` repeats an earlier
     destination.
@@ -152,7 +156,7 @@ def relabel_kernel(dst, nbr, offsets, table_keys, table_vals, shift, src_out, ed
     num = n_dst
     for i in range(n_dst):
         for e in range(offsets[i], offsets[i + 1]):
-            u = np.int64(nbr[e])
+            u = edge_out[0, e]
             h = np.int64((np.uint64(u) * _GOLDEN) >> shift) & mask
             while True:
                 key = table_keys[h]
@@ -169,4 +173,39 @@ def relabel_kernel(dst, nbr, offsets, table_keys, table_vals, shift, src_out, ed
                 h = (h + 1) & mask
             edge_out[0, e] = local
             edge_out[1, e] = i
+    return num
+
+
+@njit(cache=True, nogil=True)
+def relabel_dense_kernel(dst, offsets, local_map, src_out, edge_out):
+    """:func:`relabel_hash_kernel` with a dense ``global id -> local id`` map.
+
+    ``local_map`` (int32, one entry per node) must be all -1 on entry and is
+    all -1 again on return (only the touched entries are reset), so one map
+    serves every batch of a thread. A direct index beats hashing while the
+    map is small enough to sit in the last-level cache.
+    """
+    n_dst = dst.shape[0]
+    for i in range(n_dst):
+        u = dst[i]
+        if local_map[u] != -1:
+            for q in range(i):
+                local_map[src_out[q]] = -1
+            return -1 - i
+        local_map[u] = i
+        src_out[i] = u
+    num = n_dst
+    for i in range(n_dst):
+        for e in range(offsets[i], offsets[i + 1]):
+            u = edge_out[0, e]
+            local = np.int64(local_map[u])
+            if local == -1:
+                local = num
+                local_map[u] = num
+                src_out[num] = u
+                num += 1
+            edge_out[0, e] = local
+            edge_out[1, e] = i
+    for q in range(num):
+        local_map[src_out[q]] = -1
     return num

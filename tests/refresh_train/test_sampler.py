@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+import refresh_train.sampler as sampler_mod
 from refresh_train._reference_sampler import ReferenceNeighborSampler
 from refresh_train.sampler import (
     NeighborSampler,
@@ -19,6 +20,15 @@ from refresh_train.sampler import (
     epoch_batches,
     num_batches,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny tensors: a second OpenMP thread only spins on a loaded 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def csc(num_nodes: int, src, dst, indices_dtype=np.int64):
@@ -89,6 +99,14 @@ def check_structure(mb, seeds, indptr, indices, fanouts):
                 assert set(got.tolist()) <= set(true.tolist())
 
 
+@pytest.fixture(params=[pytest.param(True, id="dense_map"), pytest.param(False, id="hash_map")])
+def relabel(request, monkeypatch):
+    """Run a test with both relabelling paths (dense id map and hash table)."""
+    if not request.param:
+        monkeypatch.setattr(sampler_mod, "DENSE_MAP_MAX_NODES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize(
     "dtype", [pytest.param(np.int32, id="int32"), pytest.param(np.int64, id="int64")]
 )
@@ -100,9 +118,10 @@ def check_structure(mb, seeds, indptr, indices, fanouts):
         pytest.param([4, 3, 2], id="432"),
     ],
 )
-def test_neighbourhoods_exact(dtype, fanouts):
+def test_neighbourhoods_exact(dtype, fanouts, relabel):
     indptr, indices = corner_graph(dtype)
     sampler = NeighborSampler(indptr, indices, fanouts, seed=3)
+    assert sampler._dense_map is relabel
     seeds = np.array([0, 1, 5, 7, 195, 42, 100], dtype=np.int64)
     mb = sampler.sample(seeds, batch_seed=11)
     check_structure(mb, seeds, indptr, indices, fanouts)
@@ -174,6 +193,18 @@ def test_uniform_over_subsets():
     assert len(counts) == 20
     p = stats.chisquare(list(counts.values())).pvalue
     assert p > 1e-3, p
+
+
+def test_dense_and_hash_relabelling_agree(monkeypatch):
+    indptr, indices = corner_graph()
+    seeds = np.arange(3, 190, 2)
+    dense = NeighborSampler(indptr, indices, [5, 4, 3], seed=4).sample(seeds, 9)
+    monkeypatch.setattr(sampler_mod, "DENSE_MAP_MAX_NODES", 0)
+    hashed = NeighborSampler(indptr, indices, [5, 4, 3], seed=4).sample(seeds, 9)
+    for a, b in zip(dense.blocks, hashed.blocks):
+        assert torch.equal(a.edge_index, b.edge_index)
+    for x, y in zip(dense.layer_nodes, hashed.layer_nodes):
+        assert torch.equal(x, y)
 
 
 def test_determinism_and_seed_dependence():
@@ -299,11 +330,15 @@ def test_prune_everything_and_bad_hook():
         s.sample(np.array([0, 1]), 0, prune=lambda layer, ids: np.ones(ids.shape, np.float32))
 
 
-def test_input_validation():
+def test_input_validation(relabel):
     indptr, indices = corner_graph()
     s = NeighborSampler(indptr, indices, [3])
+    before = s.sample(np.array([4, 5, 6]), 0)
     with pytest.raises(ValueError, match="distinct"):
         s.sample(np.array([4, 5, 4]), 0)
+    # The failed call left no stale ids in the per-thread scratch state.
+    after = s.sample(np.array([4, 5, 6]), 0)
+    assert all(torch.equal(x, y) for x, y in zip(before.layer_nodes, after.layer_nodes))
     with pytest.raises(ValueError, match=r"\[0, 200\)"):
         s.sample(np.array([200]), 0)
     with pytest.raises(ValueError, match="batch_seed"):
@@ -367,7 +402,7 @@ def test_reference_sampler_uniform():
     indptr, indices = corner_graph()
     ref = ReferenceNeighborSampler(indptr, indices, [5])
     picks = Counter()
-    for b in range(3000):
+    for b in range(2000):
         mb = ref.sample(np.array([1]), b)
         picks.update(mb.layer_nodes[0][1:].tolist())
     assert sorted(picks) == list(range(30, 50))
