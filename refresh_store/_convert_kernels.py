@@ -1,0 +1,222 @@
+"""Numba kernels of the converter (see :mod:`refresh_store.convert`).
+
+Plain kernels: contiguous arrays in, caller-allocated arrays out, no checks;
+the callers in :mod:`refresh_store._csc`, :mod:`refresh_store.reorder` and
+:mod:`refresh_store._permute` validate inputs first.
+
+An edge ``s -> d`` travels between passes as one int64 *key*
+``(d - lo) * num_nodes + s``, relative to the first node ``lo`` of its bucket,
+so that sorting keys sorts edges by destination, then source, and equal keys
+are duplicate edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "find_buckets",
+    "edge_keys_by_bucket",
+    "dedupe_sorted",
+    "local_degrees",
+    "keys_to_sources",
+    "relabel_keys",
+    "degree_histogram",
+    "collect_at_least",
+    "assign_degree_ids",
+    "invert_window",
+    "stable_bucket_order",
+    "scatter_add_rows",
+]
+
+
+@njit(cache=True, nogil=True)
+def _bucket(v, bounds):
+    # bounds is increasing with bounds[0] <= v < bounds[-1]
+    lo = 0
+    hi = len(bounds) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if bounds[mid] <= v:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def find_buckets(values, bounds, out):
+    """out[i] = k such that bounds[k] <= values[i] < bounds[k + 1]."""
+    for i in range(len(values)):
+        out[i] = _bucket(values[i], bounds)
+
+
+@njit(cache=True, nogil=True)
+def edge_keys_by_bucket(src, dst, num_nodes, bounds, undirected, drop_self_loops, counts, keys):
+    """Keys of a block of edges grouped by destination bucket.
+
+    Returns the index of the first edge with an id outside [0, num_nodes)
+    (nothing written then), else -1. ``counts`` (zeroed, [K]) receives the
+    number of keys per bucket; ``keys`` (at least 2 * len(src) when
+    undirected) receives them, bucket after bucket.
+    """
+    n = len(src)
+    for i in range(n):
+        s = src[i]
+        d = dst[i]
+        if s < 0 or s >= num_nodes or d < 0 or d >= num_nodes:
+            return i
+    for i in range(n):
+        s = src[i]
+        d = dst[i]
+        if s == d and drop_self_loops:
+            continue
+        counts[_bucket(d, bounds)] += 1
+        if undirected and s != d:
+            counts[_bucket(s, bounds)] += 1
+    k = len(counts)
+    pos = np.empty(k, dtype=np.int64)
+    acc = 0
+    for b in range(k):
+        pos[b] = acc
+        acc += counts[b]
+    for i in range(n):
+        s = src[i]
+        d = dst[i]
+        if s == d and drop_self_loops:
+            continue
+        b = _bucket(d, bounds)
+        keys[pos[b]] = (d - bounds[b]) * num_nodes + s
+        pos[b] += 1
+        if undirected and s != d:
+            b = _bucket(s, bounds)
+            keys[pos[b]] = (s - bounds[b]) * num_nodes + d
+            pos[b] += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def dedupe_sorted(keys, n):
+    """Remove repeats from sorted keys[:n] in place; return the new length."""
+    if n == 0:
+        return 0
+    m = 1
+    for i in range(1, n):
+        if keys[i] != keys[m - 1]:
+            keys[m] = keys[i]
+            m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def local_degrees(keys, m, num_nodes, deg):
+    """deg[key // num_nodes] += 1 for keys[:m] (deg zeroed by the caller)."""
+    for i in range(m):
+        deg[keys[i] // num_nodes] += 1
+
+
+@njit(cache=True, nogil=True)
+def keys_to_sources(keys, m, num_nodes, out):
+    """out[i] = keys[i] % num_nodes (the source node of each edge)."""
+    for i in range(m):
+        out[i] = keys[i] % num_nodes
+
+
+@njit(cache=True, nogil=True)
+def relabel_keys(keys, m, num_nodes, lo, new_id, bounds, counts, out):
+    """Map keys of a bucket starting at ``lo`` to new ids, grouped by new-id bucket.
+
+    ``counts`` (zeroed, [K]) receives keys per bucket of ``bounds``; ``out``
+    ([m]) receives the keys relative to their new bucket.
+    """
+    k = len(counts)
+    for i in range(m):
+        d = new_id[lo + keys[i] // num_nodes]
+        counts[_bucket(d, bounds)] += 1
+    pos = np.empty(k, dtype=np.int64)
+    acc = 0
+    for b in range(k):
+        pos[b] = acc
+        acc += counts[b]
+    for i in range(m):
+        key = keys[i]
+        d = new_id[lo + key // num_nodes]
+        s = new_id[key % num_nodes]
+        b = _bucket(d, bounds)
+        out[pos[b]] = (d - bounds[b]) * num_nodes + s
+        pos[b] += 1
+
+
+@njit(cache=True, nogil=True)
+def degree_histogram(deg, cap, hist):
+    """hist[min(deg[v], cap)] += 1 (hist zeroed, [cap + 1])."""
+    for v in range(len(deg)):
+        d = deg[v]
+        hist[d if d < cap else cap] += 1
+
+
+@njit(cache=True, nogil=True)
+def collect_at_least(deg, cap, ids, degs):
+    """Nodes with deg >= cap, ascending, into ids/degs; return how many."""
+    c = 0
+    for v in range(len(deg)):
+        if deg[v] >= cap:
+            ids[c] = v
+            degs[c] = deg[v]
+            c += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def assign_degree_ids(table, cap, start, big_new):
+    """Turn degrees into new ids in place (a stable counting sort by degree, descending).
+
+    ``start[d]`` (d < cap) is the first new id of degree ``d``; nodes of degree
+    >= cap take ``big_new`` in ascending node order.
+    """
+    j = 0
+    for v in range(len(table)):
+        d = table[v]
+        if d >= cap:
+            table[v] = big_new[j]
+            j += 1
+        else:
+            table[v] = start[d]
+            start[d] += 1
+
+
+@njit(cache=True, nogil=True)
+def invert_window(new_id, lo, hi, out):
+    """out[new_id[v] - lo] = v for every v with lo <= new_id[v] < hi."""
+    for v in range(len(new_id)):
+        j = new_id[v]
+        if j >= lo and j < hi:
+            out[j - lo] = v
+
+
+@njit(cache=True, nogil=True)
+def stable_bucket_order(bucket, counts, order):
+    """order = positions sorted by bucket, stable; counts (zeroed, [K]) = size of each bucket."""
+    for i in range(len(bucket)):
+        counts[bucket[i]] += 1
+    pos = np.empty(len(counts), dtype=np.int64)
+    acc = 0
+    for b in range(len(counts)):
+        pos[b] = acc
+        acc += counts[b]
+    for i in range(len(bucket)):
+        b = bucket[i]
+        order[pos[b]] = i
+        pos[b] += 1
+
+
+@njit(cache=True, nogil=True)
+def scatter_add_rows(acc, cnt, dst, rows):
+    """acc[dst[i]] += rows[i] (in float32) and cnt[dst[i]] += 1."""
+    d = acc.shape[1]
+    for i in range(len(dst)):
+        t = dst[i]
+        cnt[t] += 1
+        for j in range(d):
+            acc[t, j] += np.float32(rows[i, j])

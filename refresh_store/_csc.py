@@ -1,0 +1,381 @@
+"""Building the CSC topology of the sampling graph out of core.
+
+Edges never sit in memory all at once. They travel as int64 keys (see
+:mod:`refresh_store._convert_kernels`) through bucket files, each bucket a
+range of destination nodes small enough to sort in the memory budget:
+
+1. :func:`bucket_edges` reads the source's edges in blocks, symmetrises and
+   drops self-loops as asked, and appends each key to the bucket of its
+   destination; buckets that came out too large are split.
+2. :func:`dedupe_buckets` sorts each bucket, removes duplicate edges, adds
+   self-loops if asked, and records every node's in-degree.
+3. :func:`relabel_buckets` (degree reordering only) maps both ends to new ids
+   and re-buckets by new destination, with bucket bounds cut from the known
+   degrees so each holds about the same number of edges.
+4. :func:`write_csc` writes ``indptr`` and ``indices`` front to back.
+
+Step 2 is restartable bucket by bucket: a bucket's deduplicated file appears
+by an atomic rename and only then is its input removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._convert_kernels import (
+    dedupe_sorted,
+    edge_keys_by_bucket,
+    find_buckets,
+    keys_to_sources,
+    local_degrees,
+    relabel_keys,
+)
+from .errors import ConvertError, InputDataError
+from .readers import EdgeSource
+
+__all__ = [
+    "Bucket",
+    "bucket_edges",
+    "dedupe_buckets",
+    "new_id_bounds",
+    "relabel_buckets",
+    "write_csc",
+    "KEY_BYTES",
+]
+
+KEY_BYTES = 8
+Tick = Callable[[int, int], None]
+_MAX_OPEN_BUCKETS = 512
+
+
+@dataclass
+class Bucket:
+    """Keys of the edges into nodes ``[lo, hi)``, in file ``name`` of the temp folder."""
+
+    lo: int
+    hi: int
+    name: str
+    count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in the resume log)."""
+        return asdict(self)
+
+
+def _append(f: Any, arr: np.ndarray) -> None:
+    f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+
+
+def _key_blocks(path: Path, count: int, block: int) -> Any:
+    """Blocks of keys of a bucket file, read into memory (no mapping: bounded RSS)."""
+    with open(path, "rb") as f:
+        for a in range(0, count, block):
+            keys = np.fromfile(f, dtype=np.int64, count=min(block, count - a))
+            if len(keys) != min(block, count - a):
+                raise ConvertError(
+                    f"temporary file {str(path)!r} is damaged; rerun with --overwrite"
+                )
+            yield a, keys
+
+
+def _uniform_bounds(lo: int, hi: int, parts: int) -> NDArray[np.int64]:
+    parts = max(1, min(parts, hi - lo))
+    return np.unique(np.linspace(lo, hi, parts + 1).round().astype(np.int64))
+
+
+def _partition_to_files(
+    blocks: Any,
+    bounds: NDArray[np.int64],
+    num_nodes: int,
+    tmp_dir: Path,
+    prefix: str,
+    undirected: bool,
+    drop_self_loops: bool,
+    edges_name: str,
+    tick: Tick,
+) -> list[Bucket]:
+    k = len(bounds) - 1
+    names = [f"{prefix}_{i}.keys" for i in range(k)]
+    counts = np.zeros(k, dtype=np.int64)
+    files = [open(tmp_dir / nm, "wb") for nm in names]
+    try:
+        for first, src, dst in blocks:
+            src = np.ascontiguousarray(src, dtype=np.int64)
+            dst = np.ascontiguousarray(dst, dtype=np.int64)
+            keys = np.empty(len(src) * (2 if undirected else 1), dtype=np.int64)
+            c = np.zeros(k, dtype=np.int64)
+            bad = edge_keys_by_bucket(
+                src, dst, num_nodes, bounds, undirected, drop_self_loops, c, keys
+            )
+            if bad >= 0:
+                raise InputDataError(
+                    f"edge {first + bad} of {edges_name!r} is {int(src[bad])} -> {int(dst[bad])}; "
+                    f"node ids must lie in [0, {num_nodes})"
+                )
+            ends = np.cumsum(c)
+            for i in np.flatnonzero(c):
+                _append(files[i], keys[ends[i] - c[i] : ends[i]])
+            counts += c
+            tick(len(src), len(src) * 16)
+    finally:
+        for f in files:
+            f.close()
+    return [Bucket(int(bounds[i]), int(bounds[i + 1]), names[i], int(counts[i])) for i in range(k)]
+
+
+def _split_oversized(
+    buckets: list[Bucket], num_nodes: int, tmp_dir: Path, capacity: int, block: int
+) -> list[Bucket]:
+    """Split every bucket of more than ``capacity`` keys by destination range (skewed degrees)."""
+    out: list[Bucket] = []
+    todo = list(buckets)
+    while todo:
+        b = todo.pop(0)
+        if b.count <= capacity:
+            out.append(b)
+            continue
+        if b.hi - b.lo == 1:
+            raise ConvertError(
+                f"node {b.lo} has {b.count} in-edges before deduplication; sorting them needs "
+                f"{b.count * 2 * KEY_BYTES / 2**30:.2f} GiB — raise --memory-budget"
+            )
+        parts = max(2, -(-b.count * 2 // capacity))
+        bounds = _uniform_bounds(b.lo, b.hi, parts)
+        path = tmp_dir / b.name
+        stem = b.name.removesuffix(".keys")
+
+        def blocks(path: Path = path, b: Bucket = b) -> Any:
+            for a, keys in _key_blocks(path, b.count, block):
+                yield a, keys % num_nodes, b.lo + keys // num_nodes
+
+        subs = _partition_to_files(
+            blocks(), bounds, num_nodes, tmp_dir, stem, False, False, b.name, lambda r, n: None
+        )
+        path.unlink()
+        todo = subs + todo
+    return out
+
+
+def bucket_edges(
+    edges: EdgeSource,
+    num_nodes: int,
+    *,
+    undirected: bool,
+    drop_self_loops: bool,
+    tmp_dir: Path,
+    capacity: int,
+    block_edges: int,
+    tick: Tick,
+) -> list[Bucket]:
+    """Pass 1: edge keys into destination buckets of at most ``capacity`` keys each.
+
+    Raises
+    ------
+    InputDataError
+        An edge names a node outside ``[0, num_nodes)``.
+    """
+    total = edges.num_edges * (2 if undirected else 1)
+    parts = min(_MAX_OPEN_BUCKETS, max(1, -(-total * 5 // (capacity * 4))))
+    bounds = _uniform_bounds(0, num_nodes, parts) if num_nodes else np.array([0, 0])
+    if num_nodes == 0:
+        return []
+    buckets = _partition_to_files(
+        edges.blocks(block_edges),
+        bounds,
+        num_nodes,
+        tmp_dir,
+        "edges",
+        undirected,
+        drop_self_loops,
+        edges.name,
+        tick,
+    )
+    return _split_oversized(buckets, num_nodes, tmp_dir, capacity, block_edges)
+
+
+def _dedupe_one(
+    b: Bucket, num_nodes: int, add_self_loops: bool, degrees: np.ndarray, tmp_dir: Path
+) -> Bucket:
+    src_path = tmp_dir / b.name
+    name = b.name.removesuffix(".keys") + ".dedup"
+    done_path = tmp_dir / name
+    if done_path.exists():  # finished by an interrupted earlier run
+        keys = np.fromfile(done_path, dtype=np.int64)
+        m = len(keys)
+    else:
+        keys = np.fromfile(src_path, dtype=np.int64) if b.count else np.empty(0, np.int64)
+        if len(keys) != b.count:
+            raise ConvertError(
+                f"temporary file {str(src_path)!r} is damaged; rerun with --overwrite"
+            )
+        if add_self_loops:
+            local = np.arange(b.hi - b.lo, dtype=np.int64)
+            keys = np.concatenate([keys, local * num_nodes + (local + b.lo)])
+        keys.sort()
+        m = dedupe_sorted(keys, len(keys))
+        tmp = done_path.with_suffix(".partial")
+        with open(tmp, "wb") as f:
+            _append(f, keys[:m])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, done_path)
+    src_path.unlink(missing_ok=True)
+    deg = np.zeros(b.hi - b.lo, dtype=np.int64)
+    local_degrees(keys, m, num_nodes, deg)
+    degrees[b.lo : b.hi] = deg
+    return Bucket(b.lo, b.hi, name, int(m))
+
+
+def dedupe_buckets(
+    buckets: list[Bucket],
+    num_nodes: int,
+    *,
+    add_self_loops: bool,
+    degrees: np.ndarray,
+    tmp_dir: Path,
+    tick: Tick,
+) -> tuple[list[Bucket], int]:
+    """Pass 2: sort and deduplicate each bucket; fill ``degrees`` (in-degree per node).
+
+    Returns
+    -------
+    buckets, num_edges
+        The deduplicated buckets (sorted keys) and the edge count of the sampling graph.
+    """
+    out = []
+    for b in buckets:
+        out.append(_dedupe_one(b, num_nodes, add_self_loops, degrees, tmp_dir))
+        tick(b.hi - b.lo, b.count * KEY_BYTES)
+    return out, sum(b.count for b in out)
+
+
+def new_id_bounds(
+    run_degrees: NDArray[np.int64], run_counts: NDArray[np.int64], capacity: int
+) -> NDArray[np.int64]:
+    """Bounds of new-id buckets holding at most ``capacity`` edges each (one node at least).
+
+    ``run_degrees``/``run_counts`` give the degree of new ids 0, 1, ... as runs.
+    """
+    cuts = [0]
+    pos = 0
+    fill = 0
+    for d, c in zip(run_degrees.tolist(), run_counts.tolist()):
+        while c:
+            room = (capacity - fill) // d if d else c
+            if room <= 0:
+                if fill == 0:  # a single node above capacity gets a bucket of its own
+                    room = 1
+                else:
+                    cuts.append(pos)
+                    fill = 0
+                    continue
+            take = min(c, room)
+            pos += take
+            fill += take * d
+            c -= take
+    if cuts[-1] != pos:
+        cuts.append(pos)
+    return np.asarray(cuts, dtype=np.int64)
+
+
+def relabel_buckets(
+    buckets: list[Bucket],
+    num_nodes: int,
+    new_id: np.ndarray,
+    bounds: NDArray[np.int64],
+    *,
+    tmp_dir: Path,
+    block_edges: int,
+    tick: Tick,
+) -> list[Bucket]:
+    """Pass 3: map deduplicated keys to new ids, bucketed by new destination."""
+    k = len(bounds) - 1
+    if k > _MAX_OPEN_BUCKETS * 8:
+        raise ConvertError(f"{k} buckets of new ids; raise --memory-budget")
+    names = [f"relabel_{i}.keys" for i in range(k)]
+    counts = np.zeros(k, dtype=np.int64)
+    files = [open(tmp_dir / nm, "wb") for nm in names]
+    try:
+        for b in buckets:
+            if not b.count:
+                tick(b.hi - b.lo, 0)
+                continue
+            for _, keys in _key_blocks(tmp_dir / b.name, b.count, block_edges):
+                out = np.empty_like(keys)
+                c = np.zeros(k, dtype=np.int64)
+                relabel_keys(keys, len(keys), num_nodes, b.lo, new_id, bounds, c, out)
+                ends = np.cumsum(c)
+                for i in np.flatnonzero(c):
+                    _append(files[i], out[ends[i] - c[i] : ends[i]])
+                counts += c
+            tick(b.hi - b.lo, b.count * KEY_BYTES)
+    finally:
+        for f in files:
+            f.close()
+    return [Bucket(int(bounds[i]), int(bounds[i + 1]), names[i], int(counts[i])) for i in range(k)]
+
+
+def write_csc(
+    buckets: list[Bucket],
+    num_nodes: int,
+    *,
+    write_indptr: Callable[[int, np.ndarray], None],
+    write_indices: Callable[[int, np.ndarray], None],
+    indices_dtype: np.dtype,
+    sort: bool,
+    tmp_dir: Path,
+    tick: Tick,
+) -> int:
+    """Pass 4: ``indptr``/``indices`` from buckets covering ``[0, num_nodes)`` in order.
+
+    Returns
+    -------
+    int
+        Number of edges written.
+    """
+    write_indptr(0, np.zeros(1, dtype=np.int64))
+    offset = 0
+    expect = 0
+    for b in buckets:
+        if b.lo != expect:
+            raise ConvertError(f"internal error: buckets leave nodes [{expect}, {b.lo}) out")
+        expect = b.hi
+        keys = np.fromfile(tmp_dir / b.name, dtype=np.int64) if b.count else np.empty(0, np.int64)
+        if len(keys) != b.count:
+            raise ConvertError(
+                f"temporary file {str(tmp_dir / b.name)!r} is damaged; rerun with --overwrite"
+            )
+        if sort:
+            keys.sort()
+        deg = np.zeros(b.hi - b.lo, dtype=np.int64)
+        local_degrees(keys, len(keys), num_nodes, deg)
+        src = np.empty(len(keys), dtype=indices_dtype)
+        keys_to_sources(keys, len(keys), num_nodes, src)
+        del keys
+        if len(src):
+            write_indices(offset, src)
+        write_indptr(b.lo + 1, offset + np.cumsum(deg))
+        offset += len(src)
+        tick(b.hi - b.lo, len(src) * src.itemsize + (b.hi - b.lo) * 8)
+    if expect != num_nodes:
+        raise ConvertError(f"internal error: buckets end at node {expect}, not {num_nodes}")
+    return offset
+
+
+def bucket_sizes(buckets: list[Bucket]) -> NDArray[np.int64]:
+    """Keys per bucket (for messages and tests)."""
+    return np.array([b.count for b in buckets], dtype=np.int64)
+
+
+def assign_buckets(values: NDArray[np.int64], bounds: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Bucket of each value for increasing ``bounds`` (values in ``[bounds[0], bounds[-1])``)."""
+    out = np.empty(len(values), dtype=np.int64)
+    find_buckets(np.ascontiguousarray(values, dtype=np.int64), bounds, out)
+    return out

@@ -1,0 +1,290 @@
+"""Degree reordering and applying a permutation to row arrays out of core.
+
+New id 0 is the node of highest degree in the sampling graph, ties broken by
+old id, so that "the hottest K rows" of a store is the prefix ``[0, K)``.
+The order is a stable counting sort by degree: one pass for a histogram, one
+to assign ids, both over a node table that is turned into the new ids in
+place, so the converter holds one integer per node and no more.
+
+:func:`permute_rows` writes ``out[j] = transform(src[old_id[j]])`` block by
+block with one of two plans:
+
+``gather``
+    for each block of new ids, read the old rows in ascending order (a
+    forward sweep over the source) and scatter them into the block. Cheap when
+    the source fits in the page cache; otherwise each block sweeps the whole
+    source file.
+``shuffle``
+    read the source once front to back and append each row to the bucket
+    file of its new-id block; then load each bucket (its rows arrive in old-id
+    order, which fixes their new positions) and write the block. Four
+    sequential streams of the data, whatever the size: the plan for sources
+    larger than RAM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from numpy.typing import NDArray
+
+from ._convert_kernels import (
+    assign_degree_ids,
+    collect_at_least,
+    degree_histogram,
+    invert_window,
+    stable_bucket_order,
+)
+from .readers import RowSource
+
+__all__ = [
+    "degree_order",
+    "degrees_to_new_ids",
+    "degree_runs",
+    "write_inverse",
+    "choose_strategy",
+    "permute_rows",
+    "STRATEGIES",
+]
+
+STRATEGIES = ("auto", "gather", "shuffle")
+# Degrees below this are counted in a dense histogram; the few nodes above it
+# are sorted explicitly (at most E / cap of them).
+_DENSE_DEGREE_CAP = 1 << 20
+
+Tick = Callable[[int, int], None]  # (rows, bytes) done
+
+
+def _check_table(table: np.ndarray, name: str) -> None:
+    if table.ndim != 1 or table.dtype not in (np.int32, np.int64) or not table.flags.c_contiguous:
+        raise ValueError(
+            f"{name} must be a contiguous 1-D int32 or int64 array, got "
+            f"{table.dtype} of shape {table.shape}"
+        )
+
+
+def degrees_to_new_ids(table: NDArray[np.integer]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Turn a table of degrees into new ids, in place.
+
+    Parameters
+    ----------
+    table
+        ``table[v]`` = degree of node ``v`` (int32 or int64, contiguous, >= 0).
+        On return ``table[v]`` = new id of ``v``.
+
+    Returns
+    -------
+    hist, big_degrees
+        The degree histogram (``hist[d]`` nodes of degree ``d`` for ``d <
+        len(hist)``) and the degrees above it in descending order: together
+        the degree of every new id (see :func:`degree_runs`).
+    """
+    _check_table(table, "table")
+    n = len(table)
+    if n and int(table.min()) < 0:
+        raise ValueError("table holds a negative degree")
+    cap = min(_DENSE_DEGREE_CAP, n + 1)
+    hist = np.zeros(cap + 1, dtype=np.int64)
+    degree_histogram(table, cap, hist)
+    n_big = int(hist[cap])
+    big_ids = np.empty(n_big, dtype=np.int64)
+    big_deg = np.empty(n_big, dtype=np.int64)
+    collect_at_least(table, cap, big_ids, big_deg)
+    # Big nodes first, by degree descending then old id; then each degree
+    # below cap from high to low, where nodes keep their old-id order.
+    rank = np.lexsort((big_ids, -big_deg))
+    big_new = np.empty(n_big, dtype=np.int64)
+    big_new[rank] = np.arange(n_big)
+    dense = hist[:cap]
+    start = np.empty(cap, dtype=np.int64)
+    # start[d] = n_big + nodes of degree in (d, cap)
+    after = np.cumsum(dense[::-1])[::-1]
+    start[:-1] = after[1:]
+    start[-1] = 0
+    start += n_big
+    assign_degree_ids(table, cap, start, big_new)
+    return dense, big_deg[rank]
+
+
+def degree_runs(
+    hist: NDArray[np.int64], big_degrees: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Degrees of new ids ``0, 1, ...`` as runs ``(degree, count)``, in id order."""
+    nz = np.flatnonzero(hist)[::-1]
+    degs = np.concatenate([big_degrees, nz]).astype(np.int64)
+    counts = np.concatenate([np.ones(len(big_degrees), dtype=np.int64), hist[nz]])
+    return degs, counts
+
+
+def degree_order(degrees: NDArray[np.integer]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Degree ordering of nodes held in memory.
+
+    Parameters
+    ----------
+    degrees
+        ``[N]`` non-negative degrees.
+
+    Returns
+    -------
+    new_id, old_id
+        ``new_id[v]`` is the new id of old node ``v`` (0 = highest degree, ties
+        by old id); ``old_id`` is its inverse.
+
+    Examples
+    --------
+    >>> degree_order(np.array([1, 3, 1, 0]))[1]
+    array([1, 0, 2, 3])
+    """
+    table = np.array(degrees, dtype=np.int64)
+    if table.ndim != 1:
+        raise ValueError(f"degrees must be 1-D, got shape {table.shape}")
+    degrees_to_new_ids(table)
+    old = np.empty_like(table)
+    old[table] = np.arange(len(table))
+    return table, old
+
+
+def write_inverse(
+    new_id: NDArray[np.integer], write: Callable[[int, np.ndarray], None], window_rows: int
+) -> None:
+    """Write ``old_id`` (the inverse of ``new_id``) in windows of ``window_rows`` new ids.
+
+    Each window scans the whole table once and keeps only a window-sized
+    buffer, so memory stays bounded whatever N is.
+    """
+    _check_table(new_id, "new_id")
+    n = len(new_id)
+    step = max(1, int(window_rows))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        out = np.full(hi - lo, -1, dtype=np.int64)
+        invert_window(new_id, lo, hi, out)
+        if np.any(out < 0):
+            raise ValueError("new_id is not a permutation")
+        write(lo, out)
+
+
+def choose_strategy(src_bytes: int, work_bytes: int, requested: str = "auto") -> str:
+    """``gather`` when the source fits the budget or comfortably in the page cache, else ``shuffle``."""
+    if requested not in STRATEGIES:
+        raise ValueError(f"strategy={requested!r}; use one of {', '.join(STRATEGIES)}")
+    if requested != "auto":
+        return requested
+    if src_bytes <= work_bytes // 2:
+        return "gather"
+    if src_bytes <= psutil.virtual_memory().available // 2:
+        return "gather"
+    return "shuffle"
+
+
+def permute_rows(
+    src: RowSource,
+    write: Callable[[int, np.ndarray], None],
+    out_dtype: np.dtype,
+    new_id: NDArray[np.integer],
+    read_old_id: Callable[[int, int], NDArray[np.int64]],
+    transform: Callable[[np.ndarray, NDArray[np.int64]], np.ndarray],
+    work_bytes: int,
+    tmp_dir: Path,
+    strategy: str,
+    tick: Callable[[str, int], Tick] | None = None,
+) -> dict[str, Any]:
+    """Write ``transform(src[old_id[j]])`` as row ``j`` for every new id ``j``.
+
+    Parameters
+    ----------
+    src
+        Source rows (random access for ``gather``; any for ``shuffle``).
+    write
+        ``write(first_new_id, block)`` stores a block of output rows.
+    out_dtype
+        dtype of the output rows (what ``transform`` returns); they have the
+        source's row shape.
+    new_id, read_old_id
+        The permutation: an in-memory table, and a reader of ``old_id[a:b]``.
+    transform
+        ``transform(rows, their_old_ids) -> output rows`` (dtype conversion and
+        value checks; raises on bad values).
+    work_bytes
+        Memory the blocks may use.
+    tmp_dir
+        Where the ``shuffle`` plan keeps its bucket files.
+    strategy
+        ``'gather'`` or ``'shuffle'`` (see the module docstring).
+    tick
+        ``tick(phase, total_rows)`` returns a progress callback.
+
+    Returns
+    -------
+    dict
+        ``{"strategy": ..., "blocks": ...}``.
+    """
+    n = len(src)
+    in_rb = max(1, src.row_bytes)
+    row_shape = tuple(src.shape[1:])
+    out_rb = max(1, np.dtype(out_dtype).itemsize * int(np.prod(row_shape, dtype=np.int64)))
+
+    def noop(rows: int, nbytes: int) -> None:
+        pass
+
+    if strategy == "gather":
+        if not src.random_access:
+            raise ValueError("the gather plan needs a random-access source")
+        block = max(1, work_bytes // (in_rb + 2 * out_rb + 40))
+        progress = tick("gather", n) if tick else noop
+        for a in range(0, n, block):
+            b = min(n, a + block)
+            old = read_old_id(a, b)
+            order = np.argsort(old)
+            ids = old[order]
+            rows = transform(src.take(ids), ids)
+            out = np.empty_like(rows)
+            out[order] = rows
+            del rows
+            write(a, out)
+            progress(b - a, (b - a) * out_rb)
+        return {"strategy": "gather", "blocks": -(-n // block)}
+    if strategy != "shuffle":
+        raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
+
+    bucket_rows = max(1, work_bytes // (2 * out_rb + 24))
+    n_buckets = max(1, -(-n // bucket_rows))
+    chunk = max(1, work_bytes // (in_rb + 2 * out_rb + 24))
+    paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
+    files = [open(p, "wb") for p in paths]
+    try:
+        progress = tick("shuffle: split", n) if tick else noop
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            rows = transform(src.read(s, e), np.arange(s, e, dtype=np.int64))
+            bucket = np.asarray(new_id[s:e], dtype=np.int64) // bucket_rows
+            counts = np.zeros(n_buckets, dtype=np.int64)
+            order = np.empty(e - s, dtype=np.int64)
+            stable_bucket_order(bucket, counts, order)
+            rows = rows[order]
+            ends = np.cumsum(counts)
+            for k in np.flatnonzero(counts):
+                part = np.ascontiguousarray(rows[ends[k] - counts[k] : ends[k]])
+                files[k].write(memoryview(part).cast("B"))
+            progress(e - s, (e - s) * in_rb)
+    finally:
+        for f in files:
+            f.close()
+    progress = tick("shuffle: place", n) if tick else noop
+    for k, path in enumerate(paths):
+        lo, hi = k * bucket_rows, min(n, (k + 1) * bucket_rows)
+        old = read_old_id(lo, hi)
+        order = np.argsort(old)
+        data = np.fromfile(path, dtype=out_dtype).reshape(hi - lo, *row_shape)
+        out = np.empty_like(data)
+        out[order] = data
+        del data
+        write(lo, out)
+        os.unlink(path)
+        progress(hi - lo, (hi - lo) * out_rb)
+    return {"strategy": "shuffle", "blocks": n_buckets}

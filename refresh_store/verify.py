@@ -1,0 +1,248 @@
+"""Check a store: data checksums against its manifest, and the invariants of its arrays.
+
+Every array is read front to back in blocks (with ``pread``, so memory stays
+bounded); the permutation check keeps one window of ``old_id`` at a time.
+Each failure is reported with the array, the position and the values found.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StoreFormatError
+from .format import ARRAY_NAMES, RowRegion
+from .store import array_checksums, open_store
+
+__all__ = ["VerifyReport", "verify_store"]
+
+_BLOCK_BYTES = 64 << 20  # 64 MiB per read
+_WINDOW_ROWS = 16 << 20  # old_id entries per permutation window (128 MiB)
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify_store`: ``ok`` when ``failures`` is empty."""
+
+    path: str
+    failures: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed."""
+        return not self.failures
+
+
+def _blocks(region: RowRegion, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first_row, rows)`` blocks of an array, in row order."""
+    rb = max(1, region.row_bytes)
+    step = max(1, block_bytes // rb)
+    base = int(region.chunk_offsets[0]) if len(region.chunk_offsets) else 0
+    with open(region.path, "rb", buffering=0) as f:
+        for a in range(0, region.nrows, step):
+            b = min(region.nrows, a + step)
+            if region.contiguous:
+                raw = os.pread(f.fileno(), (b - a) * rb, base + a * rb)
+            else:
+                offs = region.row_offsets(np.arange(a, b))
+                raw = b"".join(os.pread(f.fileno(), rb, int(o)) for o in offs)
+            if len(raw) != (b - a) * rb:
+                raise StoreFormatError(f"{region.path!r} is truncated near row {a}")
+            yield a, np.frombuffer(raw, dtype=region.dtype).reshape(b - a, *region.row_shape)
+
+
+def _check_checksums(path: Path, manifest: dict, report: VerifyReport) -> None:
+    recorded = manifest.get("checksums", {})
+    for name in ARRAY_NAMES:
+        want = recorded.get(name)
+        if not isinstance(want, dict):
+            report.failures.append(f"{name}: the manifest has no checksums for it")
+            continue
+        got = array_checksums(path, name, int(want.get("block_bytes", 64 << 20)))
+        if got["nbytes"] != want.get("nbytes", got["nbytes"]):
+            report.failures.append(
+                f"{name}: holds {got['nbytes']} bytes, the manifest says {want['nbytes']}"
+            )
+        bb = got["block_bytes"]
+        for i, (g, w) in enumerate(zip(got["crc32c"], want.get("crc32c", []))):
+            if g != w:
+                report.failures.append(
+                    f"{name}: bytes [{i * bb}, {min((i + 1) * bb, got['nbytes'])}) fail their "
+                    f"checksum (crc32c {g:#010x}, manifest {w:#010x})"
+                )
+        if len(got["crc32c"]) != len(want.get("crc32c", [])):
+            report.failures.append(
+                f"{name}: {len(got['crc32c'])} checksum blocks, the manifest has "
+                f"{len(want.get('crc32c', []))}"
+            )
+    report.checked.append("checksums")
+
+
+def _check_range(region: RowRegion, name: str, lo: int, hi: int, report: VerifyReport) -> None:
+    for a, block in _blocks(region):
+        flat = block.reshape(len(block))
+        bad = np.flatnonzero((flat < lo) | (flat >= hi))
+        if len(bad):
+            i = int(bad[0])
+            report.failures.append(
+                f"{name}[{a + i}] = {int(flat[i])} is outside [{lo}, {hi}) "
+                f"({len(bad)} such values in rows [{a}, {a + len(block)}))"
+            )
+            return
+
+
+def _check_indptr(region: RowRegion, num_edges: int, report: VerifyReport) -> None:
+    prev = None
+    last = None
+    for a, block in _blocks(region):
+        v = block.reshape(len(block)).astype(np.int64)
+        if a == 0 and len(v) and v[0] != 0:
+            report.failures.append(f"indptr[0] = {int(v[0])}; it must be 0")
+        joined = v if prev is None else np.concatenate([[prev], v])
+        drops = np.flatnonzero(np.diff(joined) < 0)
+        if len(drops):
+            i = int(drops[0]) + a - (0 if prev is None else 1)
+            report.failures.append(
+                f"indptr decreases at node {i}: indptr[{i}] = {int(joined[drops[0]])} > "
+                f"indptr[{i + 1}] = {int(joined[drops[0] + 1])}"
+            )
+            return
+        if len(v):
+            prev = last = int(v[-1])
+    if last is not None and last != num_edges:
+        report.failures.append(f"indptr ends at {last}; it must end at E = {num_edges}")
+
+
+def _check_permutation(new: RowRegion, old: RowRegion, n: int, report: VerifyReport) -> None:
+    if new.nrows != n or old.nrows != n:
+        report.failures.append(f"new_id/old_id have {new.nrows}/{old.nrows} entries; expected {n}")
+        return
+    _check_range(new, "new_id", 0, n, report)
+    _check_range(old, "old_id", 0, n, report)
+    if report.failures and any(f.startswith(("new_id[", "old_id[")) for f in report.failures):
+        return
+    for lo in range(0, n, _WINDOW_ROWS):
+        hi = min(n, lo + _WINDOW_ROWS)
+        inverse = np.full(hi - lo, -1, dtype=np.int64)  # old id whose new id is j
+        hits = np.zeros(hi - lo, dtype=np.int64)
+        for a, block in _blocks(new):
+            v = block.reshape(len(block)).astype(np.int64)
+            inside = np.flatnonzero((v >= lo) & (v < hi))
+            inverse[v[inside] - lo] = inside + a
+            np.add.at(hits, v[inside] - lo, 1)
+        if np.any(hits != 1):
+            j = lo + int(np.flatnonzero(hits != 1)[0])
+            report.failures.append(
+                f"new_id is not a bijection: new id {j} is taken by {int(hits[j - lo])} nodes"
+            )
+            return
+        for a, block in _blocks(old):
+            if a + len(block) <= lo or a >= hi:
+                continue
+            s, e = max(a, lo), min(a + len(block), hi)
+            got = block.reshape(len(block))[s - a : e - a].astype(np.int64)
+            bad = np.flatnonzero(got != inverse[s - lo : e - lo])
+            if len(bad):
+                j = s + int(bad[0])
+                report.failures.append(
+                    f"old_id[{j}] = {int(got[bad[0]])} but new_id[{int(inverse[j - lo])}] = {j}: "
+                    "old_id is not the inverse of new_id"
+                )
+                return
+
+
+def _check_splits(
+    store_path: Path, regions: dict[str, RowRegion], n: int, report: VerifyReport
+) -> None:
+    seen: dict[str, np.ndarray] = {}
+    for split in ("train", "valid", "test"):
+        region = regions[f"{split}_idx"]
+        ids = np.concatenate([b.reshape(len(b)) for _, b in _blocks(region)] or [np.empty(0)])
+        ids = ids.astype(np.int64)
+        bad = np.flatnonzero((ids < 0) | (ids >= n))
+        if len(bad):
+            report.failures.append(
+                f"{split}_idx[{int(bad[0])}] = {int(ids[bad[0]])} is outside [0, {n})"
+            )
+            continue
+        uniq = np.unique(ids)
+        if len(uniq) != len(ids):
+            report.failures.append(f"{split}_idx lists {len(ids) - len(uniq)} nodes twice")
+        for other, prev in seen.items():
+            both = np.intersect1d(uniq, prev, assume_unique=True)
+            if len(both):
+                report.failures.append(
+                    f"{other}_idx and {split}_idx share {len(both)} nodes (e.g. {int(both[0])})"
+                )
+        seen[split] = uniq
+
+
+def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+    """Recompute checksums and check the invariants of the store at ``path``.
+
+    Checks: per-block crc32c of every array against the manifest; shapes and
+    sizes against the manifest; ``indptr`` starts at 0, never decreases and
+    ends at E; ``indices`` in ``[0, N)``; ``new_id``/``old_id`` are inverse
+    permutations; labels in ``[-1, num_classes)``; splits in ``[0, N)``,
+    without repeats and disjoint.
+
+    Returns
+    -------
+    VerifyReport
+        ``report.ok`` is False when anything failed; ``report.failures`` says what.
+
+    Raises
+    ------
+    StoreFormatError
+        ``path`` is not a complete store (missing, not a group, no manifest,
+        unsupported version): nothing to verify.
+    """
+    store = open_store(path)
+    report = VerifyReport(str(path))
+    regions: dict[str, RowRegion] = {}
+    for name in ARRAY_NAMES:
+        try:
+            regions[name] = store.region(name)
+        except StoreFormatError as exc:
+            report.failures.append(f"{name}: {exc}")
+    if report.failures:
+        return report
+    try:
+        _check_checksums(store.path, store.manifest, report)
+    except StoreFormatError as exc:
+        report.failures.append(str(exc))
+    n, e, d = store.num_nodes, store.num_edges, store.feature_dim
+    expect = {
+        "features": (n, d),
+        "indptr": (n + 1,),
+        "indices": (e,),
+        "labels": (n,),
+        "new_id": (n,),
+        "old_id": (n,),
+    }
+    for name, shape in expect.items():
+        got = (regions[name].nrows, *regions[name].row_shape)
+        if got != shape:
+            report.failures.append(f"{name} has shape {got}; the manifest implies {shape}")
+    if regions["features"].dtype != store.dtype:
+        report.failures.append(
+            f"features have dtype {regions['features'].dtype}; the manifest says {store.dtype}"
+        )
+    report.checked.append("shapes")
+    if report.failures and any("shape" in f for f in report.failures):
+        return report
+    _check_indptr(regions["indptr"], e, report)
+    _check_range(regions["indices"], "indices", 0, n, report)
+    report.checked.append("topology")
+    _check_permutation(regions["new_id"], regions["old_id"], n, report)
+    report.checked.append("permutation")
+    _check_range(regions["labels"], "labels", -1, max(store.num_classes, 0), report)
+    report.checked.append("labels")
+    _check_splits(store.path, regions, n, report)
+    report.checked.append("splits")
+    return report
