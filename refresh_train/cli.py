@@ -16,6 +16,7 @@ the file. Bad input prints one line on stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -114,6 +115,28 @@ _KEYS = {
 }  # fmt: skip
 
 
+_FANOUT_FLAGS = ("--fanouts", "--eval-fanouts")
+_FANOUT_VALUE = re.compile(r"^-?[0-9]+(,\s*-?[0-9]+)*$")
+
+
+def _join_fanout_values(argv: Sequence[str]) -> list[str]:
+    # argparse takes "-1,-1" for an option; "--fanouts -1,5" means the value.
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _FANOUT_FLAGS:
+            nxt = next(it, None)
+            if nxt is not None and _FANOUT_VALUE.match(nxt):
+                out.append(f"{arg}={nxt}")
+                continue
+            out.append(arg)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(arg)
+    return out
+
+
 def _pick(values: dict[str, Any], key: str, default: Any) -> Any:
     value = values.get(key)
     return default if value is None else value
@@ -129,7 +152,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         is missing.
     """
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser().parse_args(_join_fanout_values(argv))
     except _UsageError as exc:
         raise ConfigError(str(exc)) from None
     values: dict[str, Any] = {}

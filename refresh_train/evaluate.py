@@ -84,7 +84,7 @@ def predict_sampled(
     neighbourhoods. The model is put in ``eval()`` mode and left there.
     """
     model.eval()
-    nodes = np.ascontiguousarray(nodes, dtype=np.int64)
+    nodes = np.array(nodes, dtype=np.int64)  # a writable copy: batches become tensors
     parts = [nodes[i : i + batch_size] for i in range(0, len(nodes), batch_size)]
     seeds = [derive_seed(_EVAL_SEED_TAG, i) for i in range(len(parts))]
 
@@ -193,7 +193,7 @@ def predict_layerwise(
         added to it (traffic of the temporary files).
     """
     model.eval()
-    nodes = np.ascontiguousarray(nodes, dtype=np.int64)
+    nodes = np.array(nodes, dtype=np.int64)  # a writable copy: batches become tensors
     num_nodes = len(indptr) - 1
     one_hop = NeighborSampler(indptr, indices, [-1], seed=0)
     written = 0
