@@ -226,6 +226,33 @@ def test_plan_coalesces_and_caps():
     assert list(rlen[:nr]) == [2 * 4096, 2 * 4096, 4096]
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param(np.random.default_rng(9).integers(0, 2**62, 9000), id="wide"),
+        pytest.param(np.random.default_rng(9).integers(0, 7, 9000), id="many-equal"),
+        pytest.param(np.arange(9000)[::-1].copy(), id="reversed"),
+        pytest.param(np.zeros(5000, np.int64), id="zeros"),
+        pytest.param(np.random.default_rng(9).integers(0, 1000, 50), id="small"),
+    ],
+)
+def test_argsort_keys(keys):
+    order = np.full(len(keys), -1, np.int64)
+    kernels.argsort_keys(keys, order)
+    np.testing.assert_array_equal(keys[order], np.sort(keys))
+    np.testing.assert_array_equal(np.sort(order), np.arange(len(keys)))
+
+
+def test_large_batch_on_shuffled_chunks(tmp_path):
+    # Large enough for the radix sort; chunks out of order so that sorting by
+    # offset differs from sorting by id.
+    region, data = make_region(tmp_path, nrows=20000, row_shape=(6,), chunk_rows=50, shuffled=True)
+    ids = np.random.default_rng(10).integers(0, region.nrows, 30000)
+    with IOScheduler(region) as io:
+        np.testing.assert_array_equal(io.gather(ids), data[ids])
+        assert io.stats()["rows_unique"] == len(np.unique(ids))
+
+
 def test_out_buffers_and_torch(tmp_path):
     torch = pytest.importorskip("torch")
     region, data = make_region(tmp_path, row_shape=(768,), dtype=np.float16)
