@@ -375,14 +375,16 @@ class NeighborSampler:
         n = dst.shape[0]
         offsets = np.empty(n + 1, dtype=np.int64)
         offsets[0] = 0
-        K.count_kernel(self.indptr, dst, fanout, offsets[1:])
+        starts = np.empty(n, dtype=np.int64)
+        degs = np.empty(n, dtype=np.int64)
+        K.count_kernel(self.indptr, dst, fanout, offsets[1:], starts, degs)
         np.cumsum(offsets[1:], out=offsets[1:])
         total = int(offsets[-1])
         # Row 0 receives the neighbours' global ids, relabelled in place below.
         edge_index = np.empty((2, total), dtype=np.int64)
         nbr = edge_index[0]
         if self._pool is None or n < 256:
-            K.sample_kernel(self.indptr, self.indices, dst, offsets, lkey, 0, n, nbr)
+            K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, nbr)
         else:
             # Chunks of about equal edge counts; many more chunks than threads
             # so one hub-heavy chunk does not hold the others up.
@@ -391,7 +393,7 @@ class NeighborSampler:
             bounds = [0, *np.unique(cuts).tolist(), n]
             futs = [
                 self._pool.submit(
-                    K.sample_kernel, self.indptr, self.indices, dst, offsets, lkey, lo, hi, nbr
+                    K.sample_kernel, self.indices, dst, starts, degs, offsets, lkey, lo, hi, nbr
                 )
                 for lo, hi in zip(bounds[:-1], bounds[1:])
                 if hi > lo
