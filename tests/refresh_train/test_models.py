@@ -93,7 +93,7 @@ def test_shapes_and_gradients(graph, name, norm):
         assert all(h.grad is not None and h.grad.abs().sum() > 0 for h in hidden)
 
 
-def train_eval(model, mb, x, y, train_mask, steps=150):
+def train_eval(model, mb, x, y, train_mask, steps=80):
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     xi = x[mb.input_nodes]
     for _ in range(steps):

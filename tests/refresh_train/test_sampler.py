@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -269,6 +270,13 @@ def test_memmapped_topology_is_not_copied(tmp_path):
     for x, y in zip(got.layer_nodes, want.layer_nodes):
         assert torch.equal(x, y)
     check_structure(got, seeds, indptr, indices, [5, 5])
+    # Seeds straight from a read-only memmap (a store's train_idx) are copied, not aliased.
+    np.save(tmp_path / "train.npy", seeds)
+    train = np.load(tmp_path / "train.npy", mmap_mode="r", allow_pickle=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mb = s.sample(train, 8)
+    assert torch.equal(mb.seeds, got.seeds) and not np.shares_memory(mb.seeds.numpy(), train)
 
 
 class FakeHistory:
@@ -402,7 +410,7 @@ def test_reference_sampler_uniform():
     indptr, indices = corner_graph()
     ref = ReferenceNeighborSampler(indptr, indices, [5])
     picks = Counter()
-    for b in range(2000):
+    for b in range(1000):
         mb = ref.sample(np.array([1]), b)
         picks.update(mb.layer_nodes[0][1:].tolist())
     assert sorted(picks) == list(range(30, 50))
