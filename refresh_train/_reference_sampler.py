@@ -19,6 +19,15 @@ It returns the same :class:`~refresh_train.batch.MiniBatch` structure as
 :class:`~refresh_train.sampler.NeighborSampler` (no pruning hook) and draws
 from a ``torch.Generator`` seeded per batch; its samples are valid uniform
 neighbourhoods but not the same draws as the Numba sampler's.
+
+One deliberate difference from ``NeighborLoader``: PyG expands each node once,
+at the hop where it is first reached, and runs every layer on that one
+subgraph; here, as in the message-flow-graph blocks this project trains on,
+every block re-samples all of its destinations (DGL's convention). Both
+samplers compared in the benchmarks therefore do the same work, which is
+somewhat more than ``NeighborLoader`` does for the same fanouts (on the
+benchmark graphs the seeds and first-hop nodes are re-expanded with the
+smaller fanouts).
 """
 
 from __future__ import annotations
