@@ -252,3 +252,19 @@ def test_registry_and_validation():
         m(mb, torch.randn(mb.input_nodes.numel(), 8))
     with pytest.raises(ValueError, match="x has shape"):
         build_model("sage", 8, 16, 3, 1)(mb, torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("name", GNNS)
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_everything_cached_below_the_top_layer(graph, name, norm):
+    """All of the top block's sources cached: layer 0 runs on an empty block."""
+    indptr, indices, x, y = graph
+    model = build_model(name, 8, 16, 3, 2, norm=norm)
+    mb = NeighborSampler(indptr, indices, [3, 3]).sample(
+        np.array([4, 9]), 0, prune=lambda layer, ids: np.ones(ids.shape, bool)
+    )
+    assert mb.blocks[0].num_src == 0 and mb.blocks[1].cached_pos.numel() == mb.blocks[1].num_src
+    mb.blocks[1].cached_emb = torch.randn(mb.blocks[1].num_src, 16, requires_grad=True)
+    out = model(mb, x[mb.input_nodes])
+    F.cross_entropy(out, y[mb.seeds]).backward()
+    assert out.shape == (2, 3) and mb.blocks[1].cached_emb.grad.abs().sum() > 0
