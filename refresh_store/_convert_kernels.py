@@ -28,6 +28,7 @@ __all__ = [
     "invert_window",
     "stable_bucket_order",
     "scatter_add_rows",
+    "copy_rows",
 ]
 
 
@@ -220,3 +221,28 @@ def scatter_add_rows(acc, cnt, dst, rows):
         cnt[t] += 1
         for j in range(d):
             acc[t, j] += np.float32(rows[i, j])
+
+
+@njit(cache=True, nogil=True)
+def copy_rows(src, src_rows, dst_rows, out, exp_mask):
+    """out[dst_rows[k]] = src[src_rows[k]] for 2-D arrays of unsigned words.
+
+    Float rows travel as their bit patterns (numba has no float16); when
+    ``exp_mask`` (the exponent bits of the float type) is non-zero, a word with
+    all exponent bits set is a NaN or an infinity: the copy stops and returns
+    that ``k``. Returns -1 when every row was copied.
+    """
+    w = src.shape[1]
+    for k in range(len(src_rows)):
+        r = src_rows[k]
+        o = dst_rows[k]
+        if exp_mask != 0:
+            for j in range(w):
+                x = src[r, j]
+                if (x & exp_mask) == exp_mask:
+                    return k
+                out[o, j] = x
+        else:
+            for j in range(w):
+                out[o, j] = src[r, j]
+    return -1

@@ -501,22 +501,19 @@ class Conversion:
         out_dtype, name = self.plan.out_dtype, self.features.name
         allow_nan = self.opts.allow_nan
 
-        def transform(rows: np.ndarray, old_ids: np.ndarray) -> np.ndarray:
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-                out = rows.astype(out_dtype, copy=False)
-            if not allow_nan:
-                i = first_nonfinite(out)
-                if i >= 0:
-                    why = (
-                        f"a value that overflows {out_dtype.name}"
-                        if first_nonfinite(rows[i : i + 1]) < 0
-                        else "NaN or inf"
-                    )
-                    raise InputDataError(
-                        f"features of node {int(old_ids[i])} in {name!r} hold {why}; "
-                        "pass --allow-nan to keep such values"
-                    )
-            return out
+        source = self.features
+
+        def refuse(old: int) -> None:
+            why = "NaN or inf"
+            if source.random_access and source.dtype != out_dtype:
+                row = np.asarray(source.take(np.array([old], dtype=np.int64)))
+                if first_nonfinite(row) < 0:
+                    why = f"a value that overflows {out_dtype.name}"
+            elif source.dtype != out_dtype:
+                why = f"NaN, inf or a value that overflows {out_dtype.name}"
+            raise InputDataError(
+                f"features of node {old} in {name!r} hold {why}; pass --allow-nan to keep such values"
+            )
 
         aw = self._array("features", (n, d), out_dtype, self.opts.chunk_rows)
         factory = self.log.sub("features")
@@ -527,11 +524,12 @@ class Conversion:
                 out_dtype,
                 self._new_id_table() if self.strategy == "shuffle" else np.empty(0, np.int32),
                 self._old_id_reader(),
-                transform,
                 self.plan.work_bytes,
                 self.tmp,
                 self.strategy,
                 factory,
+                check_finite=not allow_nan,
+                on_nonfinite=refuse,
             )
         finally:
             self.log.close_sub()
@@ -571,7 +569,6 @@ class Conversion:
                     np.dtype(np.int64),
                     self._new_id_table() if strategy == "shuffle" else np.empty(0, np.int32),
                     self._old_id_reader(),
-                    lambda rows, ids: rows,
                     self.plan.work_bytes,
                     self.tmp,
                     strategy,

@@ -36,11 +36,13 @@ from numpy.typing import NDArray
 from ._convert_kernels import (
     assign_degree_ids,
     collect_at_least,
+    copy_rows,
     degree_histogram,
     invert_window,
     stable_bucket_order,
 )
 from .readers import RowSource
+from .readers._base import as_words, exponent_mask
 
 __all__ = [
     "degree_order",
@@ -188,13 +190,15 @@ def permute_rows(
     out_dtype: np.dtype,
     new_id: NDArray[np.integer],
     read_old_id: Callable[[int, int], NDArray[np.int64]],
-    transform: Callable[[np.ndarray, NDArray[np.int64]], np.ndarray],
     work_bytes: int,
     tmp_dir: Path,
     strategy: str,
     tick: Callable[[str, int], Tick] | None = None,
+    *,
+    check_finite: bool = False,
+    on_nonfinite: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``transform(src[old_id[j]])`` as row ``j`` for every new id ``j``.
+    """Write ``src[old_id[j]]`` (cast to ``out_dtype``) as row ``j`` for every new id ``j``.
 
     Parameters
     ----------
@@ -203,21 +207,22 @@ def permute_rows(
     write
         ``write(first_new_id, block)`` stores a block of output rows.
     out_dtype
-        dtype of the output rows (what ``transform`` returns); they have the
-        source's row shape.
+        dtype of the output rows; they keep the source's row shape.
     new_id, read_old_id
-        The permutation: an in-memory table, and a reader of ``old_id[a:b]``.
-    transform
-        ``transform(rows, their_old_ids) -> output rows`` (dtype conversion and
-        value checks; raises on bad values).
+        The permutation: an in-memory table (used by ``shuffle``), and a
+        reader of ``old_id[a:b]``.
     work_bytes
-        Memory the blocks may use.
+        Memory the blocks may use; buffers are allocated once and reused
+        (first touches of fresh pages are a large part of a copy's cost).
     tmp_dir
         Where the ``shuffle`` plan keeps its bucket files.
     strategy
         ``'gather'`` or ``'shuffle'`` (see the module docstring).
     tick
         ``tick(phase, total_rows)`` returns a progress callback.
+    check_finite, on_nonfinite
+        Look for NaN/inf (also values that overflow ``out_dtype``) and call
+        ``on_nonfinite(old_id)`` for the first one found (it should raise).
 
     Returns
     -------
@@ -225,66 +230,122 @@ def permute_rows(
         ``{"strategy": ..., "blocks": ...}``.
     """
     n = len(src)
-    in_rb = max(1, src.row_bytes)
     row_shape = tuple(src.shape[1:])
-    out_rb = max(1, np.dtype(out_dtype).itemsize * int(np.prod(row_shape, dtype=np.int64)))
+    out_dtype = np.dtype(out_dtype)
+    width = int(np.prod(row_shape, dtype=np.int64))
+    in_rb = max(1, src.dtype.itemsize * width)
+    out_rb = max(1, out_dtype.itemsize * width)
+    cast = src.dtype != out_dtype
+    tmp_rb = in_rb if cast else 0  # a source-dtype buffer before the cast
 
     def noop(rows: int, nbytes: int) -> None:
         pass
 
+    def report(old: int) -> None:
+        if on_nonfinite is not None:
+            on_nonfinite(old)
+        raise ValueError(f"row {old} holds NaN or inf")
+
+    def finish(buf: np.ndarray, raw: np.ndarray | None, k: int) -> np.ndarray:
+        """Cast the gathered source-dtype rows into the output buffer; check overflow."""
+        if raw is None:
+            return buf[:k]
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.copyto(buf[:k], raw[:k], casting="unsafe")
+        return buf[:k]
+
     if strategy == "gather":
         if not src.random_access:
             raise ValueError("the gather plan needs a random-access source")
-        block = max(1, work_bytes // (in_rb + 2 * out_rb + 40))
+        block = max(1, min(n, work_bytes // (tmp_rb + out_rb + 40)))
+        out = np.empty((block, *row_shape), dtype=out_dtype)
+        raw = np.empty((block, *row_shape), dtype=src.dtype) if cast else None
         progress = tick("gather", n) if tick else noop
         for a in range(0, n, block):
             b = min(n, a + block)
+            k = b - a
             old = read_old_id(a, b)
             order = np.argsort(old)
-            ids = old[order]
-            rows = transform(src.take(ids), ids)
-            out = np.empty_like(rows)
-            out[order] = rows
-            del rows
-            write(a, out)
-            progress(b - a, (b - a) * out_rb)
+            ids = np.ascontiguousarray(old[order])
+            target = as_words(raw[:k] if raw is not None else out[:k])
+            bad = src.gather_into(ids, order, target, check_finite)
+            if bad >= 0:
+                report(int(ids[bad]))
+            rows = finish(out, raw, k)
+            if cast and check_finite:
+                bad = _first_nonfinite(rows)
+                if bad >= 0:
+                    report(int(old[bad]))
+            write(a, rows)
+            progress(k, k * out_rb)
         return {"strategy": "gather", "blocks": -(-n // block)}
     if strategy != "shuffle":
         raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
 
     bucket_rows = max(1, work_bytes // (2 * out_rb + 24))
     n_buckets = max(1, -(-n // bucket_rows))
-    chunk = max(1, work_bytes // (in_rb + 2 * out_rb + 24))
+    chunk = max(1, min(n, work_bytes // (2 * in_rb + out_rb + 24)))
     paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
+    grouped = np.empty((chunk, *row_shape), dtype=src.dtype)
+    out = np.empty((chunk, *row_shape), dtype=out_dtype) if cast else grouped
     files = [open(p, "wb") for p in paths]
     try:
         progress = tick("shuffle: split", n) if tick else noop
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            rows = transform(src.read(s, e), np.arange(s, e, dtype=np.int64))
+            k = e - s
+            rows = np.ascontiguousarray(src.read(s, e))
             bucket = np.asarray(new_id[s:e], dtype=np.int64) // bucket_rows
             counts = np.zeros(n_buckets, dtype=np.int64)
-            order = np.empty(e - s, dtype=np.int64)
+            order = np.empty(k, dtype=np.int64)
             stable_bucket_order(bucket, counts, order)
-            rows = rows[order]
+            # grouped[i] = rows[order[i]]: rows by bucket, old-id order within each
+            mask = exponent_mask(src.dtype) if check_finite else as_words(rows).dtype.type(0)
+            bad = copy_rows(as_words(rows), order, np.arange(k), as_words(grouped[:k]), mask)
+            if bad >= 0:
+                report(s + int(order[bad]))
+            del rows
+            block = finish(out, grouped if cast else None, k)
+            if cast and check_finite:
+                bad = _first_nonfinite(block)
+                if bad >= 0:
+                    report(s + int(order[bad]))
             ends = np.cumsum(counts)
-            for k in np.flatnonzero(counts):
-                part = np.ascontiguousarray(rows[ends[k] - counts[k] : ends[k]])
-                files[k].write(memoryview(part).cast("B"))
-            progress(e - s, (e - s) * in_rb)
+            for b in np.flatnonzero(counts):
+                files[b].write(memoryview(block[ends[b] - counts[b] : ends[b]]).cast("B"))
+            progress(k, k * in_rb)
     finally:
         for f in files:
             f.close()
+    del grouped, out
     progress = tick("shuffle: place", n) if tick else noop
-    for k, path in enumerate(paths):
-        lo, hi = k * bucket_rows, min(n, (k + 1) * bucket_rows)
-        old = read_old_id(lo, hi)
-        order = np.argsort(old)
-        data = np.fromfile(path, dtype=out_dtype).reshape(hi - lo, *row_shape)
-        out = np.empty_like(data)
-        out[order] = data
-        del data
-        write(lo, out)
+    data = np.empty((min(n, bucket_rows), *row_shape), dtype=out_dtype)
+    placed = np.empty_like(data)
+    for b, path in enumerate(paths):
+        lo, hi = b * bucket_rows, min(n, (b + 1) * bucket_rows)
+        k = hi - lo
+        with open(path, "rb") as f:
+            got = f.readinto(memoryview(data[:k]).cast("B"))
+        if got != k * out_rb:
+            raise OSError(f"bucket file {str(path)!r} is short: {got} of {k * out_rb} bytes")
+        order = np.argsort(read_old_id(lo, hi))
+        # Rows arrive in old-id order: the i-th is the one at new position order[i].
+        zero = as_words(data).dtype.type(0)
+        copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[:k]), zero)
+        write(lo, placed[:k])
         os.unlink(path)
-        progress(hi - lo, (hi - lo) * out_rb)
+        progress(k, k * out_rb)
     return {"strategy": "shuffle", "blocks": n_buckets}
+
+
+def _first_nonfinite(block: np.ndarray) -> int:
+    """Index of the first row of a float ``block`` with NaN or inf, else -1."""
+    if block.dtype.kind != "f" or len(block) == 0:
+        return -1
+    step = max(1, (1 << 22) // max(1, int(np.prod(block.shape[1:], dtype=np.int64))))
+    for a in range(0, len(block), step):
+        part = block[a : a + step]
+        ok = np.isfinite(part).reshape(len(part), -1).all(axis=1)
+        if not ok.all():
+            return a + int(np.argmin(ok))
+    return -1

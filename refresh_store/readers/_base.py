@@ -25,9 +25,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._convert_kernels import copy_rows
 from ..errors import SourceFormatError
 
 __all__ = [
+    "as_words",
+    "exponent_mask",
     "RowSource",
     "MappedRows",
     "ConcatRows",
@@ -42,6 +45,28 @@ __all__ = [
 # file-backed part of the resident set while gathering rows.
 _RELEASE_SPAN_BYTES = 64 << 20  # 64 MiB
 _PAGE = mmap.PAGESIZE
+
+
+_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_EXPONENT = {
+    2: np.uint16(0x7C00),
+    4: np.uint32(0x7F800000),
+    8: np.uint64(0x7FF0000000000000),
+}
+
+
+def as_words(arr: np.ndarray) -> np.ndarray:
+    """View of a C-contiguous array as ``[rows, words]`` unsigned integers of its item size."""
+    flat = arr.reshape(len(arr), -1)
+    return flat.view(_WORDS[arr.dtype.itemsize])
+
+
+def exponent_mask(dtype: np.dtype) -> np.unsignedinteger:
+    """Bits that are all set in a NaN or infinity of float ``dtype`` (0 for other dtypes)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return _WORDS[dtype.itemsize](0)
+    return _EXPONENT[dtype.itemsize]
 
 
 class RowSource:
@@ -78,6 +103,23 @@ class RowSource:
     def take(self, sorted_ids: NDArray[np.int64]) -> np.ndarray:
         """Rows ``sorted_ids`` (ascending) as a new in-memory array."""
         raise SourceFormatError(f"{self.name!r} can only be read front to back")
+
+    def gather_into(
+        self,
+        sorted_ids: NDArray[np.int64],
+        positions: NDArray[np.int64],
+        out_words: np.ndarray,
+        check: bool = False,
+    ) -> int:
+        """``out[positions[k]] = self[sorted_ids[k]]``, on the rows' words (see :func:`as_words`).
+
+        With ``check``, stops at the first row holding a NaN or infinity and
+        returns its ``k``; returns -1 when every row was copied.
+        """
+        rows = self.take(sorted_ids)
+        mask = exponent_mask(self.dtype) if check else _WORDS[self.dtype.itemsize](0)
+        src_rows = np.arange(len(rows), dtype=np.int64)
+        return int(copy_rows(as_words(rows), src_rows, positions, out_words, mask))
 
     def close(self) -> None:
         """Release files and mappings."""
@@ -162,14 +204,11 @@ class MappedRows(RowSource):
         self.release(*self._row_span(start, stop))
         return out
 
-    def take(self, sorted_ids: NDArray[np.int64]) -> np.ndarray:
-        out = np.empty((len(sorted_ids), *self.shape[1:]), dtype=self.dtype)
+    def _span_groups(self, sorted_ids: NDArray[np.int64]) -> list[tuple[int, int]]:
+        """Cut sorted ids where they cross a span boundary: each group touches one span."""
         if len(sorted_ids) == 0:
-            return out
-        rb = max(1, self.row_bytes)
-        span_rows = max(1, _RELEASE_SPAN_BYTES // rb)
-        # Cut the sorted ids where they cross a span boundary, so each group
-        # touches at most one span of the file before it is dropped again.
+            return []
+        span_rows = max(1, _RELEASE_SPAN_BYTES // max(1, self.row_bytes))
         cuts = np.searchsorted(
             sorted_ids,
             np.arange(
@@ -178,14 +217,34 @@ class MappedRows(RowSource):
                 span_rows,
             ),
         )
-        bounds = np.concatenate([[0], cuts, [len(sorted_ids)]])
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a == b:
-                continue
+        bounds = np.concatenate([[0], cuts, [len(sorted_ids)]]).tolist()
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def take(self, sorted_ids: NDArray[np.int64]) -> np.ndarray:
+        out = np.empty((len(sorted_ids), *self.shape[1:]), dtype=self.dtype)
+        for a, b in self._span_groups(sorted_ids):
             ids = sorted_ids[a:b]
             out[a:b] = self.array[ids]
             self.release(*self._row_span(int(ids[0]), int(ids[-1]) + 1))
         return out
+
+    def gather_into(
+        self,
+        sorted_ids: NDArray[np.int64],
+        positions: NDArray[np.int64],
+        out_words: np.ndarray,
+        check: bool = False,
+    ) -> int:
+        if self.fortran_order or len(self.shape) == 0:
+            return super().gather_into(sorted_ids, positions, out_words, check)
+        words = as_words(self.array)
+        mask = exponent_mask(self.dtype) if check else _WORDS[self.dtype.itemsize](0)
+        for a, b in self._span_groups(sorted_ids):
+            bad = copy_rows(words, sorted_ids[a:b], positions[a:b], out_words, mask)
+            self.release(*self._row_span(int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1))
+            if bad >= 0:
+                return a + int(bad)
+        return -1
 
     def close(self) -> None:
         self.array = np.empty(self.shape, self.dtype)
@@ -222,6 +281,30 @@ class ConcatRows(RowSource):
             if b > a:
                 out[a:b] = part.take(sorted_ids[a:b] - self.starts[i])
         return out
+
+    def gather_into(
+        self,
+        sorted_ids: NDArray[np.int64],
+        positions: NDArray[np.int64],
+        out_words: np.ndarray,
+        check: bool = False,
+    ) -> int:
+        cuts = np.searchsorted(sorted_ids, self.starts)
+        mask = exponent_mask(self.dtype) if check else _WORDS[self.dtype.itemsize](0)
+        for i, part in enumerate(self.parts):
+            a, b = int(cuts[i]), int(cuts[i + 1])
+            if b == a:
+                continue
+            ids = sorted_ids[a:b] - self.starts[i]
+            if part.dtype == self.dtype:
+                bad = part.gather_into(ids, positions[a:b], out_words, check)
+            else:
+                rows = np.ascontiguousarray(part.take(ids), dtype=self.dtype)
+                src_rows = np.arange(b - a, dtype=np.int64)
+                bad = copy_rows(as_words(rows), src_rows, positions[a:b], out_words, mask)
+            if bad >= 0:
+                return a + int(bad)
+        return -1
 
     def close(self) -> None:
         for p in self.parts:

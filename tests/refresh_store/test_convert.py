@@ -369,7 +369,10 @@ def test_csc_passes_with_many_small_buckets(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["gather", "shuffle"])
-def test_permute_rows_in_many_blocks(tmp_path, strategy):
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(np.float32, id="fp32"), pytest.param(np.float16, id="fp16")]
+)
+def test_permute_rows_in_many_blocks(tmp_path, strategy, dtype):
     from refresh_store.readers import MappedRows
 
     rng = np.random.default_rng(2)
@@ -378,24 +381,34 @@ def test_permute_rows_in_many_blocks(tmp_path, strategy):
     data.tofile(tmp_path / "rows.raw")
     src = MappedRows(tmp_path / "rows.raw", 0, (n, d), np.float32)
     new_id, old_id = degree_order(rng.integers(0, 50, n))
-    out = np.zeros((n, d), np.float16)
-    seen = []
+    out = np.zeros((n, d), dtype)
 
     def write(start, block):
+        assert block.dtype == dtype
         out[start : start + len(block)] = block
 
-    def transform(rows, ids):
-        seen.append(ids.copy())
-        return rows.astype(np.float16)
-
     info = permute_rows(
-        src, write, np.dtype(np.float16), new_id.astype(np.int32),
-        lambda a, b: old_id[a:b], transform, 4000, tmp_path, strategy,
+        src, write, np.dtype(dtype), new_id.astype(np.int32), lambda a, b: old_id[a:b], 4000,
+        tmp_path, strategy, check_finite=True,
     )  # fmt: skip
     assert info["blocks"] > 10
-    np.testing.assert_array_equal(out, data[old_id].astype(np.float16))
-    assert sorted(np.concatenate(seen).tolist()) == list(range(n))
+    np.testing.assert_array_equal(out, data[old_id].astype(dtype))
     assert not list(tmp_path.glob("shuffle_*"))
+    data[old_id[517], 3] = np.inf
+    data.tofile(tmp_path / "rows.raw")
+    found = []
+
+    def refuse(old):
+        found.append(old)
+        raise ConvertError("refused")
+
+    with pytest.raises(ConvertError):
+        permute_rows(
+            MappedRows(tmp_path / "rows.raw", 0, (n, d), np.float32), write, np.dtype(dtype),
+            new_id.astype(np.int32), lambda a, b: old_id[a:b], 4000, tmp_path, strategy,
+            check_finite=True, on_nonfinite=refuse,
+        )  # fmt: skip
+    assert found == [old_id[517]]
 
 
 def test_degree_order_ties_by_old_id():
