@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--io-mode", help="auto | direct | buffered | mmap (default auto)")
     t.add_argument("--io-queue-depth", type=int, help="disk reads in flight (default 32)")
     t.add_argument(
-        "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 4)"
+        "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
     )
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", help="sampled | layerwise (default sampled)")
@@ -203,7 +203,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         device=_pick(values, "device", "cpu"),
         seed=_pick(values, "seed", 0),
         tiers=tiers,
-        loader=LoaderConfig(prefetch_batches=_pick(values, "prefetch", 4)),
+        loader=LoaderConfig(prefetch_batches=_pick(values, "prefetch", 2)),
         eval=evaluation,
         metrics_out=values.get("metrics_out"),
         checkpoint_dir=values.get("checkpoint_dir"),

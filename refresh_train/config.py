@@ -193,10 +193,12 @@ class LoaderConfig:
     prefetch_batches
         Batches that sampling and fetching may run ahead of compute (the
         bound of each queue between stages); 0 runs both stages in the
-        calling thread, one batch at a time.
+        calling thread, one batch at a time. Each fetched batch waiting in
+        the queue holds its features (hundreds of MB for 1024 seeds with
+        fanouts 15,10,5), so a small bound is enough to hide I/O jitter.
     """
 
-    prefetch_batches: int = 4
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
