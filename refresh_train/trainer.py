@@ -152,6 +152,7 @@ class Trainer:
         self.records = list(state["records"])
         self.epochs_done = int(state["epoch"])
         self.step = int(state["extra"].get("step", 0))
+        self.cache.load_state_dict(state["extra"].get("cache", {}))
 
     # ------------------------------------------------------------------ stages
     def _sample(self, seeds: np.ndarray, bseed: int) -> MiniBatch:
@@ -274,7 +275,7 @@ class Trainer:
                     optimizer=self.optimizer,
                     records=self.records,
                     config=cfg.to_dict(),
-                    extra={"step": self.step},
+                    extra={"step": self.step, "cache": self.cache.state_dict()},
                 )
             if self.metrics is not None:
                 self.metrics.write(record)

@@ -27,7 +27,9 @@ cache may change in a step:
 - :meth:`CacheMode.after_step` sees the batch after the optimiser step
   (admission of fresh embeddings);
 - :meth:`CacheMode.eval_tiers` gives evaluation an exact path with its own
-  counters: evaluation never uses a cache that could change results.
+  counters: evaluation never uses a cache that could change results;
+- :meth:`CacheMode.state_dict` / :meth:`CacheMode.load_state_dict` go into
+  checkpoints, so that a resumed run continues with the same cache state.
 
 ``prune`` and ``fetch`` run in the loader's background threads, up to
 ``prefetch_batches`` batches ahead of ``forward``/``after_step``.
@@ -181,13 +183,24 @@ class CacheMode:
     def forward(self, model: torch.nn.Module, batch: MiniBatch) -> torch.Tensor:
         """Logits of the batch's seeds."""
         x = batch.features
-        assert x is not None, "fetch() fills batch.features before forward()"
+        if x is None:
+            raise RuntimeError("forward() got a batch without features: fetch() fills them")
         if not x.is_floating_point() or x.dtype != torch.float32:
             x = x.float()
         return model(batch, x)
 
     def after_step(self, batch: MiniBatch, logits: torch.Tensor, step: int) -> None:
         """Called after the optimiser step of global step ``step``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a resume for results to match (saved in checkpoints).
+
+        The raw tiers hold none: their contents change counters, never results.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
     # ---- evaluation and bookkeeping ----------------------------------------
     def eval_tiers(self) -> FeatureTier:
@@ -218,7 +231,8 @@ class CacheMode:
     def describe(self) -> dict[str, Any]:
         """Sizes of the tiers, for logs."""
         host = self.tiers.below
-        assert isinstance(host, HostTier)
+        if not isinstance(host, HostTier):
+            raise TypeError(f"the tier below the device tier is a {type(host).__name__}")
         return {
             "cache": self.name,
             "device_rows": self.tiers.num_cached,

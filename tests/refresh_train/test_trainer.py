@@ -136,3 +136,54 @@ def test_every_model_trains(store, model):
         assert sum(records[-1][f"rows_{t}"] for t in ("device", "host", "disk")) == len(
             store.train_idx
         )
+
+
+def test_a_registered_cache_mode_gets_every_hook(store, tmp_path):
+    """The hook point the historical cache uses: a new --cache name, no trainer change."""
+    from refresh_train.checkpoint import load_checkpoint
+    from refresh_train.tiers import CACHE_MODES, RawCache, register_cache_mode
+
+    calls = {"prune": 0, "fetch": 0, "forward": 0, "after_step": [], "loaded": None}
+
+    class Counting(RawCache):
+        name = "counting-test"
+
+        def prune(self):
+            def hook(layer, ids):
+                calls["prune"] += 1
+                return np.zeros(len(ids), dtype=bool)  # expand everything
+
+            return hook
+
+        def fetch(self, batch):
+            calls["fetch"] += 1
+            return super().fetch(batch)
+
+        def forward(self, model, batch):
+            calls["forward"] += 1
+            return super().forward(model, batch)
+
+        def after_step(self, batch, logits, step):
+            calls["after_step"].append(step)
+
+        def state_dict(self):
+            return {"steps_seen": torch.tensor(len(calls["after_step"]))}
+
+        def load_state_dict(self, state):
+            calls["loaded"] = state
+
+    register_cache_mode(Counting)
+    try:
+        tiers = TierConfig(cache="counting-test", cache_budget_bytes=4096, host_budget_bytes=0)
+        cfg = _config(store, epochs=1, tiers=tiers, checkpoint_dir=str(tmp_path))
+        records = train(cfg)
+        n = records[0]["batches"]
+        assert calls["fetch"] == calls["forward"] == n
+        assert calls["after_step"] == list(range(n))
+        assert calls["prune"] == n * (cfg.layers - 1)  # blocks 1..L-1 of every batch
+        assert load_checkpoint(tmp_path)["extra"]["cache"]["steps_seen"].item() == n
+        train(cfg.replace(epochs=2, resume=True))
+        assert calls["loaded"]["steps_seen"].item() == n
+        assert calls["after_step"][n:] == list(range(n, 2 * n))
+    finally:
+        CACHE_MODES.pop("counting-test", None)
