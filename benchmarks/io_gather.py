@@ -492,7 +492,9 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
                     f"| {rb} | IOPS vs fio IOPS, depth {depth}, batch {plan.depth_batch:,} | "
                     f"{s['iops']:,.0f} | {f['iops']:,.0f} | {s['iops'] / f['iops']:.2f} | >= 0.80 |"
                 )
-        for peer, target in (("memmap", 5), ("zarr", 10), ("tensorstore", None)):
+        peers = [("memmap", "default", 5), ("memmap", "madv_random", 5), ("zarr", "default", 10)]
+        peers.append(("tensorstore", "default", None))
+        for peer, variant, target in peers:
             for batch in plan.batches:
                 s = best(
                     records,
@@ -501,11 +503,12 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
                     batch_rows=batch,
                     queue_depth=plan.default_depth,
                 )
-                p = best(records, method=peer, row_bytes=rb, batch_rows=batch, variant="default")
+                p = best(records, method=peer, row_bytes=rb, batch_rows=batch, variant=variant)
                 if s and p:
                     t = f">= {target}" if target else ""
+                    name = peer if variant == "default" else f"{peer} + {variant}"
                     lines.append(
-                        f"| {rb} | rows/s vs {peer}, batch {batch:,} | {s['rows_per_s']:,.0f} | "
+                        f"| {rb} | rows/s vs {name}, batch {batch:,} | {s['rows_per_s']:,.0f} | "
                         f"{p['rows_per_s']:,.0f} | {s['rows_per_s'] / p['rows_per_s']:.1f} | {t} |"
                     )
     if plan.notes:
@@ -537,31 +540,30 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
                     else f"scheduler (O_DIRECT, batch {plan.depth_batch:,})"
                 )
                 ax.plot(*zip(*pts), marker="o", color=colours[method], label=label)
-        for method in ("memmap", "zarr", "tensorstore"):
+        peers = [("memmap", "default"), ("memmap", "madv_random"), ("zarr", "default")]
+        peers.append(("tensorstore", "default"))
+        for method, variant in peers:
             rs = [
                 r
                 for r in records
                 if r["method"] == method
                 and r["row_bytes"] == rb
-                and r["variant"] == "default"
+                and r["variant"] == variant
                 and r["batch_rows"] <= plan.depth_batch
             ]
-            if rs:
-                r = max(rs, key=lambda r: r["batch_rows"])
-                ax.scatter(
-                    [r["queue_depth"]],
-                    [r["rows_per_s"]],
-                    color=colours[method],
-                    marker="s",
-                    zorder=3,
-                )
-                ax.axhline(
-                    r["rows_per_s"],
-                    color=colours[method],
-                    ls="--",
-                    lw=1,
-                    label=f"{method} (batch {r['batch_rows']:,}, its own concurrency)",
-                )
+            if not rs:
+                continue
+            r = max(rs, key=lambda r: r["batch_rows"])
+            colour = "C5" if variant != "default" else colours[method]
+            name = method if variant == "default" else f"{method} + {variant}"
+            ax.scatter([r["queue_depth"]], [r["rows_per_s"]], color=colour, marker="s", zorder=3)
+            ax.axhline(
+                r["rows_per_s"],
+                color=colour,
+                ls="--" if variant == "default" else ":",
+                lw=1,
+                label=f"{name} (batch {r['batch_rows']:,}; square = its concurrency)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("queue depth (reads in flight)")
@@ -615,18 +617,27 @@ def main(argv: list[str] | None = None) -> int:
         r["file_bytes"] = int(open_store(stores[r["row_bytes"]]).num_nodes * r["row_bytes"])
 
     wall = time.perf_counter() - t0
+    files = ", ".join(
+        f"{rb} B rows {open_store(st).num_nodes * rb / 1e9:.1f} GB" for rb, st in stores.items()
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     header = (
         f"## io_gather ({'quick' if args.quick else 'full'}) - cold random-row gather\n\n"
-        f"Machine: {machine()}; store on {disk_info(args.cache)}. "
-        f"Feature files: {', '.join(f'{rb} B rows {open_store(s).num_nodes * rb / 1e9:.1f} GB' for rb, s in stores.items())}. "
-        f"Unique random row ids, unsorted, the same ids for every method; page cache of the file "
-        f"dropped (fsync + POSIX_FADV_DONTNEED) before every round; median of up to {plan.repeats} rounds "
-        f"(fewer once a point's rounds pass {plan.point_budget_s:g} s; `repeats` in the JSON) "
-        f"(fio: one run of {plan.fio_seconds:g} s). The machine is shared with other jobs, so figures "
-        f"are noisy. Measured in {time.perf_counter() - t_measure:.0f} s ({wall:.0f} s with store "
-        f"building). `memmap` queue depth is 1 (one thread of page faults); `zarr` is its "
-        f"async.concurrency; `tensorstore` its file_io_concurrency. `fio` rows/s = its IOPS "
-        f"(one 4 KiB read per row)."
+        f"Machine: {machine()}; store on {disk_info(args.cache)}; load average at the end "
+        f"{load} (the machine is shared with other jobs, so figures are noisy). "
+        f"Feature files: {files}. Unique random row ids, unsorted, the same ids for every "
+        f"method; the file's page cache dropped (fsync + POSIX_FADV_DONTNEED) before every "
+        f"round; median of up to {plan.repeats} rounds, fewer once a point's rounds pass "
+        f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: one run of "
+        f"{plan.fio_seconds:g} s per depth. Measured in {time.perf_counter() - t_measure:.0f} s "
+        f"({wall:.0f} s with store building).\n\n"
+        f"Queue depth: `scheduler` threads of pread; `fio` libaio iodepth; `memmap` 1 (one "
+        f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "
+        f"file_io_concurrency. `fio` rows/s is its IOPS (one 4 KiB read per row: the ceiling of "
+        f"a gather without coalescing); its batch column is the scheduler batch it is compared "
+        f"with. Scheduler IOPS = pread calls/s (coalesced reads of up to 1 MiB, so fewer than "
+        f"rows); device MB/s counts alignment and gaps. `memmap + madv_random` is memmap with "
+        f"read-around turned off, the tuned form of the baseline."
     )
     out.write_text(json.dumps(records, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(records, plan, header))

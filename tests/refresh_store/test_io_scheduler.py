@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import threading
 import time
@@ -422,6 +423,17 @@ def test_store_written_by_store_writer(tmp_path):
         np.testing.assert_array_equal(io.gather(ids), feats[ids])
     with IOScheduler(store.region("labels"), IOConfig(mode="mmap")) as io:
         np.testing.assert_array_equal(io.gather(ids[:5]), np.zeros(5, np.int64))
+
+
+def test_dropped_scheduler_releases_its_file(tmp_path):
+    region, _ = make_region(tmp_path, nrows=10)
+    io = IOScheduler(region)
+    io.gather(np.array([1, 2]))
+    fd = io._fd
+    del io
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 def test_closed_and_config_errors(tmp_path):
