@@ -87,7 +87,7 @@ def make_plan(quick: bool, store_gib: float | None) -> Plan:
             depths=[1, 32],
             batches=[1024, 8192, 65536],
             default_depth=32,
-            fio_seconds=1.5,
+            fio_seconds=1.0,
             round_budget_s=3.0,
             point_budget_s=2.0,
         )
@@ -99,7 +99,7 @@ def make_plan(quick: bool, store_gib: float | None) -> Plan:
             depths=[1, 2, 4, 8, 16, 32, 64],
             batches=[1024, 4096, 16384, 65536, 262144, 1048576],
             default_depth=32,
-            fio_seconds=4.0,
+            fio_seconds=2.0,
             round_budget_s=20.0,
             point_budget_s=40.0,
         )
@@ -265,7 +265,7 @@ def fio_iops(path: str, size: int, depth: int, seconds: float) -> float:
         f"--iodepth={depth}",
         f"--size={size // 4096 * 4096}",
         f"--runtime={seconds}",
-        "--ramp_time=0.5",
+        "--ramp_time=0.3",
         "--time_based",
         "--norandommap",
         "--randrepeat=0",
@@ -295,11 +295,14 @@ def record(method: str, row_bytes: int, batch: int, depth: int, times: list[floa
     return rec
 
 
-def run_rounds(fn, ids_for_round, path: str, plan: Plan, method: str) -> list[float]:
+def run_rounds(
+    fn, ids_for_round, path: str, plan: Plan, method: str, after_round=None
+) -> list[float]:
     """Times of up to ``plan.repeats`` cold rounds, each result checked.
 
     Rounds stop early (after at least one) once they add up to
     ``plan.point_budget_s``, so that slow peers do not eat the run.
+    ``after_round`` runs after each round, untimed (the paired fio run).
     """
     times: list[float] = []
     for rnd in range(plan.repeats):
@@ -310,6 +313,8 @@ def run_rounds(fn, ids_for_round, path: str, plan: Plan, method: str) -> list[fl
         times.append(time.perf_counter() - t0)
         check_rows(rows, ids, method)
         del rows
+        if after_round is not None:
+            after_round()
         if sum(times) > plan.point_budget_s:
             break
     return times
@@ -339,8 +344,8 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         )
         out.append(rec)
 
-    def sched_point(batch: int, depth: int) -> None:
-        reads, nbytes = [], []
+    def sched_point(batch: int, depth: int, with_fio: bool = False) -> None:
+        reads, nbytes, fio = [], [], []
 
         def fn(ids):
             rows = m.scheduler(ids, depth)
@@ -348,7 +353,13 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
             nbytes.append(m.last_stats["bytes_read"])
             return rows
 
-        times = run_rounds(fn, ids_fn(batch, 0), m.path, plan, "scheduler")
+        def fio_round():
+            fio.append(fio_iops(m.path, data_bytes, depth, plan.fio_seconds))
+
+        # fio runs right after each scheduler round, so that both see the same
+        # load from other jobs on the shared disk: the ratio is paired.
+        after = fio_round if with_fio else None
+        times = run_rounds(fn, ids_fn(batch, 0), m.path, plan, "scheduler", after)
         t = statistics.median(times)
         say(
             record(
@@ -363,31 +374,28 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
                 bytes_read=int(statistics.median(nbytes)),
             )
         )
+        if fio:
+            iops = statistics.median(fio)
+            rec = record("fio", row_bytes, batch, depth, [plan.fio_seconds])
+            # One 4 KiB read serves one random row: IOPS is the ceiling of
+            # rows/s for a gather without coalescing.
+            rec.update(
+                rows_per_s=iops,
+                mb_per_s=iops * row_bytes / 1e6,
+                iops=iops,
+                device_mb_per_s=iops * 4096 / 1e6,
+                repeats=len(fio),
+            )
+            say(rec)
 
     # Warm the scheduler's kernels and threads outside the timed rounds.
     m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth)
     try:
         for depth in plan.depths:
-            sched_point(plan.depth_batch, depth)
+            sched_point(plan.depth_batch, depth, with_fio=have_fio)
         for batch in plan.batches:
             if batch != plan.depth_batch or plan.default_depth not in plan.depths:
                 sched_point(batch, plan.default_depth)
-
-        if have_fio:
-            for depth in sorted(set(plan.depths) | {plan.default_depth}):
-                iops = fio_iops(m.path, data_bytes, depth, plan.fio_seconds)
-                rec = record("fio", row_bytes, plan.depth_batch, depth, [1.0])
-                # One 4 KiB read serves one random row: IOPS is the ceiling of
-                # rows/s for a gather without coalescing.
-                rec.update(
-                    rows_per_s=iops,
-                    mb_per_s=iops * row_bytes / 1e6,
-                    iops=iops,
-                    device_mb_per_s=iops * 4096 / 1e6,
-                    seconds_median=plan.fio_seconds,
-                    repeats=1,
-                )
-                say(rec)
 
         baselines: list[tuple[str, Any, int, str]] = [
             ("memmap", m.memmap, 1, "default"),
@@ -628,8 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Feature files: {files}. Unique random row ids, unsorted, the same ids for every "
         f"method; the file's page cache dropped (fsync + POSIX_FADV_DONTNEED) before every "
         f"round; median of up to {plan.repeats} rounds, fewer once a point's rounds pass "
-        f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: one run of "
-        f"{plan.fio_seconds:g} s per depth. Measured in {time.perf_counter() - t_measure:.0f} s "
+        f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: median of as many runs of "
+        f"{plan.fio_seconds:g} s, each right after a scheduler round at the same depth. Measured in {time.perf_counter() - t_measure:.0f} s "
         f"({wall:.0f} s with store building).\n\n"
         f"Queue depth: `scheduler` threads of pread; `fio` libaio iodepth; `memmap` 1 (one "
         f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "

@@ -22,13 +22,15 @@ Modes (:attr:`IOConfig.mode`): ``direct`` (``O_DIRECT``), ``buffered``
 uses ``direct`` when the file system accepts an aligned ``O_DIRECT`` read and
 ``buffered`` otherwise (tmpfs, some network and overlay file systems).
 
-Why threads and not io_uring or libaio: the one maintained PyPI io_uring
-binding (``liburing``) accepts only ``bytearray`` buffers, which cannot be
-aligned, so ``O_DIRECT`` reads fail with EINVAL, and Numba cannot call it, so
-its submission loop would hold the GIL. No maintained libaio binding installs
-from PyPI here. A nogil ``pread`` loop on 32 threads was measured at the same
-IOPS as ``fio`` with libaio at depth 32 on these machines (FINDINGS.md), so the
-threads leave little on the table and keep the code small.
+Why threads and not io_uring or libaio: Numba cannot call the PyPI bindings
+(``liburing``, ``libaio``, ``caio``, ``pyaio``), so their submission and
+completion would run as Python code under the GIL, once per read.
+``liburing`` was tried (FINDINGS.md): it accepts only ``bytearray`` buffers,
+which cannot be aligned, so ``O_DIRECT`` reads fail with EINVAL. The others
+were not tried.
+The nogil ``pread`` threads already match ``fio`` with libaio at equal queue
+depth on these machines (``benchmarks/io_gather.py``), which bounds what an
+asynchronous interface could add here.
 
 Example
 -------
