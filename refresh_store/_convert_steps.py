@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +238,7 @@ class Conversion:
         self.table: np.ndarray | None = None
         self.skipped: list[str] = []
         self.bytes_written = 0
+        self._count_lock = threading.Lock()
         self.strategy = plan.strategy
 
     # -- bookkeeping
@@ -246,13 +249,17 @@ class Conversion:
         return True
 
     def _done(self, step: str, info: dict[str, Any] | None = None) -> None:
-        self.writer.mark_step(step, info)
+        start = time.perf_counter()
+        self.writer.mark_step(step, info)  # fsyncs what the step wrote
+        if self.log.records:  # durability is part of the pass that wrote the data
+            self.log.records[-1].seconds += time.perf_counter() - start
         crash_point(step)
 
     def _writer_fn(self, aw: ArrayWriter) -> Callable[[int, np.ndarray], None]:
         def write(start: int, block: np.ndarray) -> None:
             aw.write(start, block)
-            self.bytes_written += block.nbytes
+            with self._count_lock:  # writes also run on helper threads
+                self.bytes_written += block.nbytes
 
         return write
 
@@ -533,7 +540,10 @@ class Conversion:
             )
         finally:
             self.log.close_sub()
-        aw.flush()
+        # Timed as part of the feature pass: until the data is on disk the
+        # pass has only filled the page cache.
+        with self.log.run("features: fsync", None):
+            aw.flush()
         self._done("features", info)
 
     def _labels_step(self) -> int:
@@ -585,9 +595,12 @@ class Conversion:
         if not self._todo("splits"):
             return
         table = self._new_id_table()
-        for split in _SPLITS:
-            ids = np.asarray(self.source.splits.get(split, np.empty(0)), dtype=np.int64)
-            aw = self._array(f"{split}_idx", (len(ids),), np.int64)
-            if len(ids):
-                self._writer_fn(aw)(0, table[ids].astype(np.int64))
+        total = sum(len(v) for v in self.source.splits.values())
+        with self.log.run("splits", total) as tick:
+            for split in _SPLITS:
+                ids = np.asarray(self.source.splits.get(split, np.empty(0)), dtype=np.int64)
+                aw = self._array(f"{split}_idx", (len(ids),), np.int64)
+                if len(ids):
+                    self._writer_fn(aw)(0, table[ids].astype(np.int64))
+                tick(len(ids), 8 * len(ids))
         self._done("splits")

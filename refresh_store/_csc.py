@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,16 +74,21 @@ def _append(f: Any, arr: np.ndarray) -> None:
     f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
 
 
+def _read_keys(f: Any, out: np.ndarray, path: Path) -> np.ndarray:
+    """Fill ``out`` from an open bucket file (a reused buffer: no fresh page faults)."""
+    want = out.nbytes
+    got = f.readinto(memoryview(out).cast("B")) if want else 0
+    if got != want:
+        raise ConvertError(f"temporary file {str(path)!r} is damaged; rerun with --overwrite")
+    return out
+
+
 def _key_blocks(path: Path, count: int, block: int) -> Any:
-    """Blocks of keys of a bucket file, read into memory (no mapping: bounded RSS)."""
+    """Blocks of keys of a bucket file in one reused buffer (valid until the next block)."""
+    buf = np.empty(max(1, min(block, count)), dtype=np.int64)
     with open(path, "rb") as f:
         for a in range(0, count, block):
-            keys = np.fromfile(f, dtype=np.int64, count=min(block, count - a))
-            if len(keys) != min(block, count - a):
-                raise ConvertError(
-                    f"temporary file {str(path)!r} is damaged; rerun with --overwrite"
-                )
-            yield a, keys
+            yield a, _read_keys(f, buf[: min(block, count - a)], path)
 
 
 def _uniform_bounds(lo: int, hi: int, parts: int) -> NDArray[np.int64]:
@@ -105,11 +111,15 @@ def _partition_to_files(
     names = [f"{prefix}_{i}.keys" for i in range(k)]
     counts = np.zeros(k, dtype=np.int64)
     files = [open(tmp_dir / nm, "wb") for nm in names]
+    buf = np.empty(0, dtype=np.int64)
     try:
         for first, src, dst in blocks:
             src = np.ascontiguousarray(src, dtype=np.int64)
             dst = np.ascontiguousarray(dst, dtype=np.int64)
-            keys = np.empty(len(src) * (2 if undirected else 1), dtype=np.int64)
+            need = len(src) * (2 if undirected else 1)
+            if len(buf) < need:  # grows once, then is reused block after block
+                buf = np.empty(need, dtype=np.int64)
+            keys = buf[:need]
             c = np.zeros(k, dtype=np.int64)
             bad = edge_keys_by_bucket(
                 src, dst, num_nodes, bounds, undirected, drop_self_loops, c, keys
@@ -201,7 +211,12 @@ def bucket_edges(
 
 
 def _dedupe_one(
-    b: Bucket, num_nodes: int, add_self_loops: bool, degrees: np.ndarray, tmp_dir: Path
+    b: Bucket,
+    num_nodes: int,
+    add_self_loops: bool,
+    degrees: np.ndarray,
+    tmp_dir: Path,
+    buf: np.ndarray,
 ) -> Bucket:
     src_path = tmp_dir / b.name
     name = b.name.removesuffix(".keys") + ".dedup"
@@ -210,14 +225,14 @@ def _dedupe_one(
         keys = np.fromfile(done_path, dtype=np.int64)
         m = len(keys)
     else:
-        keys = np.fromfile(src_path, dtype=np.int64) if b.count else np.empty(0, np.int64)
-        if len(keys) != b.count:
-            raise ConvertError(
-                f"temporary file {str(src_path)!r} is damaged; rerun with --overwrite"
-            )
-        if add_self_loops:
-            local = np.arange(b.hi - b.lo, dtype=np.int64)
-            keys = np.concatenate([keys, local * num_nodes + (local + b.lo)])
+        loops = b.hi - b.lo if add_self_loops else 0
+        keys = buf[: b.count + loops]
+        if b.count:
+            with open(src_path, "rb") as f:
+                _read_keys(f, keys[: b.count], src_path)
+        if loops:
+            local = np.arange(loops, dtype=np.int64)
+            keys[b.count :] = local * num_nodes + (local + b.lo)
         keys.sort()
         m = dedupe_sorted(keys, len(keys))
         tmp = done_path.with_suffix(".partial")
@@ -250,8 +265,10 @@ def dedupe_buckets(
         The deduplicated buckets (sorted keys) and the edge count of the sampling graph.
     """
     out = []
+    size = max((b.count + (b.hi - b.lo if add_self_loops else 0) for b in buckets), default=0)
+    buf = np.empty(size, dtype=np.int64)
     for b in buckets:
-        out.append(_dedupe_one(b, num_nodes, add_self_loops, degrees, tmp_dir))
+        out.append(_dedupe_one(b, num_nodes, add_self_loops, degrees, tmp_dir, buf))
         tick(b.hi - b.lo, b.count * KEY_BYTES)
     return out, sum(b.count for b in out)
 
@@ -302,13 +319,14 @@ def relabel_buckets(
     names = [f"relabel_{i}.keys" for i in range(k)]
     counts = np.zeros(k, dtype=np.int64)
     files = [open(tmp_dir / nm, "wb") for nm in names]
+    out_buf = np.empty(max(1, block_edges), dtype=np.int64)
     try:
         for b in buckets:
             if not b.count:
                 tick(b.hi - b.lo, 0)
                 continue
             for _, keys in _key_blocks(tmp_dir / b.name, b.count, block_edges):
-                out = np.empty_like(keys)
+                out = out_buf[: len(keys)]
                 c = np.zeros(k, dtype=np.int64)
                 relabel_keys(keys, len(keys), num_nodes, b.lo, new_id, bounds, c, out)
                 ends = np.cumsum(c)
@@ -343,27 +361,37 @@ def write_csc(
     write_indptr(0, np.zeros(1, dtype=np.int64))
     offset = 0
     expect = 0
-    for b in buckets:
-        if b.lo != expect:
-            raise ConvertError(f"internal error: buckets leave nodes [{expect}, {b.lo}) out")
-        expect = b.hi
-        keys = np.fromfile(tmp_dir / b.name, dtype=np.int64) if b.count else np.empty(0, np.int64)
-        if len(keys) != b.count:
-            raise ConvertError(
-                f"temporary file {str(tmp_dir / b.name)!r} is damaged; rerun with --overwrite"
-            )
-        if sort:
-            keys.sort()
-        deg = np.zeros(b.hi - b.lo, dtype=np.int64)
-        local_degrees(keys, len(keys), num_nodes, deg)
-        src = np.empty(len(keys), dtype=indices_dtype)
-        keys_to_sources(keys, len(keys), num_nodes, src)
-        del keys
-        if len(src):
-            write_indices(offset, src)
-        write_indptr(b.lo + 1, offset + np.cumsum(deg))
-        offset += len(src)
-        tick(b.hi - b.lo, len(src) * src.itemsize + (b.hi - b.lo) * 8)
+    size = max((b.count for b in buckets), default=0)
+    key_buf = np.empty(size, dtype=np.int64)
+    # Two source buffers: the indices of one bucket are written on a helper
+    # thread (pwrite releases the GIL) while the next bucket is read and sorted.
+    src_bufs = [np.empty(size, dtype=indices_dtype) for _ in range(2)]
+    pending: list[Future[None] | None] = [None, None]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-csc") as pool:
+        for i, b in enumerate(buckets):
+            if b.lo != expect:
+                raise ConvertError(f"internal error: buckets leave nodes [{expect}, {b.lo}) out")
+            expect = b.hi
+            keys = key_buf[: b.count]
+            if b.count:
+                with open(tmp_dir / b.name, "rb") as f:
+                    _read_keys(f, keys, tmp_dir / b.name)
+            if sort:
+                keys.sort()
+            deg = np.zeros(b.hi - b.lo, dtype=np.int64)
+            local_degrees(keys, len(keys), num_nodes, deg)
+            slot = pending[i % 2]
+            if slot is not None:
+                slot.result()
+            src = src_bufs[i % 2][: len(keys)]
+            keys_to_sources(keys, len(keys), num_nodes, src)
+            pending[i % 2] = pool.submit(write_indices, offset, src) if len(src) else None
+            write_indptr(b.lo + 1, offset + np.cumsum(deg))
+            offset += len(src)
+            tick(b.hi - b.lo, len(src) * src.itemsize + (b.hi - b.lo) * 8)
+        for fut in pending:
+            if fut is not None:
+                fut.result()
     if expect != num_nodes:
         raise ConvertError(f"internal error: buckets end at node {expect}, not {num_nodes}")
     return offset

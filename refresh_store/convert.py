@@ -53,7 +53,9 @@ from .store import StoreWriter, check_destination
 
 __all__ = ["ConvertOptions", "ConvertSummary", "convert", "parse_size", "CRASH_ENV", "STEPS"]
 
-_SLACK_BYTES = 32 << 20  # 32 MiB: small arrays and index tables outside the blocks
+# Outside the blocks of a pass: the mapped span of a gathered source (64 MiB),
+# per-row id arrays, small tables and allocator slack.
+_SLACK_BYTES = 160 << 20  # 160 MiB
 _MIN_WORK_BYTES = 64 << 20  # 64 MiB
 _DTYPES = {"keep": None, "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -317,7 +319,8 @@ def convert(
         try:
             manifest = run.run()
             crash_point("before_commit")
-            writer.commit(manifest)
+            with log.run("commit: checksums, manifest", None):
+                writer.commit(manifest)
         except (InputDataError, SourceFormatError, ConvertError):
             writer.abort()
             raise

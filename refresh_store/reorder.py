@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from ._convert_kernels import (
     invert_window,
     stable_bucket_order,
 )
-from .readers import RowSource
+from .readers import MappedRows, RowSource
 from .readers._base import as_words, exponent_mask
 
 __all__ = [
@@ -257,36 +258,44 @@ def permute_rows(
     if strategy == "gather":
         if not src.random_access:
             raise ValueError("the gather plan needs a random-access source")
-        block = max(1, min(n, work_bytes // (tmp_rb + out_rb + 40)))
-        out = np.empty((block, *row_shape), dtype=out_dtype)
+        # Two output buffers: block i is written by a helper thread (pwrite
+        # releases the GIL) while block i + 1 is gathered (a nogil kernel).
+        block = max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 40)))
+        outs = [
+            np.empty((block, *row_shape), dtype=out_dtype) for _ in range(2 if n > block else 1)
+        ]
         raw = np.empty((block, *row_shape), dtype=src.dtype) if cast else None
         progress = tick("gather", n) if tick else noop
-        for a in range(0, n, block):
-            b = min(n, a + block)
-            k = b - a
-            old = read_old_id(a, b)
-            order = np.argsort(old)
-            ids = np.ascontiguousarray(old[order])
-            target = as_words(raw[:k] if raw is not None else out[:k])
-            bad = src.gather_into(ids, order, target, check_finite)
-            if bad >= 0:
-                report(int(ids[bad]))
-            rows = finish(out, raw, k)
-            if cast and check_finite:
-                bad = _first_nonfinite(rows)
+        with _Writer(write) as writer:
+            for i, a in enumerate(range(0, n, block)):
+                b = min(n, a + block)
+                k = b - a
+                out = outs[i % len(outs)]
+                old = read_old_id(a, b)
+                order = np.argsort(old)
+                ids = np.ascontiguousarray(old[order])
+                writer.wait_for_buffer(i % len(outs))
+                target = as_words(raw[:k] if raw is not None else out[:k])
+                bad = src.gather_into(ids, order, target, check_finite)
                 if bad >= 0:
-                    report(int(old[bad]))
-            write(a, rows)
-            progress(k, k * out_rb)
+                    report(int(ids[bad]))
+                rows = finish(out, raw, k)
+                if cast and check_finite:
+                    bad = _first_nonfinite(rows)
+                    if bad >= 0:
+                        report(int(old[bad]))
+                writer.submit(i % len(outs), a, rows)
+                progress(k, k * out_rb)
         return {"strategy": "gather", "blocks": -(-n // block)}
     if strategy != "shuffle":
         raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
 
-    bucket_rows = max(1, work_bytes // (2 * out_rb + 24))
+    bucket_rows = max(1, work_bytes // (3 * out_rb + 24))
     n_buckets = max(1, -(-n // bucket_rows))
     chunk = max(1, min(n, work_bytes // (2 * in_rb + out_rb + 24)))
     paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
     grouped = np.empty((chunk, *row_shape), dtype=src.dtype)
+    rowbuf = np.empty((chunk, *row_shape), dtype=src.dtype) if isinstance(src, MappedRows) else None
     out = np.empty((chunk, *row_shape), dtype=out_dtype) if cast else grouped
     files = [open(p, "wb") for p in paths]
     try:
@@ -294,7 +303,10 @@ def permute_rows(
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             k = e - s
-            rows = np.ascontiguousarray(src.read(s, e))
+            if isinstance(src, MappedRows):
+                rows = src.read(s, e, rowbuf)
+            else:
+                rows = np.ascontiguousarray(src.read(s, e))
             bucket = np.asarray(new_id[s:e], dtype=np.int64) // bucket_rows
             counts = np.zeros(n_buckets, dtype=np.int64)
             order = np.empty(k, dtype=np.int64)
@@ -317,25 +329,61 @@ def permute_rows(
     finally:
         for f in files:
             f.close()
-    del grouped, out
+    del grouped, out, rowbuf
     progress = tick("shuffle: place", n) if tick else noop
     data = np.empty((min(n, bucket_rows), *row_shape), dtype=out_dtype)
-    placed = np.empty_like(data)
-    for b, path in enumerate(paths):
-        lo, hi = b * bucket_rows, min(n, (b + 1) * bucket_rows)
-        k = hi - lo
-        with open(path, "rb") as f:
-            got = f.readinto(memoryview(data[:k]).cast("B"))
-        if got != k * out_rb:
-            raise OSError(f"bucket file {str(path)!r} is short: {got} of {k * out_rb} bytes")
-        order = np.argsort(read_old_id(lo, hi))
-        # Rows arrive in old-id order: the i-th is the one at new position order[i].
-        zero = as_words(data).dtype.type(0)
-        copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[:k]), zero)
-        write(lo, placed[:k])
-        os.unlink(path)
-        progress(k, k * out_rb)
+    placed = [np.empty_like(data) for _ in range(2 if n_buckets > 1 else 1)]
+    with _Writer(write) as writer:
+        for b, path in enumerate(paths):
+            lo, hi = b * bucket_rows, min(n, (b + 1) * bucket_rows)
+            k = hi - lo
+            with open(path, "rb") as f:
+                got = f.readinto(memoryview(data[:k]).cast("B"))
+            if got != k * out_rb:
+                raise OSError(f"bucket file {str(path)!r} is short: {got} of {k * out_rb} bytes")
+            order = np.argsort(read_old_id(lo, hi))
+            slot = b % len(placed)
+            writer.wait_for_buffer(slot)
+            # Rows arrive in old-id order: the i-th is the one at new position order[i].
+            zero = as_words(data).dtype.type(0)
+            copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[slot][:k]), zero)
+            writer.submit(slot, lo, placed[slot][:k])
+            os.unlink(path)
+            progress(k, k * out_rb)
     return {"strategy": "shuffle", "blocks": n_buckets}
+
+
+class _Writer:
+    """Writes blocks on one helper thread so that the next block can be built meanwhile.
+
+    Each block lives in a numbered buffer; :meth:`wait_for_buffer` blocks until
+    the buffer's previous write has finished. Errors of a write surface at the
+    next call or at exit.
+    """
+
+    def __init__(self, write: Callable[[int, np.ndarray], None]) -> None:
+        self._write = write
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-write")
+        self._pending: dict[int, Future[None]] = {}
+
+    def wait_for_buffer(self, slot: int) -> None:
+        fut = self._pending.pop(slot, None)
+        if fut is not None:
+            fut.result()
+
+    def submit(self, slot: int, start: int, block: np.ndarray) -> None:
+        self.wait_for_buffer(slot)
+        self._pending[slot] = self._pool.submit(self._write, start, block)
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for slot in list(self._pending):
+                self.wait_for_buffer(slot)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _first_nonfinite(block: np.ndarray) -> int:

@@ -69,6 +69,20 @@ def exponent_mask(dtype: np.dtype) -> np.unsignedinteger:
     return _EXPONENT[dtype.itemsize]
 
 
+def pread_into(path: Path, buf: memoryview, offset: int, name: str) -> None:
+    """Fill ``buf`` from ``path`` at ``offset``; a short file is a truncated source."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = 0
+        while got < len(buf):
+            n = os.preadv(fd, [buf[got:]], offset + got)
+            if n <= 0:
+                raise SourceFormatError(f"{name!r} is truncated at byte {offset + got}")
+            got += n
+    finally:
+        os.close(fd)
+
+
 class RowSource:
     """Rows of one array of a source (features ``[N, D]``, labels ``[N]``, edge_index ``[2, E]``).
 
@@ -199,10 +213,39 @@ class MappedRows(RowSource):
         rb = self.row_bytes
         return self._offset + start * rb, self._offset + stop * rb
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = np.array(self.array[start:stop])
-        self.release(*self._row_span(start, stop))
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)``, into ``out`` when given (a C-contiguous buffer to reuse).
+
+        C-ordered data is read with ``pread``: no page of the file is mapped,
+        and a reused buffer costs no fresh page faults.
+        """
+        shape = (stop - start, *self.shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        else:
+            out = out.reshape(-1)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        if self.fortran_order or self._mmap is None:
+            out[...] = self.array[start:stop]
+            self.release()
+            return out
+        pread_into(
+            self.path, memoryview(out).cast("B"), self._offset + start * self.row_bytes, self.name
+        )
         return out
+
+    def read_flat(self, first: int, count: int, out: np.ndarray) -> np.ndarray:
+        """Elements ``[first, first + count)`` of the C-order data, into ``out[:count]``."""
+        view = out[:count]
+        if self.fortran_order or self._mmap is None:
+            view[...] = self.array.reshape(-1, order="A")[first : first + count]
+            return view
+        pread_into(
+            self.path,
+            memoryview(view).cast("B"),
+            self._offset + first * self.dtype.itemsize,
+            self.name,
+        )
+        return view
 
     def _span_groups(self, sorted_ids: NDArray[np.int64]) -> list[tuple[int, int]]:
         """Cut sorted ids where they cross a span boundary: each group touches one span."""
@@ -354,16 +397,26 @@ class ArrayEdges(EdgeSource):
         return self.edge_index.random_access
 
     def blocks(self, max_edges: int) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.int64]]]:
-        if not isinstance(self.edge_index, MappedRows):
+        """Blocks in two buffers reused from block to block (valid until the next one)."""
+        ei = self.edge_index
+        if not isinstance(ei, MappedRows):
             raise SourceFormatError(f"{self.name!r} must be staged before its edges are read")
-        arr = self.edge_index.array
-        step = max(1, int(max_edges))
-        for a in range(0, self.num_edges, step):
-            b = min(self.num_edges, a + step)
-            src = arr[0, a:b].astype(np.int64)
-            dst = arr[1, a:b].astype(np.int64)
-            self.edge_index.release()
-            yield a, src, dst
+        e = self.num_edges
+        step = max(1, min(int(max_edges), e))
+        src = np.empty(step, dtype=np.int64)
+        dst = np.empty(step, dtype=np.int64)
+        raw = None if ei.dtype == np.int64 else np.empty(step, dtype=ei.dtype)
+        for a in range(0, e, step):
+            k = min(e, a + step) - a
+            for row, buf in ((0, src), (1, dst)):
+                if ei.fortran_order:  # column-major [2, E]: pairs side by side
+                    buf[:k] = ei.array[row, a : a + k]
+                    ei.release()
+                elif raw is None:
+                    ei.read_flat(row * e + a, k, buf)
+                else:
+                    buf[:k] = ei.read_flat(row * e + a, k, raw)
+            yield a, src[:k], dst[:k]
 
     def close(self) -> None:
         self.edge_index.close()

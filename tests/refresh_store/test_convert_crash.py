@@ -133,7 +133,7 @@ def large(tmp_path_factory) -> tuple[Path, Path]:
         "papers100m", 300_000, base / "src", seed=3, feature_dim=64, num_classes=8, progress=False
     )
     ref = base / "ref"
-    res = run_cli(str(src), str(ref), "--memory-budget", "160MiB", "--feature-strategy", "shuffle")
+    res = run_cli(str(src), str(ref), "--memory-budget", "256MiB", "--feature-strategy", "shuffle")
     assert res.returncode == 0, res.stderr
     return src, ref
 
@@ -152,7 +152,7 @@ def test_real_sigkill_then_resume(large, tmp_path, after_steps):
     dst = tmp_path / "store"
     env = dict(os.environ)
     env.pop(CRASH_ENV, None)
-    args = [str(src), str(dst), "--memory-budget", "160MiB", "--feature-strategy", "shuffle"]
+    args = [str(src), str(dst), "--memory-budget", "256MiB", "--feature-strategy", "shuffle"]
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *args, "--no-progress"],
         stdout=subprocess.DEVNULL,
