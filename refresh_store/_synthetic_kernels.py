@@ -263,7 +263,7 @@ def destinations(
             prev = v
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def node_attributes(
     lo,
     hi,
@@ -293,7 +293,7 @@ def node_attributes(
     train and valid fractions for SPLIT_BY_TIME; SPLIT_BY_RANK uses the slot
     cut-offs instead, the most popular nodes going to train.
     """
-    for i in prange(hi - lo):
+    for i in range(hi - lo):
         u = lo + i
         s = _permute(u, n, perm_keys, bits_right, mask_left, mask_right, False)
         out_class[i] = res_class[s % num_residues]

@@ -308,19 +308,21 @@ class _GzCsv:
     """A gzip-compressed CSV file written from numeric blocks (no header row)."""
 
     def __init__(self, path: Path) -> None:
-        self._raw = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._raw = open(path, "wb")
         # mtime=0 and an empty file name keep the bytes identical per seed.
         self._gz = gzip.GzipFile(
             filename="", mode="wb", fileobj=self._raw, compresslevel=_GZIP_LEVEL, mtime=0
         )
 
     def write_ints(self, values: NDArray[np.int64]) -> None:
-        values = np.ascontiguousarray(values.reshape(values.shape[0], -1), dtype=np.int64)
+        values = np.ascontiguousarray(
+            values[:, None] if values.ndim == 1 else values, dtype=np.int64
+        )
         buf = np.empty(values.size * 21, dtype=np.uint8)
         self._gz.write(memoryview(buf[: _k.format_int_rows(values, buf)]))
 
     def write_floats(self, values: NDArray[np.floating]) -> None:
-        values = np.ascontiguousarray(values.reshape(values.shape[0], -1))
+        values = np.ascontiguousarray(values[:, None] if values.ndim == 1 else values)
         buf = np.empty(values.size * (_CSV_DECIMALS + 16), dtype=np.uint8)
         n = _k.format_float_rows(values, _CSV_DECIMALS, buf)
         if n < 0:
@@ -561,8 +563,12 @@ def _write_mag240m(plan: _Plan, root: Path) -> dict[str, int]:
         with open(proc / name / "edge_index.npy", "wb") as f:
             counts[name] = _write_edge_index(plan, f, rel, rows, name)
 
-    meta = {"paper": n, "author": num_authors, "institution": num_institutions}
-    meta["num_classes"] = plan.num_classes
+    meta = {
+        "paper": n,
+        "author": num_authors,
+        "institution": num_institutions,
+        "num_classes": plan.num_classes,
+    }
     torch.save(meta, root / "meta.pt")
     train, valid, test = (np.concatenate(ids).astype(np.int64) for ids in split_ids)
     # ogb.lsc splits the test papers into test-dev / test-challenge by i % 5 < 3.

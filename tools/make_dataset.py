@@ -11,6 +11,7 @@ Bad arguments print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser; defaults not given here come from ``make_dataset``."""
+    """The command-line parser; its defaults are those of ``make_dataset``."""
+    default = {k: v.default for k, v in inspect.signature(make_dataset).parameters.items()}
     p = _Parser(
         prog="make_dataset.py",
         description="Write a synthetic graph dataset in the ogbn-*, ogbn-papers100M or "
@@ -41,15 +43,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", required=True, choices=LAYOUTS)
     p.add_argument("--nodes", required=True, type=int, help="number of nodes (papers)")
     p.add_argument("--out", required=True, help="parent folder of the dataset folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=default["seed"], help="(default %(default)s)")
     p.add_argument("--feature-dim", type=int, help="default: as the real dataset")
     p.add_argument("--classes", type=int, help="number of classes; default: as the real dataset")
-    p.add_argument("--avg-degree", type=float, default=15.0, help="raw edges per node (15)")
-    p.add_argument("--skew", type=float, help="in-degree power-law skew in [0, 2] (0.7)")
+    p.add_argument(
+        "--avg-degree",
+        type=float,
+        default=default["avg_degree"],
+        help="raw edges per node (default %(default)s)",
+    )
+    p.add_argument(
+        "--skew",
+        type=float,
+        default=default["skew"],
+        help="in-degree power-law skew in [0, 2] (default %(default)s)",
+    )
     p.add_argument("--labelled-fraction", type=float, help="fraction of nodes in a split")
     p.add_argument("--name", help="ogbn-products (default) or ogbn-arxiv for --layout ogbn")
-    p.add_argument("--homophily", type=float, help="fraction of edges inside a community")
-    p.add_argument("--feature-signal", type=float, help="norm of class centroids vs unit noise")
+    p.add_argument(
+        "--homophily",
+        type=float,
+        default=default["homophily"],
+        help="fraction of edges inside a community (default %(default)s)",
+    )
+    p.add_argument(
+        "--feature-signal",
+        type=float,
+        default=default["feature_signal"],
+        help="norm of the class centroids against unit noise (default %(default)s)",
+    )
     p.add_argument("--block-rows", type=int, help="nodes per streaming block (memory bound)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset made earlier")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -59,12 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    optional = {
-        "skew": args.skew,
-        "labelled_fraction": args.labelled_fraction,
-        "homophily": args.homophily,
-        "feature_signal": args.feature_signal,
-    }
     try:
         path = make_dataset(
             args.layout,
@@ -74,11 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             feature_dim=args.feature_dim,
             num_classes=args.classes,
             avg_degree=args.avg_degree,
+            skew=args.skew,
+            labelled_fraction=args.labelled_fraction,
             name=args.name,
+            homophily=args.homophily,
+            feature_signal=args.feature_signal,
             block_rows=args.block_rows,
             overwrite=args.overwrite,
             progress=not args.quiet,
-            **{k: v for k, v in optional.items() if v is not None},
         )
     except (RefreshError, ValueError, TypeError, OSError) as exc:
         print(f"make_dataset.py: error: {exc}", file=sys.stderr)
