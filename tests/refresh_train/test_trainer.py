@@ -128,14 +128,15 @@ def test_cache_mode_and_pipelining_do_not_change_results(store):
 
 @pytest.mark.parametrize("model", ["gcn", "gat", "mlp"])
 def test_every_model_trains(store, model):
-    records = train(_config(store, model=model, epochs=2))
+    records = train(_config(store, model=model, epochs=1))
     assert np.isfinite(records[-1]["train_loss"])
-    assert records[-1]["valid_acc"] > 0.3
+    rows = sum(records[-1][f"rows_{t}"] for t in ("device", "host", "disk"))
     if model == "mlp":
         # The MLP reads only its seeds' features.
-        assert sum(records[-1][f"rows_{t}"] for t in ("device", "host", "disk")) == len(
-            store.train_idx
-        )
+        assert rows == len(store.train_idx)
+    else:
+        assert rows > 3 * len(store.train_idx)
+        assert records[-1]["valid_acc"] > 0.3  # chance is 0.25
 
 
 def test_a_registered_cache_mode_gets_every_hook(store, tmp_path):
