@@ -260,7 +260,7 @@ def permute_rows(
             raise ValueError("the gather plan needs a random-access source")
         # Two output buffers: block i is written by a helper thread (pwrite
         # releases the GIL) while block i + 1 is gathered (a nogil kernel).
-        block = max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 40)))
+        block = max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 48)))
         outs = [
             np.empty((block, *row_shape), dtype=out_dtype) for _ in range(2 if n > block else 1)
         ]
@@ -290,66 +290,79 @@ def permute_rows(
     if strategy != "shuffle":
         raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
 
-    bucket_rows = max(1, work_bytes // (3 * out_rb + 24))
+    # Per-row overhead of ids, orders and counts, besides the row buffers.
+    bucket_rows = max(1, work_bytes // (3 * out_rb + 48))
     n_buckets = max(1, -(-n // bucket_rows))
-    chunk = max(1, min(n, work_bytes // (2 * in_rb + out_rb + 24)))
+    chunk = max(1, min(n, work_bytes // (2 * in_rb + (out_rb if cast else 0) + 48)))
     paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
-    grouped = np.empty((chunk, *row_shape), dtype=src.dtype)
-    rowbuf = np.empty((chunk, *row_shape), dtype=src.dtype) if isinstance(src, MappedRows) else None
-    out = np.empty((chunk, *row_shape), dtype=out_dtype) if cast else grouped
-    files = [open(p, "wb") for p in paths]
-    try:
-        progress = tick("shuffle: split", n) if tick else noop
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            k = e - s
-            if isinstance(src, MappedRows):
-                rows = src.read(s, e, rowbuf)
-            else:
-                rows = np.ascontiguousarray(src.read(s, e))
-            bucket = np.asarray(new_id[s:e], dtype=np.int64) // bucket_rows
-            counts = np.zeros(n_buckets, dtype=np.int64)
-            order = np.empty(k, dtype=np.int64)
-            stable_bucket_order(bucket, counts, order)
-            # grouped[i] = rows[order[i]]: rows by bucket, old-id order within each
-            mask = exponent_mask(src.dtype) if check_finite else as_words(rows).dtype.type(0)
-            bad = copy_rows(as_words(rows), order, np.arange(k), as_words(grouped[:k]), mask)
-            if bad >= 0:
-                report(s + int(order[bad]))
-            del rows
-            block = finish(out, grouped if cast else None, k)
-            if cast and check_finite:
-                bad = _first_nonfinite(block)
+
+    def split() -> None:
+        """Phase 1: source rows, front to back, appended to the bucket of their new id."""
+        grouped = np.empty((chunk, *row_shape), dtype=src.dtype)
+        mapped = isinstance(src, MappedRows)
+        rowbuf = np.empty((chunk, *row_shape), dtype=src.dtype) if mapped else None
+        out = np.empty((chunk, *row_shape), dtype=out_dtype) if cast else grouped
+        files = [open(p, "wb") for p in paths]
+        try:
+            progress = tick("shuffle: split", n) if tick else noop
+            for s in range(0, n, chunk):
+                e = min(n, s + chunk)
+                k = e - s
+                if mapped:
+                    rows = src.read(s, e, rowbuf)  # type: ignore[call-arg]
+                else:
+                    rows = np.ascontiguousarray(src.read(s, e))
+                bucket = np.asarray(new_id[s:e], dtype=np.int64) // bucket_rows
+                counts = np.zeros(n_buckets, dtype=np.int64)
+                order = np.empty(k, dtype=np.int64)
+                stable_bucket_order(bucket, counts, order)
+                del bucket
+                # grouped[i] = rows[order[i]]: rows by bucket, old-id order within each
+                mask = exponent_mask(src.dtype) if check_finite else as_words(rows).dtype.type(0)
+                bad = copy_rows(as_words(rows), order, np.arange(k), as_words(grouped[:k]), mask)
                 if bad >= 0:
                     report(s + int(order[bad]))
-            ends = np.cumsum(counts)
-            for b in np.flatnonzero(counts):
-                files[b].write(memoryview(block[ends[b] - counts[b] : ends[b]]).cast("B"))
-            progress(k, k * in_rb)
-    finally:
-        for f in files:
-            f.close()
-    del grouped, out, rowbuf
-    progress = tick("shuffle: place", n) if tick else noop
-    data = np.empty((min(n, bucket_rows), *row_shape), dtype=out_dtype)
-    placed = [np.empty_like(data) for _ in range(2 if n_buckets > 1 else 1)]
-    with _Writer(write) as writer:
-        for b, path in enumerate(paths):
-            lo, hi = b * bucket_rows, min(n, (b + 1) * bucket_rows)
-            k = hi - lo
-            with open(path, "rb") as f:
-                got = f.readinto(memoryview(data[:k]).cast("B"))
-            if got != k * out_rb:
-                raise OSError(f"bucket file {str(path)!r} is short: {got} of {k * out_rb} bytes")
-            order = np.argsort(read_old_id(lo, hi))
-            slot = b % len(placed)
-            writer.wait_for_buffer(slot)
-            # Rows arrive in old-id order: the i-th is the one at new position order[i].
-            zero = as_words(data).dtype.type(0)
-            copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[slot][:k]), zero)
-            writer.submit(slot, lo, placed[slot][:k])
-            os.unlink(path)
-            progress(k, k * out_rb)
+                del rows
+                block = finish(out, grouped if cast else None, k)
+                if cast and check_finite:
+                    bad = _first_nonfinite(block)
+                    if bad >= 0:
+                        report(s + int(order[bad]))
+                ends = np.cumsum(counts)
+                for b in np.flatnonzero(counts):
+                    files[b].write(memoryview(block[ends[b] - counts[b] : ends[b]]).cast("B"))
+                progress(k, k * in_rb)
+        finally:
+            for f in files:
+                f.close()
+
+    def place() -> None:
+        """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order."""
+        progress = tick("shuffle: place", n) if tick else noop
+        data = np.empty((min(n, bucket_rows), *row_shape), dtype=out_dtype)
+        placed = [np.empty_like(data) for _ in range(2 if n_buckets > 1 else 1)]
+        zero = as_words(data).dtype.type(0)
+        with _Writer(write) as writer:
+            for b, path in enumerate(paths):
+                lo, hi = b * bucket_rows, min(n, (b + 1) * bucket_rows)
+                k = hi - lo
+                with open(path, "rb") as f:
+                    got = f.readinto(memoryview(data[:k]).cast("B"))
+                if got != k * out_rb:
+                    raise OSError(
+                        f"bucket file {str(path)!r} is short: {got} of {k * out_rb} bytes"
+                    )
+                order = np.argsort(read_old_id(lo, hi))
+                slot = b % len(placed)
+                writer.wait_for_buffer(slot)
+                # The i-th row of the bucket belongs at new position order[i].
+                copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[slot][:k]), zero)
+                writer.submit(slot, lo, placed[slot][:k])
+                os.unlink(path)
+                progress(k, k * out_rb)
+
+    split()  # its buffers are freed before place() allocates its own
+    place()
     return {"strategy": "shuffle", "blocks": n_buckets}
 
 

@@ -36,6 +36,7 @@ from .npy import open_npy
 __all__ = ["load_torch_pickle", "mean_rows", "read_mag240m", "find_mag240m_dir"]
 
 _DIR = "mag240m_kddcup2021"
+_MAX_OPEN_FILES = 256  # bucket files open at once (per sweep over the edges)
 _RELATIONS = {
     "cites": "paper___cites___paper",
     "writes": "author___writes___paper",
@@ -128,74 +129,96 @@ def mean_rows(
     work_bytes: int,
     tmp_dir: Path,
     progress: Callable[[int], None] | None = None,
+    max_open_files: int = _MAX_OPEN_FILES,
 ) -> MappedRows:
     """Row ``t`` of the result = mean of ``rows[s]`` over edges ``s -> t`` (zeros when none).
 
     Sums accumulate in float32 over a window of output rows that fits in
-    ``work_bytes``; when the output is larger than one window, the edges are
-    first bucketed by window into files under ``tmp_dir``. Input rows of each
+    ``work_bytes``. When the output is larger than one window, the edges are
+    first bucketed by window into files under ``tmp_dir`` (at most
+    ``max_open_files`` windows per sweep over the edges). Input rows of each
     block of edges are read in ascending order, so reads move forward.
 
     Returns
     -------
     MappedRows
         The result, a raw ``[num_out, D]`` array of ``out_dtype`` at ``out_path``.
+
+    Raises
+    ------
+    InputDataError
+        An edge names a row outside ``[0, len(rows))`` or a target outside ``[0, num_out)``.
     """
     d = rows.shape[1]
     in_rb = max(1, rows.row_bytes)
     window = max(1, min(num_out, (work_bytes // 3) // (d * 6 + 8)))
-    edge_block = max(1024, (work_bytes // 4) // (in_rb + d * 4 + 32))
+    edge_block = max(1024, (work_bytes // 4) // (in_rb + d * 4 + 48))
     n_windows = max(1, -(-num_out // window))
     bounds = np.minimum(np.arange(n_windows + 1, dtype=np.int64) * window, num_out)
+    out_rb = d * np.dtype(out_dtype).itemsize
+
+    def checked(src: np.ndarray, dst: np.ndarray) -> None:
+        if len(src) and (src.min() < 0 or src.max() >= len(rows)):
+            raise InputDataError(f"{edges.name!r} has a source id outside [0, {len(rows)})")
+        if len(dst) and (dst.min() < 0 or dst.max() >= num_out):
+            raise InputDataError(f"{edges.name!r} has a target id outside [0, {num_out})")
 
     def window_edges(k: int):  # type: ignore[no-untyped-def]
         if n_windows == 1:
-            yield from ((s, t) for _, s, t in edges.blocks(edge_block))
+            for _, src, dst in edges.blocks(edge_block):
+                checked(src, dst)
+                yield src, dst
             return
         path = tmp_dir / f"mean_{k}.i64"
-        if path.stat().st_size:
-            pairs = np.fromfile(path, dtype=np.int64).reshape(-1, 2)
-            for a in range(0, len(pairs), edge_block):
-                yield pairs[a : a + edge_block, 0], pairs[a : a + edge_block, 1]
+        pairs = np.empty((edge_block, 2), dtype=np.int64)
+        with open(path, "rb") as f:
+            while True:
+                got = f.readinto(memoryview(pairs).cast("B")) // 16
+                if not got:
+                    break
+                yield pairs[:got, 0], pairs[:got, 1]
+        path.unlink()
 
-    if n_windows > 1:
-        files = [open(tmp_dir / f"mean_{k}.i64", "wb") for k in range(n_windows)]
+    def split_edges(first: int, last: int) -> None:
+        """Bucket the edges of windows [first, last) into one file per window."""
+        files = {k: open(tmp_dir / f"mean_{k}.i64", "wb") for k in range(first, last)}
+        lo, hi = bounds[first], bounds[last]
         try:
             for _, src, dst in edges.blocks(edge_block):
-                b = np.empty(len(dst), dtype=np.int64)
-                find_buckets(dst, bounds, b)
+                checked(src, dst)
+                inside = (dst >= lo) & (dst < hi)
+                s, t = src[inside], dst[inside]
+                b = np.empty(len(t), dtype=np.int64)
+                find_buckets(t, bounds, b)
                 order = np.argsort(b, kind="stable")
-                counts = np.bincount(b, minlength=n_windows)
-                pairs = np.stack([src[order], dst[order]], axis=1)
-                for k, (a, z) in enumerate(zip(np.cumsum(counts) - counts, np.cumsum(counts))):
-                    if z > a:
-                        files[k].write(pairs[a:z].tobytes())
+                counts = np.bincount(b - first, minlength=last - first)
+                pairs = np.stack([s[order], t[order]], axis=1)
+                ends = np.cumsum(counts)
+                for j in np.flatnonzero(counts):
+                    files[first + j].write(pairs[ends[j] - counts[j] : ends[j]].tobytes())
         finally:
-            for f in files:
+            for f in files.values():
                 f.close()
 
-    out_rb = d * np.dtype(out_dtype).itemsize
     with open(out_path, "wb") as out:
         out.truncate(num_out * out_rb)
-        for k in range(n_windows):
-            lo, hi = int(bounds[k]), int(bounds[k + 1])
-            acc = np.zeros((hi - lo, d), dtype=np.float32)
-            cnt = np.zeros(hi - lo, dtype=np.int64)
-            for src, dst in window_edges(k):
-                if len(src) and (src.min() < 0 or src.max() >= len(rows)):
-                    raise InputDataError(f"{edges.name!r} has a source id outside [0, {len(rows)})")
-                if len(dst) and (dst.min() < lo or dst.max() >= hi):
-                    raise InputDataError(f"{edges.name!r} has a target id outside [0, {num_out})")
-                order = np.argsort(src, kind="stable")
-                got = rows.take(np.ascontiguousarray(src[order]))
-                got = np.ascontiguousarray(got, dtype=np.float32)  # kernels have no float16
-                scatter_add_rows(acc, cnt, np.ascontiguousarray(dst[order] - lo), got)
-                if progress is not None:
-                    progress(len(src))
-            acc /= np.maximum(cnt, 1)[:, None]
-            os.pwrite(out.fileno(), acc.astype(out_dtype).tobytes(), lo * out_rb)
+        for first in range(0, n_windows, max_open_files):
+            last = min(n_windows, first + max_open_files)
             if n_windows > 1:
-                (tmp_dir / f"mean_{k}.i64").unlink()
+                split_edges(first, last)
+            for k in range(first, last):
+                lo, hi = int(bounds[k]), int(bounds[k + 1])
+                acc = np.zeros((hi - lo, d), dtype=np.float32)
+                cnt = np.zeros(hi - lo, dtype=np.int64)
+                for src, dst in window_edges(k):
+                    order = np.argsort(src, kind="stable")
+                    got = rows.take(np.ascontiguousarray(src[order]))
+                    got = np.ascontiguousarray(got, dtype=np.float32)  # kernels have no float16
+                    scatter_add_rows(acc, cnt, np.ascontiguousarray(dst[order] - lo), got)
+                    if progress is not None:
+                        progress(len(src))
+                acc /= np.maximum(cnt, 1)[:, None]
+                os.pwrite(out.fileno(), acc.astype(out_dtype).tobytes(), lo * out_rb)
         out.flush()
         os.fsync(out.fileno())
     return MappedRows(out_path, 0, (num_out, d), np.dtype(out_dtype), name=out_path.name)

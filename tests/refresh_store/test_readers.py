@@ -149,8 +149,8 @@ def test_mag240m_test_split_choice(mag):
         open_source(mag, split="nope")
 
 
-@pytest.mark.parametrize("windows", [1, 7])
-def test_mean_rows_out_of_core(tmp_path, windows):
+@pytest.mark.parametrize("windows, max_open", [(1, 256), (7, 256), (7, 3)])
+def test_mean_rows_out_of_core(tmp_path, windows, max_open):
     rng = np.random.default_rng(4)
     rows = rng.standard_normal((300, 6)).astype(np.float16)
     rows.tofile(tmp_path / "rows.raw")
@@ -165,7 +165,10 @@ def test_mean_rows_out_of_core(tmp_path, windows):
                 yield a, s[a : a + max_edges], t[a : a + max_edges]
 
     work = 3 * (90 // windows + 1) * (6 * 6 + 8)
-    got = mean_rows(src, Edges(), 95, tmp_path / "out.raw", np.dtype(np.float32), work, tmp_path)
+    got = mean_rows(
+        src, Edges(), 95, tmp_path / "out.raw", np.dtype(np.float32), work, tmp_path,
+        max_open_files=max_open,
+    )  # fmt: skip
     want = np.zeros((95, 6))
     np.add.at(want, t, rows[s].astype(np.float32))
     want /= np.maximum(np.bincount(t, minlength=95), 1)[:, None]
