@@ -1,0 +1,47 @@
+"""refresh_store: everything about data at rest.
+
+The store format, the converter, the synthetic dataset generator, the Numba
+I/O scheduler and verification. Importing it never imports torch.
+"""
+
+from __future__ import annotations
+
+from .convert import ConvertOptions, ConvertSummary, convert
+from .errors import (
+    ConvertError,
+    InputDataError,
+    IOSchedulerError,
+    RefreshError,
+    SourceFormatError,
+    StoreFormatError,
+    StoreIncompleteError,
+)
+from .format import FORMAT_VERSION, RowRegion
+from .io_scheduler import IOConfig, IOScheduler
+from .store import Store, StoreWriter, open_store, write_store
+from .synthetic import make_dataset
+from .verify import VerifyReport, verify_store
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ConvertError",
+    "ConvertOptions",
+    "ConvertSummary",
+    "IOConfig",
+    "IOScheduler",
+    "IOSchedulerError",
+    "InputDataError",
+    "RefreshError",
+    "RowRegion",
+    "SourceFormatError",
+    "Store",
+    "StoreFormatError",
+    "StoreIncompleteError",
+    "StoreWriter",
+    "VerifyReport",
+    "convert",
+    "make_dataset",
+    "open_store",
+    "verify_store",
+    "write_store",
+]
