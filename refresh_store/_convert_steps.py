@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _csc
 from ._passes import PassLog
+from ._rowio import DirectWriter, read_rows, stage_rows
 from .errors import ConvertError, InputDataError
 from .readers import ArrayEdges, MappedRows, RowSource, Source
 from .reorder import (
@@ -103,25 +104,6 @@ def fingerprint_files(root: Path, files: list[Path]) -> dict[str, dict[str, int]
     return out
 
 
-def read_rows(aw: ArrayWriter, start: int, stop: int) -> np.ndarray:
-    """Rows of an array being written, read back with pread (no mapping, bounded RSS)."""
-    n = (stop - start) * aw.row_bytes
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    fd = os.open(aw.path, os.O_RDONLY)
-    try:
-        while got < n:
-            k = os.preadv(fd, [view[got:]], start * aw.row_bytes + got)
-            if k <= 0:
-                raise ConvertError(
-                    f"{str(aw.path)!r} is shorter than expected; rerun with --overwrite"
-                )
-            got += k
-    finally:
-        os.close(fd)
-    return np.frombuffer(buf, dtype=aw.dtype).reshape(stop - start, *aw.shape[1:])
-
-
 def first_nonfinite(block: np.ndarray) -> int:
     """Index of the first row of a float ``block`` holding NaN or inf, else -1."""
     if len(block) == 0:
@@ -200,23 +182,6 @@ def check_splits(splits: dict[str, np.ndarray], n: int) -> None:
         seen[split] = uniq
 
 
-def stage_rows(
-    rows: RowSource, path: Path, work_bytes: int, tick: Callable[[int, int], None]
-) -> MappedRows:
-    """Copy a front-to-back source into a raw file that can be mapped."""
-    step = max(1, work_bytes // 2 // max(1, rows.row_bytes))
-    with open(path, "wb") as f:
-        for a in range(0, len(rows), step):
-            b = min(len(rows), a + step)
-            block = np.ascontiguousarray(rows.read(a, b), dtype=rows.dtype)
-            f.write(memoryview(block).cast("B"))
-            tick(b - a, block.nbytes)
-        f.flush()
-        os.fsync(f.fileno())
-    rows.close()
-    return MappedRows(path, 0, rows.shape, rows.dtype, name=rows.name)
-
-
 class Conversion:
     """Runs the steps of one conversion in ``writer.partial_path``, skipping finished ones."""
 
@@ -255,11 +220,14 @@ class Conversion:
             self.log.records[-1].seconds += time.perf_counter() - start
         crash_point(step)
 
+    def _count(self, nbytes: int) -> None:
+        with self._count_lock:  # writes also run on helper threads
+            self.bytes_written += nbytes
+
     def _writer_fn(self, aw: ArrayWriter) -> Callable[[int, np.ndarray], None]:
         def write(start: int, block: np.ndarray) -> None:
             aw.write(start, block)
-            with self._count_lock:  # writes also run on helper threads
-                self.bytes_written += block.nbytes
+            self._count(block.nbytes)
 
         return write
 
@@ -524,10 +492,11 @@ class Conversion:
 
         aw = self._array("features", (n, d), out_dtype, self.opts.chunk_rows)
         factory = self.log.sub("features")
+        direct = DirectWriter(aw, self._count)
         try:
             info = permute_rows(
                 self.features,
-                self._writer_fn(aw),
+                direct,
                 out_dtype,
                 self._new_id_table() if self.strategy == "shuffle" else np.empty(0, np.int32),
                 self._old_id_reader(),
@@ -539,6 +508,7 @@ class Conversion:
                 on_nonfinite=refuse,
             )
         finally:
+            direct.close()
             self.log.close_sub()
         # Timed as part of the feature pass: until the data is on disk the
         # pass has only filled the page cache.

@@ -53,6 +53,7 @@ __all__ = [
     "choose_strategy",
     "permute_rows",
     "STRATEGIES",
+    "aligned_empty",
 ]
 
 STRATEGIES = ("auto", "gather", "shuffle")
@@ -260,10 +261,8 @@ def permute_rows(
             raise ValueError("the gather plan needs a random-access source")
         # Two output buffers: block i is written by a helper thread (pwrite
         # releases the GIL) while block i + 1 is gathered (a nogil kernel).
-        block = max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 48)))
-        outs = [
-            np.empty((block, *row_shape), dtype=out_dtype) for _ in range(2 if n > block else 1)
-        ]
+        block = _round_rows(max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 48))))
+        outs = [aligned_empty((block, *row_shape), out_dtype) for _ in range(2 if n > block else 1)]
         raw = np.empty((block, *row_shape), dtype=src.dtype) if cast else None
         progress = tick("gather", n) if tick else noop
         with _Writer(write) as writer:
@@ -291,7 +290,7 @@ def permute_rows(
         raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
 
     # Per-row overhead of ids, orders and counts, besides the row buffers.
-    bucket_rows = max(1, work_bytes // (3 * out_rb + 48))
+    bucket_rows = _round_rows(max(1, work_bytes // (3 * out_rb + 48)))
     n_buckets = max(1, -(-n // bucket_rows))
     chunk = max(1, min(n, work_bytes // (2 * in_rb + (out_rb if cast else 0) + 48)))
     paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
@@ -340,7 +339,7 @@ def permute_rows(
         """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order."""
         progress = tick("shuffle: place", n) if tick else noop
         data = np.empty((min(n, bucket_rows), *row_shape), dtype=out_dtype)
-        placed = [np.empty_like(data) for _ in range(2 if n_buckets > 1 else 1)]
+        placed = [aligned_empty(data.shape, out_dtype) for _ in range(2 if n_buckets > 1 else 1)]
         zero = as_words(data).dtype.type(0)
         with _Writer(write) as writer:
             for b, path in enumerate(paths):
@@ -364,6 +363,22 @@ def permute_rows(
     split()  # its buffers are freed before place() allocates its own
     place()
     return {"strategy": "shuffle", "blocks": n_buckets}
+
+
+_ALIGN = 4096  # O_DIRECT needs buffer address, file offset and length aligned to this
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-ordered array whose data starts on a 4 KiB boundary (for O_DIRECT)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % _ALIGN
+    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
+
+
+def _round_rows(rows: int) -> int:
+    """Blocks of a multiple of 4096 rows start at 4 KiB-aligned offsets whatever the row size."""
+    return rows // _ALIGN * _ALIGN if rows > _ALIGN else rows
 
 
 class _Writer:

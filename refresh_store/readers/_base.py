@@ -44,6 +44,8 @@ __all__ = [
 # Span of a mapping touched before its pages are dropped again: bounds the
 # file-backed part of the resident set while gathering rows.
 _RELEASE_SPAN_BYTES = 64 << 20  # 64 MiB
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
+_CAN_POPULATE = [True]
 _PAGE = mmap.PAGESIZE
 
 
@@ -283,11 +285,24 @@ class MappedRows(RowSource):
         words = as_words(self.array)
         mask = exponent_mask(self.dtype) if check else _WORDS[self.dtype.itemsize](0)
         for a, b in self._span_groups(sorted_ids):
+            span = self._row_span(int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1)
+            self._populate(*span)
             bad = copy_rows(words, sorted_ids[a:b], positions[a:b], out_words, mask)
-            self.release(*self._row_span(int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1))
+            self.release(*span)
             if bad >= 0:
                 return a + int(bad)
         return -1
+
+    def _populate(self, start_byte: int, stop_byte: int) -> None:
+        """Map a span's pages in one call (MADV_POPULATE_READ) instead of a fault per 64 KiB."""
+        if self._mmap is None or not _CAN_POPULATE[0]:
+            return
+        lo = max(0, start_byte - self._base) // _PAGE * _PAGE
+        hi = min(len(self._mmap), stop_byte - self._base)
+        try:
+            self._mmap.madvise(_MADV_POPULATE_READ, lo, hi - lo)
+        except OSError:  # kernels before 5.14
+            _CAN_POPULATE[0] = False
 
     def close(self) -> None:
         self.array = np.empty(self.shape, self.dtype)

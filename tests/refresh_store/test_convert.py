@@ -540,9 +540,8 @@ def test_memory_budget_too_small(datasets, tmp_path, capsys):
 
 def test_disk_full_up_front(datasets, tmp_path, capsys, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(
-        "refresh_store.convert.shutil.disk_usage", lambda p: usage._replace(free=1000)
-    )
+    # (the package exports the function convert, which hides the module's name)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
     _refused(capsys, datasets["npy"], tmp_path / "dst", phrase="not enough free space")
 
 
@@ -576,3 +575,29 @@ def test_script_exits_2_without_traceback(tmp_path):
     )
     assert res.returncode == 2
     assert res.stderr.strip() == f"error: source {str(tmp_path / 'nothing')!r} is not a folder"
+
+
+def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
+    from refresh_store._rowio import DirectWriter
+    from refresh_store.reorder import aligned_empty
+    from refresh_store.store import StoreWriter
+
+    writer = StoreWriter(tmp_path / "s")
+    aw = writer.create_array("features", (10_000, 3), np.float32)
+    counted = []
+    direct = DirectWriter(aw, counted.append)
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((10_000, 3)).astype(np.float32)
+    block = aligned_empty((4096, 3), np.float32)
+    for start in (0, 4096):  # aligned offsets and buffers: O_DIRECT for all but the tail
+        block[:] = want[start : start + 4096]
+        direct(start, block)
+    direct(8192, want[8192:])  # unaligned buffer: buffered
+    direct.close()
+    aw.flush()
+    got = np.fromfile(aw.path, dtype=np.float32, count=30_000).reshape(10_000, 3)
+    np.testing.assert_array_equal(got, want)
+    assert sum(counted) == want.nbytes
+    with pytest.raises(ValueError, match="does not fit"):
+        DirectWriter(aw, counted.append)(9_999, want[:5])
+    writer.abort()
