@@ -458,6 +458,17 @@ def disk_info(path: Path) -> str:
         return "unknown device"
 
 
+def busy() -> str:
+    """Load average and I/O pressure: how much other jobs were competing."""
+    text = "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    try:
+        some = Path("/proc/pressure/io").read_text().split()
+        text += f", I/O pressure (some) {some[1].split('=')[1]}% over 10 s"
+    except (OSError, IndexError):
+        pass
+    return text
+
+
 def best(records: list[dict], **match: Any) -> dict | None:
     hits = [r for r in records if all(r.get(k) == v for k, v in match.items())]
     return max(hits, key=lambda r: r["rows_per_s"]) if hits else None
@@ -614,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.notes.append(msg)
 
     t0 = time.perf_counter()
+    load_start = busy()
     records: list[dict] = []
     stores = {rb: ensure_store(args.cache, rb, plan.store_bytes) for rb in args.rows}
     t_measure = time.perf_counter()
@@ -628,10 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     files = ", ".join(
         f"{rb} B rows {open_store(st).num_nodes * rb / 1e9:.1f} GB" for rb, st in stores.items()
     )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = f"{load_start}; at the end {busy()}"
     header = (
         f"## io_gather ({'quick' if args.quick else 'full'}) - cold random-row gather\n\n"
-        f"Machine: {machine()}; store on {disk_info(args.cache)}; load average at the end "
+        f"Machine: {machine()}; store on {disk_info(args.cache)}. Machine load at the start: "
         f"{load} (the machine is shared with other jobs, so figures are noisy). "
         f"Feature files: {files}. Unique random row ids, unsorted, the same ids for every "
         f"method; the file's page cache dropped (fsync + POSIX_FADV_DONTNEED) before every "
