@@ -453,7 +453,7 @@ def disk_info(path: Path) -> str:
         q = Path(f"/sys/block/{name}/queue")
         ra = (q / "read_ahead_kb").read_text().strip()
         rot = (q / "rotational").read_text().strip()
-        return f"/dev/{name} (rotational={rot}, read_ahead_kb={ra})"
+        return f"block device {name} (rotational={rot}, read_ahead_kb={ra})"
     except OSError:
         return "unknown device"
 
