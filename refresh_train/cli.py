@@ -218,10 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success, 2 on bad input or a store/checkpoint problem (one line on
     stderr), 130 when interrupted.
     """
-    from .trainer import train
-
     try:
         config = config_from_args(argv)
+        from .trainer import train  # after parsing: --help and usage errors stay fast
+
         train(config)
     except RefreshError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
