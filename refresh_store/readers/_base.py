@@ -18,6 +18,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
 _RELEASE_SPAN_BYTES = 64 << 20  # 64 MiB
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
 _CAN_POPULATE = [True]
+_GATHER_THREADS = min(2, os.cpu_count() or 1)
 _PAGE = mmap.PAGESIZE
 
 
@@ -284,13 +286,26 @@ class MappedRows(RowSource):
             return super().gather_into(sorted_ids, positions, out_words, check)
         words = as_words(self.array)
         mask = exponent_mask(self.dtype) if check else _WORDS[self.dtype.itemsize](0)
-        for a, b in self._span_groups(sorted_ids):
+        groups = self._span_groups(sorted_ids)
+
+        def one(group: tuple[int, int]) -> int:
+            a, b = group
             span = self._row_span(int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1)
             self._populate(*span)
             bad = copy_rows(words, sorted_ids[a:b], positions[a:b], out_words, mask)
             self.release(*span)
+            return -1 if bad < 0 else a + int(bad)
+
+        # Spans are independent (distinct output rows): two threads run the
+        # nogil kernel side by side. At most two spans are mapped at a time.
+        if len(groups) > 1 and _GATHER_THREADS > 1:
+            with ThreadPoolExecutor(_GATHER_THREADS, thread_name_prefix="refresh-gather") as pool:
+                found = [bad for bad in pool.map(one, groups) if bad >= 0]
+            return min(found, default=-1)
+        for group in groups:
+            bad = one(group)
             if bad >= 0:
-                return a + int(bad)
+                return bad
         return -1
 
     def _populate(self, start_byte: int, stop_byte: int) -> None:
