@@ -205,18 +205,18 @@ class Methods:
         self.store = store
         self.region = open_store(store).region("features")
         self.path = self.region.path
-        self.schedulers: dict[int, IOScheduler] = {}
+        self.schedulers: dict[tuple[int, str], IOScheduler] = {}
         self.last_stats: dict[str, Any] = {}
 
     def close(self) -> None:
         for io in self.schedulers.values():
             io.close()
 
-    def scheduler(self, ids: np.ndarray, depth: int) -> np.ndarray:
-        io = self.schedulers.get(depth)
+    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "auto") -> np.ndarray:
+        io = self.schedulers.get((depth, engine))
         if io is None:
-            io = self.schedulers[depth] = IOScheduler(
-                self.region, IOConfig(mode="direct", queue_depth=depth)
+            io = self.schedulers[depth, engine] = IOScheduler(
+                self.region, IOConfig(mode="direct", engine=engine, queue_depth=depth)
             )
         io.reset_stats()
         rows = io.gather(ids)
@@ -344,11 +344,11 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         )
         out.append(rec)
 
-    def sched_point(batch: int, depth: int, with_fio: bool = False) -> None:
+    def sched_point(batch: int, depth: int, with_fio: bool = False, engine: str = "auto") -> None:
         reads, nbytes, fio = [], [], []
 
         def fn(ids):
-            rows = m.scheduler(ids, depth)
+            rows = m.scheduler(ids, depth, engine)
             reads.append(m.last_stats["read_calls"])
             nbytes.append(m.last_stats["bytes_read"])
             return rows
@@ -372,6 +372,8 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
                 device_mb_per_s=statistics.median(nbytes) / t / 1e6,
                 read_calls=int(statistics.median(reads)),
                 bytes_read=int(statistics.median(nbytes)),
+                engine=m.schedulers[depth, engine].engine,
+                variant="default" if engine == "auto" else engine,
             )
         )
         if fio:
@@ -393,6 +395,8 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
     try:
         for depth in plan.depths:
             sched_point(plan.depth_batch, depth, with_fio=have_fio)
+            if plan.variants:  # the other engine, for the record
+                sched_point(plan.depth_batch, depth, engine="threads")
         for batch in plan.batches:
             if batch != plan.depth_batch or plan.default_depth not in plan.depths:
                 sched_point(batch, plan.default_depth)
@@ -500,6 +504,7 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
                 row_bytes=rb,
                 queue_depth=depth,
                 batch_rows=plan.depth_batch,
+                variant="default",
             )
             f = best(records, method="fio", row_bytes=rb, queue_depth=depth)
             if s and f:
@@ -521,6 +526,7 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
                     row_bytes=rb,
                     batch_rows=batch,
                     queue_depth=plan.default_depth,
+                    variant="default",
                 )
                 p = best(records, method=peer, row_bytes=rb, batch_rows=batch, variant=variant)
                 if s and p:
@@ -543,22 +549,38 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(ROW_KINDS), figsize=(6 * len(ROW_KINDS), 4.5), squeeze=False)
     colours = {"scheduler": "C0", "fio": "C1", "memmap": "C2", "zarr": "C3", "tensorstore": "C4"}
+    engine = next(
+        (r["engine"] for r in records if r["method"] == "scheduler" and r["variant"] == "default"),
+        "auto",
+    )
     for ax, rb in zip(axes[0], ROW_KINDS):
-        for method in ("scheduler", "fio"):
+        lines = [
+            (
+                "scheduler",
+                "default",
+                "-",
+                f"scheduler (engine {engine}, batch {plan.depth_batch:,})",
+            ),
+            (
+                "scheduler",
+                "threads",
+                ":",
+                f"scheduler (engine threads, batch {plan.depth_batch:,})",
+            ),
+            ("fio", "default", "-", "fio 4 KiB randread, libaio (IOPS)"),
+        ]
+        for method, variant, style, label in lines:
             pts = sorted(
                 (r["queue_depth"], r["rows_per_s"])
                 for r in records
                 if r["method"] == method
+                and r["variant"] == variant
                 and r["row_bytes"] == rb
                 and r["batch_rows"] == plan.depth_batch
             )
             if pts:
-                label = (
-                    "fio 4 KiB randread (IOPS)"
-                    if method == "fio"
-                    else f"scheduler (O_DIRECT, batch {plan.depth_batch:,})"
-                )
-                ax.plot(*zip(*pts), marker="o", color=colours[method], label=label)
+                colour = colours[method] if variant == "default" else "C7"
+                ax.plot(*zip(*pts), marker="o", ls=style, color=colour, label=label)
         peers = [("memmap", "default"), ("memmap", "madv_random"), ("zarr", "default")]
         peers.append(("tensorstore", "default"))
         for method, variant in peers:
@@ -651,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: median of as many runs of "
         f"{plan.fio_seconds:g} s, each right after a scheduler round at the same depth. Measured in {time.perf_counter() - t_measure:.0f} s "
         f"({wall:.0f} s with store building).\n\n"
-        f"Queue depth: `scheduler` threads of pread; `fio` libaio iodepth; `memmap` 1 (one "
+        f"Queue depth: `scheduler` reads in flight (engine `aio`: AIO requests queued by one "
+        f"thread, the default where available; variant `threads`: threads of blocking pread); "
+        f"`fio` libaio iodepth; `memmap` 1 (one "
         f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "
         f"file_io_concurrency. `fio` rows/s is its IOPS (one 4 KiB read per row: the ceiling of "
         f"a gather without coalescing); its batch column is the scheduler batch it is compared "

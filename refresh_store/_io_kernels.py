@@ -22,6 +22,13 @@ _pread = types.ExternalFunction(
 )
 # int *__errno_location(void): glibc's and musl's per-thread errno.
 _errno_location = types.ExternalFunction("__errno_location", types.CPointer(types.int32)())
+# long syscall(long number, ...): Linux AIO has no glibc wrapper. Declared with
+# fixed integer arguments, which x86-64 and aarch64 pass in the same registers
+# as variadic ones (glibc's syscall is an assembly stub that reads registers).
+_syscall = types.ExternalFunction(
+    "syscall",
+    types.int64(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64),
+)
 
 
 _RADIX_BITS = 8  # 256 counters: the scatter's write streams stay in L1
@@ -195,6 +202,11 @@ def pread_scatter(
             if k <= 0:
                 break
             got += k
+            if got < need and k & 511:
+                # Only the end of the file gives a partial block; asking for
+                # the rest at an unaligned offset would fail under O_DIRECT.
+                k = 0
+                break
         if got < need:
             err[0] = r
             err[1] = got
@@ -216,3 +228,171 @@ def map_scatter(mapped, first, step, n_reads, read_first, urow_off, group_start,
     for r in range(first, n_reads, step):
         _scatter_read(mapped, 0, r, read_first, urow_off, group_start, order, out)
     return 0
+
+
+@njit(cache=True, nogil=True)
+def _errno():
+    return numba.carray(_errno_location(), (1,))[0]
+
+
+# Layout of the kernel's ``struct iocb`` (linux/aio_abi.h) as eight
+# little-endian u64 words: 0 aio_data, 1 aio_key | aio_rw_flags << 32,
+# 2 aio_lio_opcode | aio_reqprio << 16 | aio_fildes << 32, 3 aio_buf,
+# 4 aio_nbytes, 5 aio_offset, 6 aio_reserved2, 7 aio_flags | aio_resfd << 32.
+# IOCB_CMD_PREAD is opcode 0. ``struct io_event`` is (data, obj, res, res2).
+_EINTR = 4
+
+
+@njit(cache=True, nogil=True)
+def _aio_prep(iocbs, slot, fd, buf_addr, nbytes, offset):
+    iocbs[slot, 0] = slot
+    iocbs[slot, 1] = 0
+    iocbs[slot, 2] = np.int64(fd) << 32
+    iocbs[slot, 3] = buf_addr
+    iocbs[slot, 4] = nbytes
+    iocbs[slot, 5] = offset
+    iocbs[slot, 6] = 0
+    iocbs[slot, 7] = 0
+
+
+@njit(cache=True, nogil=True)
+def aio_probe(sys_setup, sys_destroy):
+    """0 when this kernel lets us create (and destroy) an AIO context, else errno."""
+    ctx = np.zeros(1, np.int64)
+    if _syscall(sys_setup, 1, ctx.ctypes.data, 0, 0, 0) < 0:
+        return _errno()
+    _syscall(sys_destroy, ctx[0], 0, 0, 0, 0)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def aio_read_scatter(
+    sysno,  # int64 [4]: io_setup, io_destroy, io_submit, io_getevents of this architecture
+    fd,
+    bufs,  # uint8 [depth, >= max(read_len)], every row aligned for O_DIRECT
+    n_reads,
+    read_start,
+    read_len,
+    read_need,
+    read_first,
+    urow_off,
+    group_start,
+    order,
+    out,  # uint8 [n, row_bytes]
+    err,  # out int64 [3]: failed read, bytes it returned, errno (0 = end of file)
+):
+    """Run all reads with Linux native AIO, ``bufs.shape[0]`` in flight, and scatter rows.
+
+    One thread keeps the queue full: it submits reads in file order into free
+    slots and reaps completions in batches, so a read costs one share of a
+    system call instead of a thread wake-up. Returns 0, -1 after a failed or
+    short read (``err`` filled), or -2 when no AIO context could be created
+    (``err[2]`` = errno; nothing was read).
+    """
+    depth = bufs.shape[0]
+    ctx = np.zeros(1, np.int64)
+    if _syscall(sysno[0], depth, ctx.ctypes.data, 0, 0, 0) < 0:
+        err[2] = _errno()
+        return -2
+    iocbs = np.zeros((depth, 8), np.int64)
+    ptrs = np.empty(depth, np.int64)
+    events = np.zeros((depth, 4), np.int64)
+    slot_read = np.full(depth, -1, np.int64)
+    slot_got = np.zeros(depth, np.int64)
+    free = np.arange(depth)
+    n_free = depth
+    base = iocbs.ctypes.data
+    buf0 = bufs.ctypes.data
+    stride = bufs.strides[0]
+    status = 0
+    next_read = 0
+    done = 0
+    while done < n_reads and status == 0:
+        n_sub = 0
+        while n_free > 0 and next_read < n_reads:
+            n_free -= 1
+            slot = free[n_free]
+            _aio_prep(
+                iocbs, slot, fd, buf0 + slot * stride, read_len[next_read], read_start[next_read]
+            )
+            slot_read[slot] = next_read
+            slot_got[slot] = 0
+            ptrs[n_sub] = base + slot * 64
+            n_sub += 1
+            next_read += 1
+        sent = 0
+        while sent < n_sub:
+            k = _syscall(sysno[2], ctx[0], n_sub - sent, ptrs.ctypes.data + sent * 8, 0, 0)
+            if k < 0:
+                e = _errno()
+                if e == _EINTR:
+                    continue
+                err[0] = slot_read[(ptrs[sent] - base) // 64]
+                err[1] = 0
+                err[2] = e
+                status = -1
+                break
+            sent += k
+        if status != 0:
+            break
+        k = _syscall(sysno[3], ctx[0], 1, depth, events.ctypes.data, 0)
+        if k < 0:
+            e = _errno()
+            if e == _EINTR:
+                continue
+            err[0] = -1
+            err[1] = 0
+            err[2] = e
+            status = -1
+            break
+        for j in range(k):
+            slot = events[j, 0]
+            res = events[j, 2]
+            r = slot_read[slot]
+            if res < 0:
+                err[0] = r
+                err[1] = slot_got[slot]
+                err[2] = -res
+                status = -1
+                break
+            got = slot_got[slot] + res
+            if got < read_need[r]:
+                # O_DIRECT returns a partial block only at the end of the file.
+                if res == 0 or res & 511:  # the file is shorter than planned
+                    err[0] = r
+                    err[1] = got
+                    err[2] = 0
+                    status = -1
+                    break
+                # A short read before the end: ask for the rest in the same slot.
+                slot_got[slot] = got
+                _aio_prep(
+                    iocbs,
+                    slot,
+                    fd,
+                    buf0 + slot * stride + got,
+                    read_len[r] - got,
+                    read_start[r] + got,
+                )
+                ptrs[0] = base + slot * 64
+                while True:
+                    k2 = _syscall(sysno[2], ctx[0], 1, ptrs.ctypes.data, 0, 0)
+                    if k2 >= 0 or _errno() != _EINTR:
+                        break
+                if k2 != 1:
+                    err[0] = r
+                    err[1] = got
+                    err[2] = _errno()
+                    status = -1
+                    break
+                continue
+            _scatter_read(
+                bufs[slot], read_start[r], r, read_first, urow_off, group_start, order, out
+            )
+            free[n_free] = slot
+            n_free += 1
+            done += 1
+    # io_destroy cancels or waits for reads still in flight, so the buffers
+    # are ours again when it returns, also after an error.
+    _syscall(sysno[1], ctx[0], 0, 0, 0, 0)
+    return status

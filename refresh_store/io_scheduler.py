@@ -8,11 +8,13 @@ returns those rows in request order and reads only what it needs:
    widen each row to the aligned blocks it touches (a row may span two
    blocks), merge neighbours whose gap is at most ``max_gap_bytes`` into one
    read and cap a read at ``max_read_bytes``.
-2. *Execute*: ``queue_depth`` threads each run one nogil Numba loop of
-   ``pread`` calls, so that many reads are in flight, as a fast SSD needs
-   (its IOPS grow with queue depth up to 32-64). With ``O_DIRECT`` the page
-   cache is bypassed and buffers, offsets and lengths are block-aligned.
-3. *Scatter* (Numba, in the same loop): each read's rows are copied into the
+2. *Execute*: keep ``queue_depth`` reads in flight, as a fast SSD needs (its
+   IOPS grow with queue depth up to 32-64). With ``O_DIRECT`` (page cache
+   bypassed; buffers, offsets and lengths block-aligned) one nogil Numba loop
+   drives Linux native AIO through raw ``io_submit``/``io_getevents`` system
+   calls (engine ``aio``). Otherwise ``queue_depth`` threads each run a
+   nogil Numba loop of blocking ``pread`` calls (engine ``threads``).
+3. *Scatter* (Numba, in the same loops): each read's rows are copied into the
    output in request order, every duplicate filled.
 
 Modes (:attr:`IOConfig.mode`): ``direct`` (``O_DIRECT``), ``buffered``
@@ -22,15 +24,19 @@ Modes (:attr:`IOConfig.mode`): ``direct`` (``O_DIRECT``), ``buffered``
 uses ``direct`` when the file system accepts an aligned ``O_DIRECT`` read and
 ``buffered`` otherwise (tmpfs, some network and overlay file systems).
 
-Why threads and not io_uring or libaio: Numba cannot call the PyPI bindings
-(``liburing``, ``libaio``, ``caio``, ``pyaio``), so their submission and
-completion would run as Python code under the GIL, once per read.
+Why raw AIO system calls and not a binding: Numba cannot call the PyPI
+bindings (``liburing``, ``libaio``, ``caio``, ``pyaio``), so their submission
+and completion would run as Python code under the GIL, once per read.
 ``liburing`` was tried (FINDINGS.md): it accepts only ``bytearray`` buffers,
 which cannot be aligned, so ``O_DIRECT`` reads fail with EINVAL. The others
-were not tried.
-The nogil ``pread`` threads already match ``fio`` with libaio at equal queue
-depth on these machines (``benchmarks/io_gather.py``), which bounds what an
-asynchronous interface could add here.
+were not tried. Both engines were measured (``benchmarks/io_gather.py``, 8.6 GB
+file, depth 32). They reach about the same IOPS as ``fio`` with libaio on a
+quiet machine. The threads engine spends 8-10 us of CPU per read (a blocking
+system call and a thread wake-up each) and the AIO loop 3.5-6 us, the same as
+``fio``. On a 2-core machine shared with other jobs, that CPU time decides
+the IOPS, so ``aio`` is the default wherever the kernel offers it. io_uring
+through raw system calls would need its ring protocol written in Numba. It was
+not tried: AIO already matches ``fio``'s libaio here.
 
 Example
 -------
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import platform
 import threading
 import time
 import weakref
@@ -62,10 +69,15 @@ from .errors import IOSchedulerError
 if TYPE_CHECKING:
     from .format import RowRegion
 
-__all__ = ["IOConfig", "IOScheduler", "MODES"]
+__all__ = ["IOConfig", "IOScheduler", "MODES", "ENGINES"]
 
 #: Values accepted by :attr:`IOConfig.mode`.
 MODES = ("auto", "direct", "buffered", "mmap")
+#: Values accepted by :attr:`IOConfig.engine`.
+ENGINES = ("auto", "aio", "threads")
+# io_setup, io_destroy, io_submit, io_getevents: Linux AIO has no glibc
+# wrapper, so the kernels call syscall() with these numbers.
+_AIO_SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
 _STAT_KEYS = ("batches", "rows_requested", "rows_unique", "bytes_read", "read_calls", "seconds")
 
 
@@ -78,9 +90,17 @@ class IOConfig:
     mode
         ``"auto"`` (``direct`` where the file system accepts ``O_DIRECT``,
         else ``buffered``), ``"direct"``, ``"buffered"`` or ``"mmap"``.
+    engine
+        How reads are kept in flight in ``direct`` mode: ``"aio"`` (Linux
+        native AIO from one nogil Numba loop: about 4 us of CPU per read),
+        ``"threads"`` (``queue_depth`` threads of blocking ``pread``: about
+        10 us per read, the thread wake-ups, which matters on a few busy
+        cores) or ``"auto"`` (``aio`` where the kernel offers it). Other modes
+        always use threads: Linux AIO on buffered files blocks in submission.
     queue_depth
-        Reads in flight: the number of threads each running a nogil ``pread``
-        loop (page faults in flight in ``mmap`` mode).
+        Reads in flight: AIO requests kept queued by one thread (``aio``
+        engine), or threads each running a nogil ``pread`` loop (``threads``
+        engine; page faults in flight in ``mmap`` mode).
     block_bytes
         Alignment of reads; 0 detects it (the file system's block size, at
         least 4096, which every ``O_DIRECT`` implementation accepts).
@@ -101,6 +121,7 @@ class IOConfig:
     """
 
     mode: str = "auto"
+    engine: str = "auto"
     queue_depth: int = 32
     block_bytes: int = 0
     max_gap_bytes: int = 8 << 10  # 8 KiB
@@ -110,6 +131,8 @@ class IOConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"IOConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"IOConfig.engine must be one of {ENGINES}, got {self.engine!r}")
         for name, low in (
             ("queue_depth", 1),
             ("block_bytes", 0),
@@ -229,6 +252,9 @@ class IOScheduler:
             os.close(self._fd)
             raise
 
+        self.engine = self._choose_engine(config.engine)
+        self._aio_lock = threading.Lock()
+        self._aio_bufs: NDArray[np.uint8] | None = None
         self._tls = threading.local()
         self._pool = ThreadPoolExecutor(config.queue_depth, thread_name_prefix="refresh-io")
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="refresh-io-prefetch")
@@ -295,6 +321,28 @@ class IOScheduler:
             # Read-ahead only wastes bandwidth on random rows.
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         return ("mmap" if mode == "mmap" else "buffered"), fd
+
+    def _choose_engine(self, engine: str) -> str:
+        if engine == "threads":
+            return "threads"
+        why = ""
+        if self.mode != "direct":
+            why = f"mode is {self.mode!r} (Linux AIO is asynchronous with O_DIRECT only)"
+        elif platform.machine() not in _AIO_SYSCALLS:
+            why = f"no Linux AIO system call numbers for {platform.machine()!r}"
+        else:
+            sysno = _AIO_SYSCALLS[platform.machine()]
+            errno = kernels.aio_probe(sysno[0], sysno[1])
+            if errno:
+                why = f"io_setup failed: {os.strerror(errno)}"
+        if not why:
+            self._aio_sysno = np.array(_AIO_SYSCALLS[platform.machine()], np.int64)
+            return "aio"
+        if engine == "aio":
+            raise IOSchedulerError(
+                f"engine='aio' is not possible for {self.path!r}: {why}; use engine='threads'"
+            )
+        return "threads"
 
     def _try_direct(self, flags: int) -> int | str:
         """Open with ``O_DIRECT`` and probe one aligned read: an fd, or why not."""
@@ -417,7 +465,8 @@ class IOScheduler:
     def __repr__(self) -> str:
         return (
             f"IOScheduler({self.path!r}, mode={self.mode!r}, nrows={self.nrows}, "
-            f"row_bytes={self.row_bytes}, queue_depth={self.config.queue_depth})"
+            f"engine={self.engine!r}, row_bytes={self.row_bytes}, "
+            f"queue_depth={self.config.queue_depth})"
         )
 
     # ------------------------------------------------------------------ internals
@@ -525,7 +574,7 @@ class IOScheduler:
             if mapped:
                 self._run_mapped(plan, out_u8)
             else:
-                self._run_pread(plan, out_u8)
+                self._run_reads(plan, out_u8)
         seconds = time.perf_counter() - t0
         with self._lock:
             s = self._stats
@@ -536,7 +585,31 @@ class IOScheduler:
             s["read_calls"] += 0 if self.mode == "mmap" else plan.n_reads
             s["seconds"] += seconds
 
-    def _run_pread(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
+    def _run_reads(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
+        if self.engine == "aio":
+            err = np.zeros(3, np.int64)
+            with self._aio_lock:
+                status = kernels.aio_read_scatter(
+                    self._aio_sysno,
+                    self._fd,
+                    self._aio_buffers(),
+                    plan.n_reads,
+                    plan.read_start,
+                    plan.read_len,
+                    plan.read_need,
+                    plan.read_first,
+                    plan.urow_off,
+                    plan.group_start,
+                    plan.order,
+                    out_u8,
+                    err,
+                )
+            if status == -1:
+                self._raise_read_error(plan, err)
+            if status == 0:
+                return
+            # -2: no AIO context now (the system's aio-max-nr is shared by all
+            # processes); this batch goes through the threads instead.
         n_tasks = min(self.config.queue_depth, plan.n_reads)
         errors = np.zeros((n_tasks, 3), np.int64)
         futures = [
@@ -545,7 +618,21 @@ class IOScheduler:
         ]
         failed = [t for t, f in enumerate(futures) if f.result() != 0]
         if failed:
-            r, got, errno = (int(v) for v in errors[failed[0]])
+            self._raise_read_error(plan, errors[failed[0]])
+
+    def _aio_buffers(self) -> NDArray[np.uint8]:
+        if self._aio_bufs is None:
+            slot = -(-self._buffer_bytes // self.block_bytes) * self.block_bytes
+            depth = self.config.queue_depth
+            flat = _aligned_empty(depth * slot, max(self.block_bytes, 4096))
+            self._aio_bufs = flat.reshape(depth, slot)
+        return self._aio_bufs
+
+    def _raise_read_error(self, plan: _Plan, err: NDArray[np.int64]) -> None:
+        r, got, errno = (int(v) for v in err)
+        if r < 0:  # waiting for completions failed
+            exc = IOSchedulerError(f"reading {self.path!r} failed: {os.strerror(errno)}")
+        else:
             start, need = int(plan.read_start[r]), int(plan.read_need[r])
             why = os.strerror(errno) if errno else "end of file"
             exc = IOSchedulerError(
@@ -553,8 +640,8 @@ class IOScheduler:
                 f"{start}, got {got} ({why}); the file was truncated or damaged while in "
                 "use — no rows were returned"
             )
-            exc.errno = errno or None
-            raise exc
+        exc.errno = errno or None
+        raise exc
 
     def _pread_task(
         self, first: int, step: int, plan: _Plan, out_u8: NDArray[np.uint8], err: NDArray[np.int64]

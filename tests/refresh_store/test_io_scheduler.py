@@ -16,7 +16,8 @@ from refresh_store.errors import IOSchedulerError
 from refresh_store.format import RowRegion
 from refresh_store.io_scheduler import IOConfig, IOScheduler
 
-MODES = ["auto", "direct", "buffered", "mmap"]
+# mode[-engine]: direct mode runs with either engine.
+MODES = ["auto", "direct-aio", "direct-threads", "buffered", "mmap"]
 
 
 def make_region(
@@ -68,13 +69,18 @@ def make_region(
 
 
 def open_scheduler(region, mode, **kw):
-    """An IOScheduler in ``mode``; skips when the file system refuses O_DIRECT."""
+    """An IOScheduler in ``mode`` (e.g. ``"direct-aio"``); skips when the
+    file system refuses O_DIRECT or the kernel offers no AIO."""
+    mode, _, engine = mode.partition("-")
     try:
-        return IOScheduler(region, IOConfig(mode=mode, **kw))
+        io = IOScheduler(region, IOConfig(mode=mode, engine=engine or "auto", **kw))
     except IOSchedulerError as exc:
-        if mode == "direct" and "not possible" in str(exc):
-            pytest.skip(f"tmp_path's file system refuses O_DIRECT: {exc}")
+        if "not possible" in str(exc):
+            pytest.skip(f"{mode}/{engine} unavailable here: {exc}")
         raise
+    assert io.mode == mode or mode == "auto"
+    assert io.engine == engine or not engine
+    return io
 
 
 def requests(kind, nrows, rng):
@@ -140,7 +146,7 @@ def test_chunks_out_of_order_at_unaligned_offsets(tmp_path, mode):
             np.testing.assert_array_equal(io.gather(ids), data[ids])
 
 
-@pytest.mark.parametrize("mode", ["direct", "buffered"])
+@pytest.mark.parametrize("mode", ["direct-aio", "direct-threads", "buffered"])
 @pytest.mark.parametrize(
     "config",
     [
@@ -164,7 +170,7 @@ def test_configs_give_same_rows(tmp_path, mode, config):
     assert st["bytes_read"] <= st["read_calls"] * max(max_read, row_span)
 
 
-@pytest.mark.parametrize("mode", ["direct", "buffered", "mmap"])
+@pytest.mark.parametrize("mode", ["direct-aio", "direct-threads", "buffered", "mmap"])
 def test_counters(tmp_path, mode):
     region, data = make_region(tmp_path, nrows=4000, row_shape=(128,))  # 512 B rows
     rng = np.random.default_rng(5)
@@ -324,7 +330,18 @@ def test_truncated_error_names_offset_and_bytes(tmp_path):
     assert "got 0" in str(info.value)
 
 
-@pytest.mark.parametrize("mode", ["auto", "mmap"])
+@pytest.mark.parametrize("mode", ["direct-aio", "direct-threads", "buffered"])
+def test_truncated_inside_a_read(tmp_path, mode):
+    # The file ends in the middle of the block a row needs: the read returns
+    # a partial block, which must be reported, not retried at an odd offset.
+    region, _ = make_region(tmp_path, nrows=2000, row_shape=(100,))
+    with open_scheduler(region, mode, max_gap_bytes=0, block_bytes=4096) as io:
+        os.truncate(region.path, 598016 + 1000)
+        with pytest.raises(IOSchedulerError, match="got 1000 .end of file."):
+            io.gather(np.array([1500]))
+
+
+@pytest.mark.parametrize("mode", ["direct-aio", "direct-threads", "mmap"])
 def test_submit_matches_gather(tmp_path, mode):
     region, data = make_region(tmp_path, row_shape=(50,))
     rng = np.random.default_rng(7)
@@ -389,6 +406,25 @@ def test_direct_refused_falls_back(tmp_path, monkeypatch):
         np.testing.assert_array_equal(io.gather(np.array([5, 2])), data[[5, 2]])
     with pytest.raises(IOSchedulerError, match="mode='direct' is not possible.*mode='buffered'"):
         IOScheduler(region, IOConfig(mode="direct"))
+
+
+def test_engines(tmp_path, monkeypatch):
+    region, data = make_region(tmp_path)
+    ids = np.random.default_rng(11).integers(0, region.nrows, 500)
+    with IOScheduler(region, IOConfig(mode="buffered")) as io:
+        assert io.engine == "threads"  # AIO blocks on buffered files
+    with pytest.raises(IOSchedulerError, match="engine='aio' is not possible.*buffered"):
+        IOScheduler(region, IOConfig(mode="buffered", engine="aio"))
+    io = open_scheduler(region, "direct-aio")
+    with io:
+        assert io.engine == "aio"
+
+        # With no AIO context to be had at run time the batch goes to the threads.
+        def no_context(*args):
+            return -2
+
+        monkeypatch.setattr(kernels, "aio_read_scatter", no_context)
+        np.testing.assert_array_equal(io.gather(ids), data[ids])
 
 
 def test_direct_reads_refused_falls_back(tmp_path, monkeypatch):
