@@ -458,8 +458,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"{d['test']:,} test nodes.",
         f"Model: GraphSAGE, {result['params']['layers']} layers, hidden {result['params']['hidden']}, "
         f"fanouts {result['params']['fanouts']}, batch {result['params']['batch_size']}, "
-        f"lr {result['params']['lr']}, {result['params']['epochs']} epoch(s), seed "
-        f"{result['params']['seed']}.",
+        f"lr {result['params']['lr']}, seed {result['params']['seed']}"
+        + (
+            f", {result['params']['epochs']} epoch(s) of training."
+            if result.get("training")
+            else " (loader-only run: no training)."
+        ),
         f"Baseline (a) ran: **{result['baseline_kind']}**.",
         "",
     ]
@@ -491,15 +495,31 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "## Loader only (sampling + fetching, no model), cold features",
         "",
-        "| loader | batches/s (median) | vs (a) | disk read GiB per pass |",
-        "|---|---|---|---|",
+        f"{next(iter(lo.values()))['batches']} batches per pass, {len(lo['baseline']['runs'])} "
+        "passes each; the spread of the passes shows how much the shared machine moved them.",
+        "",
+        "| loader | batches/s (median) | passes | vs (a) | rows device / host / disk | "
+        "disk read GiB per pass |",
+        "|---|---|---|---|---|---|",
     ]
     base_rate = lo["baseline"]["batches_per_s"]
     for name, r in lo.items():
-        lines.append(
-            f"| {name} | {r['batches_per_s']:.3f} | {r['batches_per_s'] / base_rate:.2f}x | "
-            f"{_gib(r.get('disk_bytes_read'))} |"
+        runs = ", ".join(f"{x:.3f}" for x in r["runs"])
+        rows = (
+            "-"
+            if "rows_disk" not in r
+            else f"{r['rows_device']:,} / {r['rows_host']:,} / {r['rows_disk']:,}"
         )
+        lines.append(
+            f"| {name} | {r['batches_per_s']:.3f} | {runs} | {r['batches_per_s'] / base_rate:.2f}x "
+            f"| {rows} | {_gib(r.get('disk_bytes_read'))} |"
+        )
+    lines += [
+        "",
+        "`disk read` is what the I/O scheduler asked of the file, alignment and coalescing "
+        "included; `disk` (rows x row size) is what the batches needed. When a batch needs a "
+        "large fraction of the rows, coalescing reads most of the file per batch.",
+    ]
     s = result["sampler_only"]
     lines += [
         "",
