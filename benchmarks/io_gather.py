@@ -212,7 +212,7 @@ class Methods:
         for io in self.schedulers.values():
             io.close()
 
-    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "auto") -> np.ndarray:
+    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "threads") -> np.ndarray:
         io = self.schedulers.get((depth, engine))
         if io is None:
             io = self.schedulers[depth, engine] = IOScheduler(
@@ -344,7 +344,9 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         )
         out.append(rec)
 
-    def sched_point(batch: int, depth: int, with_fio: bool = False, engine: str = "auto") -> None:
+    def sched_point(
+        batch: int, depth: int, with_fio: bool = False, engine: str = "threads"
+    ) -> None:
         reads, nbytes, fio = [], [], []
 
         def fn(ids):
@@ -373,7 +375,7 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
                 read_calls=int(statistics.median(reads)),
                 bytes_read=int(statistics.median(nbytes)),
                 engine=m.schedulers[depth, engine].engine,
-                variant="default" if engine == "auto" else engine,
+                variant="default" if engine == "threads" else engine,
             )
         )
         if fio:
@@ -396,7 +398,7 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         for depth in plan.depths:
             sched_point(plan.depth_batch, depth, with_fio=have_fio)
             if plan.variants:  # the other engine, for the record
-                sched_point(plan.depth_batch, depth, engine="threads")
+                sched_point(plan.depth_batch, depth, engine="aio")
         for batch in plan.batches:
             if batch != plan.depth_batch or plan.default_depth not in plan.depths:
                 sched_point(batch, plan.default_depth)
@@ -551,7 +553,7 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
     colours = {"scheduler": "C0", "fio": "C1", "memmap": "C2", "zarr": "C3", "tensorstore": "C4"}
     engine = next(
         (r["engine"] for r in records if r["method"] == "scheduler" and r["variant"] == "default"),
-        "auto",
+        "threads",
     )
     for ax, rb in zip(axes[0], ROW_KINDS):
         lines = [
@@ -561,12 +563,7 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
                 "-",
                 f"scheduler (engine {engine}, batch {plan.depth_batch:,})",
             ),
-            (
-                "scheduler",
-                "threads",
-                ":",
-                f"scheduler (engine threads, batch {plan.depth_batch:,})",
-            ),
+            ("scheduler", "aio", ":", f"scheduler (engine aio, batch {plan.depth_batch:,})"),
             ("fio", "default", "-", "fio 4 KiB randread, libaio (IOPS)"),
         ]
         for method, variant, style, label in lines:
@@ -673,8 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: median of as many runs of "
         f"{plan.fio_seconds:g} s, each right after a scheduler round at the same depth. Measured in {time.perf_counter() - t_measure:.0f} s "
         f"({wall:.0f} s with store building).\n\n"
-        f"Queue depth: `scheduler` reads in flight (engine `aio`: AIO requests queued by one "
-        f"thread, the default where available; variant `threads`: threads of blocking pread); "
+        f"Queue depth: `scheduler` reads in flight (default engine `threads`: threads of "
+        f"blocking pread; variant `aio`: Linux AIO requests queued by one thread); "
         f"`fio` libaio iodepth; `memmap` 1 (one "
         f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "
         f"file_io_concurrency. `fio` rows/s is its IOPS (one 4 KiB read per row: the ceiling of "

@@ -270,6 +270,8 @@ def aio_read_scatter(
     sysno,  # int64 [4]: io_setup, io_destroy, io_submit, io_getevents of this architecture
     fd,
     bufs,  # uint8 [depth, >= max(read_len)], every row aligned for O_DIRECT
+    first,
+    step,
     n_reads,
     read_start,
     read_len,
@@ -281,11 +283,12 @@ def aio_read_scatter(
     out,  # uint8 [n, row_bytes]
     err,  # out int64 [3]: failed read, bytes it returned, errno (0 = end of file)
 ):
-    """Run all reads with Linux native AIO, ``bufs.shape[0]`` in flight, and scatter rows.
+    """Run reads ``first, first + step, ...`` with Linux native AIO, ``bufs.shape[0]``
+    in flight, and scatter their rows.
 
-    One thread keeps the queue full: it submits reads in file order into free
-    slots and reaps completions in batches, so a read costs one share of a
-    system call instead of a thread wake-up. Returns 0, -1 after a failed or
+    The calling thread keeps its queue full: it submits reads in file order
+    into free slots and reaps completions in batches, so a read costs a share
+    of a system call instead of a thread wake-up. Returns 0, -1 after a failed or
     short read (``err`` filled), or -2 when no AIO context could be created
     (``err[2]`` = errno; nothing was read).
     """
@@ -305,9 +308,10 @@ def aio_read_scatter(
     buf0 = bufs.ctypes.data
     stride = bufs.strides[0]
     status = 0
-    next_read = 0
+    next_read = first
+    mine = (n_reads - first + step - 1) // step
     done = 0
-    while done < n_reads and status == 0:
+    while done < mine and status == 0:
         n_sub = 0
         while n_free > 0 and next_read < n_reads:
             n_free -= 1
@@ -319,7 +323,7 @@ def aio_read_scatter(
             slot_got[slot] = 0
             ptrs[n_sub] = base + slot * 64
             n_sub += 1
-            next_read += 1
+            next_read += step
         sent = 0
         while sent < n_sub:
             k = _syscall(sysno[2], ctx[0], n_sub - sent, ptrs.ctypes.data + sent * 8, 0, 0)

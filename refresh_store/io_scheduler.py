@@ -9,11 +9,12 @@ returns those rows in request order and reads only what it needs:
    blocks), merge neighbours whose gap is at most ``max_gap_bytes`` into one
    read and cap a read at ``max_read_bytes``.
 2. *Execute*: keep ``queue_depth`` reads in flight, as a fast SSD needs (its
-   IOPS grow with queue depth up to 32-64). With ``O_DIRECT`` (page cache
-   bypassed; buffers, offsets and lengths block-aligned) one nogil Numba loop
-   drives Linux native AIO through raw ``io_submit``/``io_getevents`` system
-   calls (engine ``aio``). Otherwise ``queue_depth`` threads each run a
-   nogil Numba loop of blocking ``pread`` calls (engine ``threads``).
+   IOPS grow with queue depth up to 32-64): ``queue_depth`` threads each run
+   a nogil Numba loop of blocking ``pread`` calls (engine ``threads``, the
+   default), or one nogil Numba loop drives Linux native AIO through raw
+   ``io_submit``/``io_getevents`` system calls (engine ``aio``, ``O_DIRECT``
+   only). With ``O_DIRECT`` the page cache is bypassed and buffers, offsets
+   and lengths are block-aligned.
 3. *Scatter* (Numba, in the same loops): each read's rows are copied into the
    output in request order, every duplicate filled.
 
@@ -24,19 +25,16 @@ Modes (:attr:`IOConfig.mode`): ``direct`` (``O_DIRECT``), ``buffered``
 uses ``direct`` when the file system accepts an aligned ``O_DIRECT`` read and
 ``buffered`` otherwise (tmpfs, some network and overlay file systems).
 
-Why raw AIO system calls and not a binding: Numba cannot call the PyPI
-bindings (``liburing``, ``libaio``, ``caio``, ``pyaio``), so their submission
-and completion would run as Python code under the GIL, once per read.
-``liburing`` was tried (FINDINGS.md): it accepts only ``bytearray`` buffers,
-which cannot be aligned, so ``O_DIRECT`` reads fail with EINVAL. The others
-were not tried. Both engines were measured (``benchmarks/io_gather.py``, 8.6 GB
-file, depth 32). They reach about the same IOPS as ``fio`` with libaio on a
-quiet machine. The threads engine spends 8-10 us of CPU per read (a blocking
-system call and a thread wake-up each) and the AIO loop 3.5-6 us, the same as
-``fio``. On a 2-core machine shared with other jobs, that CPU time decides
-the IOPS, so ``aio`` is the default wherever the kernel offers it. io_uring
-through raw system calls would need its ring protocol written in Numba. It was
-not tried: AIO already matches ``fio``'s libaio here.
+Why threads, and AIO through raw system calls rather than a binding: Numba
+cannot call the PyPI bindings (``liburing``, ``libaio``, ``caio``,
+``pyaio``), so their submission and completion would run as Python code under
+the GIL, once per read. ``liburing`` was tried (FINDINGS.md): it accepts only
+``bytearray`` buffers, which cannot be aligned, so ``O_DIRECT`` reads fail with
+EINVAL. The others were not tried. Both engines here were measured against
+``fio`` (libaio) on the benchmark machine (see :class:`IOConfig`.engine and
+``benchmarks/README_io.md``). The threads reached more IOPS, and AIO used half
+the CPU per read. io_uring through raw system calls would need its ring
+protocol written in Numba. It was not tried.
 
 Example
 -------
@@ -74,7 +72,7 @@ __all__ = ["IOConfig", "IOScheduler", "MODES", "ENGINES"]
 #: Values accepted by :attr:`IOConfig.mode`.
 MODES = ("auto", "direct", "buffered", "mmap")
 #: Values accepted by :attr:`IOConfig.engine`.
-ENGINES = ("auto", "aio", "threads")
+ENGINES = ("threads", "aio")
 # io_setup, io_destroy, io_submit, io_getevents: Linux AIO has no glibc
 # wrapper, so the kernels call syscall() with these numbers.
 _AIO_SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
@@ -91,12 +89,14 @@ class IOConfig:
         ``"auto"`` (``direct`` where the file system accepts ``O_DIRECT``,
         else ``buffered``), ``"direct"``, ``"buffered"`` or ``"mmap"``.
     engine
-        How reads are kept in flight in ``direct`` mode: ``"aio"`` (Linux
-        native AIO from one nogil Numba loop: about 4 us of CPU per read),
-        ``"threads"`` (``queue_depth`` threads of blocking ``pread``: about
-        10 us per read, the thread wake-ups, which matters on a few busy
-        cores) or ``"auto"`` (``aio`` where the kernel offers it). Other modes
-        always use threads: Linux AIO on buffered files blocks in submission.
+        How reads are kept in flight: ``"threads"`` (``queue_depth`` threads
+        of blocking ``pread``; 8-10 us of CPU per read, the wake-ups
+        included) or ``"aio"`` (``direct`` mode only: Linux native AIO from
+        one nogil Numba loop; 4-6 us of CPU per read). Threads are the
+        default. In interleaved rounds on the benchmark machine (depth 32,
+        32K rows of 1536 B, median of 8) they gave 70K IOPS against AIO's 62K
+        (54K with two AIO loops) and fio's 79K. AIO may still win where CPU
+        time, not the disk, is what runs out.
     queue_depth
         Reads in flight: AIO requests kept queued by one thread (``aio``
         engine), or threads each running a nogil ``pread`` loop (``threads``
@@ -121,7 +121,7 @@ class IOConfig:
     """
 
     mode: str = "auto"
-    engine: str = "auto"
+    engine: str = "threads"
     queue_depth: int = 32
     block_bytes: int = 0
     max_gap_bytes: int = 8 << 10  # 8 KiB
@@ -242,6 +242,7 @@ class IOScheduler:
         self._map: mmap.mmap | None = None
         self._mapped: NDArray[np.uint8] | None = None
         try:
+            self.engine = self._choose_engine(config.engine)
             self._check_file_size(self._region_end())
             if self.mode == "mmap" and self.nrows:
                 self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
@@ -252,7 +253,6 @@ class IOScheduler:
             os.close(self._fd)
             raise
 
-        self.engine = self._choose_engine(config.engine)
         self._aio_lock = threading.Lock()
         self._aio_bufs: NDArray[np.uint8] | None = None
         self._tls = threading.local()
@@ -338,11 +338,9 @@ class IOScheduler:
         if not why:
             self._aio_sysno = np.array(_AIO_SYSCALLS[platform.machine()], np.int64)
             return "aio"
-        if engine == "aio":
-            raise IOSchedulerError(
-                f"engine='aio' is not possible for {self.path!r}: {why}; use engine='threads'"
-            )
-        return "threads"
+        raise IOSchedulerError(
+            f"engine='aio' is not possible for {self.path!r}: {why}; use engine='threads'"
+        )
 
     def _try_direct(self, flags: int) -> int | str:
         """Open with ``O_DIRECT`` and probe one aligned read: an fd, or why not."""
@@ -588,11 +586,13 @@ class IOScheduler:
     def _run_reads(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
         if self.engine == "aio":
             err = np.zeros(3, np.int64)
-            with self._aio_lock:
+            with self._aio_lock:  # one set of AIO buffers
                 status = kernels.aio_read_scatter(
                     self._aio_sysno,
                     self._fd,
                     self._aio_buffers(),
+                    0,
+                    1,
                     plan.n_reads,
                     plan.read_start,
                     plan.read_len,

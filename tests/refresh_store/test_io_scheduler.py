@@ -73,7 +73,7 @@ def open_scheduler(region, mode, **kw):
     file system refuses O_DIRECT or the kernel offers no AIO."""
     mode, _, engine = mode.partition("-")
     try:
-        io = IOScheduler(region, IOConfig(mode=mode, engine=engine or "auto", **kw))
+        io = IOScheduler(region, IOConfig(mode=mode, engine=engine or "threads", **kw))
     except IOSchedulerError as exc:
         if "not possible" in str(exc):
             pytest.skip(f"{mode}/{engine} unavailable here: {exc}")
