@@ -9,7 +9,7 @@ DEMO_DIR := demo_data
 # unpinned torch pulls a multi-GB CUDA build from PyPI.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
