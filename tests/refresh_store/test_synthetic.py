@@ -408,13 +408,18 @@ def test_memory_stays_bounded_at_two_million_nodes(tmp_path):
         f"""
         import resource
         from refresh_store.synthetic import make_dataset
+        # A small run first loads (or JIT-compiles, on a cold Numba cache) every
+        # kernel, whose memory is not the generator's: measure the growth after it.
+        make_dataset("papers100m", 20_000, {str(tmp_path / "warm")!r}, progress=False)
+        warm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         make_dataset("papers100m", 2_000_000, {str(tmp_path)!r}, block_rows=32768, progress=False)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print(warm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         """
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    peak_mib = int(res.stdout.strip()) / 1024
-    assert peak_mib < 450, f"peak RSS {peak_mib:.0f} MiB"
+    warm_kib, peak_kib = map(int, res.stdout.split())
+    growth_mib = (peak_kib - warm_kib) / 1024
+    assert growth_mib < 300, f"peak RSS grew by {growth_mib:.0f} MiB over the warm-up run"
     data = np.load(tmp_path / "ogbn_papers100M" / "raw" / "data.npz")
     assert data["num_nodes_list"][0] == 2_000_000
     assert 0.95 * 30e6 < data["num_edges_list"][0] < 1.05 * 30e6
