@@ -49,6 +49,7 @@ from ._passes import PassLog, PassRecord, format_bytes, peak_rss_bytes
 from .errors import ConvertError, InputDataError, SourceFormatError
 from .readers import ArrayEdges, Source, open_source
 from .reorder import choose_strategy
+from .sizes import parse_size as _parse_size
 from .store import StoreWriter, check_destination
 
 __all__ = ["ConvertOptions", "ConvertSummary", "convert", "parse_size", "CRASH_ENV", "STEPS"]
@@ -58,33 +59,17 @@ __all__ = ["ConvertOptions", "ConvertSummary", "convert", "parse_size", "CRASH_E
 _SLACK_BYTES = 160 << 20  # 160 MiB
 _MIN_WORK_BYTES = 64 << 20  # 64 MiB
 _DTYPES = {"keep": None, "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(text: str | int) -> int:
-    """``'2GiB'``, ``'512M'``, ``'1.5g'`` or ``2147483648`` -> bytes.
+    """``'2GiB'``, ``'512M'``, ``'1.5g'`` or ``2147483648`` -> bytes (at least 1).
 
     Raises
     ------
     ValueError
-        Not a size.
+        Not a positive size.
     """
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().lower().replace(" ", "")
-    for suffix in ("ib", "b"):
-        if s.endswith(suffix) and s[: -len(suffix)][-1:].isalpha():
-            s = s[: -len(suffix)]
-            break
-    unit = s[-1] if s and s[-1].isalpha() else ""
-    try:
-        value = float(s[: len(s) - len(unit)])
-        factor = _SIZE_UNITS[unit]
-    except (ValueError, KeyError):
-        raise ValueError(f"{text!r} is not a size; write e.g. 2GiB, 512MiB or 1000000") from None
-    if value <= 0:
-        raise ValueError(f"{text!r} is not a positive size")
-    return int(value * factor)
+    return _parse_size(text, name="--memory-budget", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from refresh_store.errors import RefreshError
+from refresh_store.sizes import parse_size as _parse_size
 
 __all__ = [
     "ConfigError",
@@ -33,25 +34,6 @@ __all__ = [
 
 class ConfigError(RefreshError, ValueError):
     """A training option has a value this release does not accept."""
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "kb": 1000,
-    "kib": 1 << 10,
-    "m": 1 << 20,
-    "mb": 1000**2,
-    "mib": 1 << 20,
-    "g": 1 << 30,
-    "gb": 1000**3,
-    "gib": 1 << 30,
-    "t": 1 << 40,
-    "tb": 1000**4,
-    "tib": 1 << 40,
-}
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(value: str | int, *, name: str = "size") -> int:
@@ -77,26 +59,10 @@ def parse_size(value: str | int, *, name: str = "size") -> int:
     ConfigError
         The string is not a non-negative number followed by a known unit.
     """
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a size like '2GiB', got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0 bytes, got {value!r}")
-        return value
-    if isinstance(value, float):
-        value = repr(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{name} must be a size like '2GiB', got {value!r}")
-    match = _SIZE_RE.match(value)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise ConfigError(
-            f"{name} must be a size like '512MiB', '2GiB', '1.5GB' or a byte count, got {value!r}"
-        )
-    number = float(match.group(1))
-    if not math.isfinite(number):
-        raise ConfigError(f"{name} must be a finite size, got {value!r}")
-    return int(number * _UNITS[unit])
+    try:
+        return _parse_size(value, name=name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_fanouts(
