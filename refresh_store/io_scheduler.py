@@ -192,6 +192,19 @@ class _Plan:
         self.n_reads = 0
         self.bytes_planned = 0
 
+    def read_args(self) -> tuple:
+        """The plan's arguments of the read-and-scatter kernels, in their order."""
+        return (
+            self.n_reads,
+            self.read_start,
+            self.read_len,
+            self.read_need,
+            self.read_first,
+            self.urow_off,
+            self.group_start,
+            self.order,
+        )
+
 
 class IOScheduler:
     """Random-row gather from one store array on disk.
@@ -593,14 +606,7 @@ class IOScheduler:
                     self._aio_buffers(),
                     0,
                     1,
-                    plan.n_reads,
-                    plan.read_start,
-                    plan.read_len,
-                    plan.read_need,
-                    plan.read_first,
-                    plan.urow_off,
-                    plan.group_start,
-                    plan.order,
+                    *plan.read_args(),
                     out_u8,
                     err,
                 )
@@ -651,14 +657,7 @@ class IOScheduler:
             self._thread_buffer(),
             first,
             step,
-            plan.n_reads,
-            plan.read_start,
-            plan.read_len,
-            plan.read_need,
-            plan.read_first,
-            plan.urow_off,
-            plan.group_start,
-            plan.order,
+            *plan.read_args(),
             out_u8,
             err,
         )

@@ -167,10 +167,15 @@ def read_splits(split_dir: Path | None, files: list[Path]) -> dict[str, NDArray[
 
 def read_single_count(path: Path, what: str) -> int:
     """The single count of ``num-node-list.csv.gz``/``num-edge-list.csv.gz`` (one graph)."""
-    values = read_csv_ids(path, path.name)
-    if len(values) != 1 or values[0] < 0:
+    return single_count(read_csv_ids(path, path.name), path.name, what)
+
+
+def single_count(values: np.ndarray, label: str, what: str) -> int:
+    """The one non-negative integer in ``values`` (a node or edge count of one graph)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size != 1 or values.dtype.kind not in "iu" or values[0] < 0:
         raise SourceFormatError(
-            f"{path.name!r} lists {values.tolist()[:5]}; expected one {what} count (a single graph)"
+            f"{label!r} lists {values.tolist()[:5]}; expected one {what} count (a single graph)"
         )
     return int(values[0])
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import SourceFormatError
 from ._base import ArrayEdges, Source
 from .npy import npz_member
-from .ogbn import find_split_dir, read_splits
+from .ogbn import find_split_dir, read_splits, single_count
 
 __all__ = ["read_papers100m"]
 
@@ -26,12 +26,7 @@ def _count(root: Path, key: str, what: str) -> int:
     member = npz_member(root / "raw" / "data.npz", key, f"raw/data.npz:{key}")
     values = member.read(0, member.shape[0]) if member.shape else np.empty(0)
     member.close()
-    values = np.asarray(values).reshape(-1)
-    if values.size != 1 or values.dtype.kind not in "iu" or values[0] < 0:
-        raise SourceFormatError(
-            f"'raw/data.npz:{key}' is {values.tolist()[:5]}; expected one {what} count (a single graph)"
-        )
-    return int(values[0])
+    return single_count(values, f"raw/data.npz:{key}", what)
 
 
 def read_papers100m(root: str | Path, split: str | None = None) -> Source:
