@@ -9,12 +9,24 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["FeatureTier", "check_ids", "torch_dtype"]
+__all__ = ["FeatureTier", "check_ids", "row_words", "torch_dtype"]
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
     """The torch dtype of a numpy feature dtype."""
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+def row_words(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's rows as a 2-D numpy view of 8-byte words (or bytes).
+
+    The copy kernels of :mod:`._copy_kernels` move whole rows through this
+    view whatever the feature dtype; it shares memory with ``t``.
+    """
+    rows = t.reshape(t.shape[0], -1)
+    width = rows.shape[1] * rows.element_size()
+    word = torch.int64 if width % 8 == 0 else torch.uint8
+    return rows.view(torch.uint8).view(word).numpy()
 
 
 def check_ids(ids: object, num_rows: int, *, name: str = "ids") -> NDArray[np.int64]:

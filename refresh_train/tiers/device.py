@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ._base import FeatureTier
+from ._base import FeatureTier, row_words
+from ._copy_kernels import put_rows, take_rows
 
 __all__ = ["DeviceTier"]
 
@@ -69,6 +72,10 @@ class DeviceTier(FeatureTier):
             raise ValueError(f"num_rows_cached must be in [0, {self.num_rows}], got {k!r}")
         self.num_cached = k
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        # Staging for the rows read from below: reused across batches, because a
+        # fresh allocation of a batch's misses (~100s of MB) page-faults on every touch.
+        self._staging = torch.empty(0)
+        self._staging_lock = threading.Lock()
         if shared_cache is not None:
             if (
                 tuple(shared_cache.shape) != (k, *self.row_shape)
@@ -122,14 +129,32 @@ class DeviceTier(FeatureTier):
             return out
         hit_pos = np.flatnonzero(hit)
         miss_pos = np.flatnonzero(~hit)
-        out.index_copy_(
-            0, self._index(hit_pos), self.cache.index_select(0, self._index(ids[hit_pos]))
-        )
-        rows = below._read(ids[miss_pos], None)
         if not on_cpu:
-            rows = rows.to(self.device, non_blocking=True)
-        out.index_copy_(0, self._index(miss_pos), rows)
+            out.index_copy_(
+                0, self._index(hit_pos), self.cache.index_select(0, self._index(ids[hit_pos]))
+            )
+        with self._staging_lock:
+            staged = below._read(ids[miss_pos], self._staging_rows(len(miss_pos)))
+            if on_cpu:  # whole-row copies without the GIL (torch's index ops copy per element)
+                out_words = row_words(out)
+                take_rows(row_words(self.cache), ids[hit_pos], out_words, hit_pos)
+                put_rows(row_words(staged), out_words, miss_pos)
+                return out
+            rows = staged.to(self.device, non_blocking=True)
+            out.index_copy_(0, self._index(miss_pos), rows)
+            if self.stream is not None:  # the staging is reused only once the copy is done
+                self.stream.synchronize()
         return out
+
+    def _staging_rows(self, n: int) -> torch.Tensor:
+        """The first ``n`` rows of the reused staging buffer (grown by 1.5x when short)."""
+        if self._staging.shape[0] < n or self._staging.dtype != self.torch_dtype:
+            pin = self.device.type == "cuda"
+            rows = max(n, self._staging.shape[0] * 3 // 2)
+            self._staging = torch.empty(
+                (rows, *self.row_shape), dtype=self.torch_dtype, pin_memory=pin
+            )
+        return self._staging[:n]
 
     def _index(self, idx: NDArray[np.int64]) -> torch.Tensor:
         t = torch.from_numpy(idx)
@@ -138,4 +163,5 @@ class DeviceTier(FeatureTier):
     def close(self) -> None:
         """Drop the cached rows and close the tiers below."""
         self.cache = self._empty(0)
+        self._staging = torch.empty(0)
         super().close()

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ._base import FeatureTier
+from ._base import FeatureTier, row_words
+from ._copy_kernels import put_rows, take_rows
 from ._policies import ReplacementPolicy
 
 __all__ = ["HostTier"]
@@ -90,25 +91,22 @@ class HostTier(FeatureTier):
             if len(hit_pos) == len(ids):
                 torch.index_select(self.buffer, 0, torch.from_numpy(slots), out=out)
                 return out
+            # Whole-row copies without the GIL (torch's index ops copy per element).
+            buffer_words, out_words = row_words(self.buffer), row_words(out)
             if len(hit_pos):
-                hit_rows = self.buffer.index_select(0, torch.from_numpy(slots[hit_pos]))
-                out.index_copy_(0, torch.from_numpy(hit_pos), hit_rows)
+                take_rows(buffer_words, slots[hit_pos], out_words, hit_pos)
             miss_pos = np.flatnonzero(~hit)
             miss_ids = ids[miss_pos]
             if len(hit_pos) == 0:
                 rows = below._read(miss_ids, out)
             else:
                 rows = below._read(miss_ids, None)
-                out.index_copy_(0, torch.from_numpy(miss_pos), rows)
+                put_rows(row_words(rows), out_words, miss_pos)
             keys, first = np.unique(miss_ids, return_index=True)
             new_slots = self.policy.admit(keys)
             ok = new_slots >= 0
             if ok.any():
-                self.buffer.index_copy_(
-                    0,
-                    torch.from_numpy(new_slots[ok]),
-                    rows.index_select(0, torch.from_numpy(first[ok])),
-                )
+                take_rows(row_words(rows), first[ok], buffer_words, new_slots[ok])
                 self._admitted += int(ok.sum())
         return out
 
