@@ -109,14 +109,15 @@ def preload_topology(store: Store) -> None:
 def ensure_store(args: argparse.Namespace) -> Path:
     """Generate and convert the benchmark dataset once; reuse it afterwards."""
     key = f"papers_n{args.nodes}_deg{args.avg_degree:g}_c{args.classes}_l{args.labelled:g}_s{args.seed}"
-    dst = CACHE_DIR / key / "store"
+    cache_dir = Path(args.data_dir)
+    dst = cache_dir / key / "store"
     if (dst / "zarr.json").exists():
         try:
             open_store(dst)
             return dst
         except Exception:  # a damaged cache: rebuild it
             shutil.rmtree(dst, ignore_errors=True)
-    src_root = CACHE_DIR / key / "src"
+    src_root = cache_dir / key / "src"
     print(f"generating {args.nodes:,} nodes into {src_root} ...", flush=True)
     t0 = time.perf_counter()
     src = make_dataset(
@@ -192,9 +193,10 @@ def train_baseline(store: Store, args: argparse.Namespace) -> list[dict[str, Any
     """(a)'s training loop, recorded like the trainer's epochs."""
     fanouts = list(args.fanouts)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     model = build_model(
         "sage", store.feature_dim, args.hidden, store.num_classes, len(fanouts), dropout=0.5
-    )
+    ).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     base = MemmapBaseline(store, fanouts, args.seed, cold_every_batch=True)
     evict(base.path)
@@ -215,6 +217,7 @@ def train_baseline(store: Store, args: argparse.Namespace) -> list[dict[str, Any
             sample_s += s
             fetch_s += f
             t0 = time.perf_counter()
+            mb = mb.to(device)  # what a PyG user does: the whole batch to the model's device
             logits = model(mb, mb.features.float())
             loss = F.cross_entropy(logits, mb.labels)
             opt.zero_grad(set_to_none=True)
@@ -246,7 +249,7 @@ def train_baseline(store: Store, args: argparse.Namespace) -> list[dict[str, Any
             "test_acc": None,
         }
         if epoch + 1 == args.epochs:
-            mode = NoCache(store, TierConfig(cache="none"), torch.device("cpu"))
+            mode = NoCache(store, TierConfig(cache="none"), device)
             try:
                 rec.update(_evaluate(model, store, mode, args))
             finally:
@@ -264,7 +267,7 @@ def _evaluate(model, store: Store, mode, args: argparse.Namespace) -> dict[str, 
         mode.eval_tiers(),
         EvalConfig(mode="sampled", batch_size=args.eval_batch_size),
         train_fanouts=tuple(args.fanouts),
-        device=torch.device("cpu"),
+        device=torch.device(args.device),
         seed=args.seed,
     )
     return {k: out[k] for k in ("valid_acc", "test_acc", "eval_s")}
@@ -288,6 +291,7 @@ def trainer_config(
         tiers=TierConfig(cache=cache, **tiers),
         loader=LoaderConfig(prefetch_batches=args.prefetch),
         eval=EvalConfig(mode="sampled", batch_size=args.eval_batch_size, every_epochs=args.epochs),
+        device=args.device,
         progress=False,
     )
 
@@ -334,6 +338,7 @@ def train_ours(store_path: Path, cache: str, args: argparse.Namespace, **tiers: 
 # ------------------------------------------------------------- loader only
 def loader_only_baseline(store: Store, args: argparse.Namespace) -> dict[str, Any]:
     base = MemmapBaseline(store, list(args.fanouts), args.seed, cold_every_batch=True)
+    device = torch.device(args.device)
     parts = list(epoch_batches(store.train_idx, args.batch_size, args.seed, 0))[
         : args.loader_batches
     ]
@@ -343,8 +348,12 @@ def loader_only_baseline(store: Store, args: argparse.Namespace) -> dict[str, An
         t0 = time.perf_counter()
         s_total = 0.0
         for i, seeds in enumerate(parts):
-            _, s, _ = base.batch(seeds, batch_seed(0, i))
+            mb, s, _ = base.batch(seeds, batch_seed(0, i))
+            if device.type == "cuda":  # a GPU user's batch is not loaded until it is there
+                mb.to(device)
             s_total += s
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         rates.append(len(parts) / dt)
         sample_s.append(s_total / len(parts))
@@ -371,6 +380,8 @@ def loader_only_ours(store_path: Path, cache: str, args: argparse.Namespace, **t
             t0 = time.perf_counter()
             for _batch in loader:
                 pass
+            if cfg.device.startswith("cuda"):
+                torch.cuda.synchronize()
             rates.append(len(parts) / (time.perf_counter() - t0))
             stats = trainer.cache.stats()
     return {
@@ -450,7 +461,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# Epoch time: out-of-core training from SSD",
         "",
         f"Machine: {m['cpus']} CPUs, {m['ram_gib']:.0f} GiB RAM, {m['platform']}, torch "
-        f"{m['torch']}, shared with other jobs (load average {m['load_start']} at start, "
+        f"{m['torch']}, models on {m.get('device', 'cpu')}, shared with other jobs (load average {m['load_start']} at start, "
         f"{m['load_end']} at the end): times are medians and noisy, byte counts are exact.",
         f"Dataset: synthetic papers100M layout, {d['num_nodes']:,} nodes, {d['num_edges']:,} "
         f"edges, {d['feature_dim']} x {d['dtype']} features ({_gib(d['feature_bytes'])} GiB), "
@@ -591,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-training", action="store_true", help="only (d) and the sampler")
     p.add_argument("--quick", action="store_true", help="1M nodes, 1 epoch of 4 batches")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where every model runs")
+    p.add_argument("--data-dir", default=str(CACHE_DIR), help="where the generated store is cached")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "epoch_time.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -670,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "load_start": ", ".join(f"{x:.1f}" for x in load_start),
         "load_end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
