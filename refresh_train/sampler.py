@@ -76,6 +76,9 @@ class _Scratch:
 
     def __init__(self) -> None:
         self.local_map: np.ndarray | None = None
+        # The "check" buffer the id map was last written with: the map is only
+        # valid together with it (see map_dst_kernel).
+        self.last_check: np.ndarray | None = None
         self._bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str, size: int, dtype: type) -> np.ndarray:
@@ -344,11 +347,16 @@ class NeighborSampler:
         L = len(self.fanouts)
         blocks: list[Block | None] = [None] * L
         layer_nodes: list[torch.Tensor | None] = [None] * L
+        sc = self._scratch()
         dst = seeds
+        # Whether the thread's id map already gives dst[i] the local id i: true
+        # from the second block on, since a block's sources (in local-id order)
+        # are the next block's destinations, unless pruning removed some.
+        mapped = False
         for layer in range(L - 1, -1, -1):
             fanout = self.fanouts[L - 1 - layer]
             lkey = np.uint64(K.layer_key(key, np.uint64(layer)))
-            src, edge_index = self._sample_layer(dst, fanout, lkey)
+            src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped)
             if src is None:
                 raise ValueError(
                     f"seeds must be distinct; {int(edge_index)!r} appears more than once"
@@ -357,8 +365,10 @@ class NeighborSampler:
                 num_src=src.shape[0], num_dst=dst.shape[0], edge_index=torch.from_numpy(edge_index)
             )
             dst = src
+            mapped = True
             if prune is not None and layer >= 1:
                 dst = self._apply_prune(prune, layer, src, block)
+                mapped = dst is src
             blocks[layer] = block
             layer_nodes[layer] = torch.from_numpy(src)
         return MiniBatch(
@@ -375,26 +385,113 @@ class NeighborSampler:
             sc = self._local.scratch = _Scratch()
         return sc
 
-    def _sample_layer(self, dst: np.ndarray, fanout: int, lkey: np.uint64):
+    def _chunks(self, offsets: np.ndarray, n: int, total: int, parts: int) -> list[int]:
+        # Chunk bounds of about equal edge counts, so one hub-heavy chunk does
+        # not hold the others up.
+        cuts = np.searchsorted(offsets[: n + 1], np.linspace(0, total, parts + 1)[1:-1])
+        return [0, *np.unique(cuts).tolist(), n]
+
+    def _sample_layer(
+        self, sc: _Scratch, dst: np.ndarray, fanout: int, lkey: np.uint64, mapped: bool
+    ):
         n = dst.shape[0]
-        offsets = np.empty(n + 1, dtype=np.int64)
-        offsets[0] = 0
-        starts = np.empty(n, dtype=np.int64)
-        degs = np.empty(n, dtype=np.int64)
-        K.count_kernel(self.indptr, dst, fanout, offsets[1:], starts, degs)
-        np.cumsum(offsets[1:], out=offsets[1:])
-        total = int(offsets[-1])
+        offsets = sc.get("offsets", n + 1, np.int64)
+        starts = sc.get("starts", n, np.int64)
+        degs = sc.get("degs", n, np.int64)
+        total = int(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
         # Row 0 receives the neighbours' global ids, relabelled in place below.
         edge_index = np.empty((2, total), dtype=np.int64)
+        parallel = self._pool is not None and n >= 256
+        if not self._dense_map:
+            return self._relabel_hashed(sc, dst, offsets, starts, degs, lkey, total, edge_index)
+        if sc.local_map is None:
+            # Never cleared (see map_dst_kernel): np.empty leaves the untouched
+            # pages unallocated, so a thread's map costs RAM only where it wrote.
+            sc.local_map = np.empty(self.num_nodes, dtype=np.int32)
+        check = sc.get("check", n + total, np.int32)
+        if not mapped or check is not sc.last_check:
+            num = int(K.map_dst_kernel(dst, sc.local_map, check))
+            if num < 0:
+                return None, dst[-1 - num]
+        else:
+            num = n
+        sc.last_check = check
+        if not parallel:
+            K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, edge_index[0])
+            num = K.relabel_kernel(offsets, 0, n, sc.local_map, check, edge_index, num)
+        else:
+            num = self._parallel_sample_relabel(
+                sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num
+            )
+        return check[:num].astype(np.int64), edge_index
+
+    def _parallel_sample_relabel(
+        self, sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num
+    ) -> int:
+        # Workers draw chunks in order; this thread relabels chunk c as soon
+        # as it is drawn (relabelling is sequential: ids follow first
+        # appearance) and draws a chunk itself whenever the next one is not
+        # ready, so the relabelling overlaps the other chunks' draws.
+        n = dst.shape[0]
+        bounds = self._chunks(offsets, n, total, self.num_threads * 16)
+        P = len(bounds) - 1
+        lock = threading.Lock()
+        nxt = [0]
+        done = [threading.Event() for _ in range(P)]
+        failed: list[BaseException] = []
+        out = edge_index[0]
+
+        def take() -> int:
+            with lock:
+                c = nxt[0]
+                if c >= P or failed:
+                    return -1
+                nxt[0] = c + 1
+                return c
+
+        def draw(c: int) -> None:
+            try:
+                K.sample_kernel(
+                    self.indices, dst, starts, degs, offsets, lkey, bounds[c], bounds[c + 1], out
+                )
+            except BaseException as exc:  # re-raised below, after every chunk settled
+                failed.append(exc)
+                raise
+            finally:
+                done[c].set()
+
+        def worker() -> None:
+            while (c := take()) >= 0:
+                draw(c)
+
+        futs = [self._pool.submit(worker) for _ in range(self.num_threads - 1)]
+        try:
+            for c in range(P):
+                while not done[c].is_set():
+                    d = take()
+                    if d < 0:
+                        done[c].wait()
+                        break
+                    draw(d)
+                if failed:
+                    break
+                num = K.relabel_kernel(
+                    offsets, bounds[c], bounds[c + 1], sc.local_map, check, edge_index, num
+                )
+        finally:
+            with lock:
+                nxt[0] = P  # stop the workers
+            for f in futs:
+                f.result()
+        return num
+
+    def _relabel_hashed(self, sc, dst, offsets, starts, degs, lkey, total, edge_index):
+        n = dst.shape[0]
         nbr = edge_index[0]
         if self._pool is None or n < 256:
             K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, nbr)
         else:
-            # Chunks of about equal edge counts; many more chunks than threads
-            # so one hub-heavy chunk does not hold the others up.
-            parts = self.num_threads * 8
-            cuts = np.searchsorted(offsets, np.linspace(0, total, parts + 1)[1:-1])
-            bounds = [0, *np.unique(cuts).tolist(), n]
+            bounds = self._chunks(offsets, n, total, self.num_threads * 8)
             futs = [
                 self._pool.submit(
                     K.sample_kernel, self.indices, dst, starts, degs, offsets, lkey, lo, hi, nbr
@@ -404,19 +501,13 @@ class NeighborSampler:
             ]
             for f in futs:
                 f.result()
-        sc = self._scratch()
         src = sc.get("src", n + total, np.int64)
-        if self._dense_map:
-            if sc.local_map is None:
-                sc.local_map = np.full(self.num_nodes, -1, dtype=np.int32)
-            num_src = K.relabel_dense_kernel(dst, offsets, sc.local_map, src, edge_index)
-        else:
-            size = 1 << max(4, int(2 * (n + total)).bit_length())
-            keys = sc.get("keys", size, np.int64)[:size]
-            keys.fill(-1)
-            vals = sc.get("vals", size, np.int64)[:size]
-            shift = 64 - (size.bit_length() - 1)
-            num_src = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
+        size = 1 << max(4, int(2 * (n + total)).bit_length())
+        keys = sc.get("keys", size, np.int64)[:size]
+        keys.fill(-1)
+        vals = sc.get("vals", size, np.int64)[:size]
+        shift = 64 - (size.bit_length() - 1)
+        num_src = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
         if num_src < 0:
             return None, dst[-1 - num_src]
         return src[:num_src].copy(), edge_index
