@@ -42,6 +42,7 @@ from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model
 from .sampler import NeighborSampler, batch_seed, epoch_batches
 from .tiers import CACHE_MODES
+from .tiers._base import resolve_device as indexed_device
 
 __all__ = ["Trainer", "train", "RESUME_KEYS"]
 
@@ -66,7 +67,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu"
         )
-    return device
+    return indexed_device(device)
 
 
 class Trainer:

@@ -45,7 +45,7 @@ import torch
 
 from refresh_store.io_scheduler import IOConfig
 
-from ._base import FeatureTier, check_ids
+from ._base import FeatureTier, check_ids, resolve_device
 from ._policies import ClockPolicy, LruPolicy, ReplacementPolicy, S3FifoPolicy
 from .device import DeviceTier
 from .disk import DiskTier
@@ -126,7 +126,7 @@ def build_raw_tiers(
     DeviceTier
         The top of the chain.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     pin = device.type == "cuda"
     region = store.region("features")
     disk = DiskTier(region, io, pin=pin)
@@ -162,7 +162,7 @@ class CacheMode:
     def __init__(self, store: Store, config: TierConfig, device: torch.device) -> None:
         self.store = store
         self.config = config
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.io = IOConfig(mode=config.io_mode, queue_depth=config.io_queue_depth)
         self.tiers: DeviceTier = self._build_tiers()
         self._eval_tiers: DeviceTier | None = None

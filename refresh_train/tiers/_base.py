@@ -9,12 +9,24 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["FeatureTier", "check_ids", "row_words", "torch_dtype"]
+__all__ = ["FeatureTier", "check_ids", "resolve_device", "row_words", "torch_dtype"]
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
     """The torch dtype of a numpy feature dtype."""
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index filled in (``cuda`` -> ``cuda:N``, the current one).
+
+    Tensors always report an indexed CUDA device, and ``torch.device('cuda')
+    != torch.device('cuda:0')``, so tiers compare against the resolved form.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def row_words(t: torch.Tensor) -> np.ndarray:
@@ -94,7 +106,7 @@ class FeatureTier(ABC):
         self.row_shape = tuple(int(d) for d in row_shape)
         self.dtype = np.dtype(dtype)
         self.torch_dtype = torch_dtype(self.dtype)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.below = below
         self.row_bytes = int(self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64)))
         self._rows = 0
