@@ -22,6 +22,14 @@ _pread = types.ExternalFunction(
 )
 # int *__errno_location(void): glibc's and musl's per-thread errno.
 _errno_location = types.ExternalFunction("__errno_location", types.CPointer(types.int32)())
+# pid_t getpid(void); ssize_t process_vm_readv(pid_t, const struct iovec *local,
+# unsigned long, const struct iovec *remote, unsigned long, unsigned long flags).
+# An iovec is (address, length): two int64 words.
+_getpid = types.ExternalFunction("getpid", types.int32())
+_process_vm_readv = types.ExternalFunction(
+    "process_vm_readv",
+    types.intp(types.int32, types.intp, types.intp, types.intp, types.intp, types.intp),
+)
 # long syscall(long number, ...): Linux AIO has no glibc wrapper. Declared with
 # fixed integer arguments, which x86-64 and aarch64 pass in the same registers
 # as variadic ones (glibc's syscall is an assembly stub that reads registers).
@@ -29,6 +37,11 @@ _syscall = types.ExternalFunction(
     "syscall",
     types.int64(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64),
 )
+
+
+@njit(cache=True, nogil=True)
+def _errno():
+    return numba.carray(_errno_location(), (1,))[0]
 
 
 _RADIX_BITS = 8  # 256 counters: the scatter's write streams stay in L1
@@ -212,27 +225,87 @@ def pread_scatter(
             err[1] = got
             err[2] = 0
             if k < 0:
-                err[2] = numba.carray(_errno_location(), (1,))[0]
+                err[2] = _errno()
             return -1
         _scatter_read(buf, start, r, read_first, urow_off, group_start, order, out)
     return 0
 
 
-@njit(cache=True, nogil=True)
-def map_scatter(mapped, first, step, n_reads, read_first, urow_off, group_start, order, out):
-    """Copy the rows of reads ``first, first + step, ...`` from a memory map.
+# Rows copied per process_vm_readv call: the kernel's limit of iovecs (UIO_MAXIOV).
+_IOV_BATCH = 1024
 
-    Page faults block the calling thread, so ``step`` threads give ``step``
-    faults in flight.
+
+@njit(cache=True, nogil=True)
+def _map_copy(pid, local, remote, iov_read, k, row_bytes, err):
+    want = k * row_bytes
+    got = _process_vm_readv(pid, local.ctypes.data, k, remote.ctypes.data, k, 0)
+    if got == want:
+        return 0
+    # The kernel stops at the first iovec it cannot fill; earlier ones are whole.
+    done = got if got > 0 else 0
+    err[0] = iov_read[done // row_bytes]
+    err[1] = done - (done // row_bytes) * row_bytes
+    err[2] = _errno() if got < 0 else 0
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def map_scatter(
+    mapped,  # uint8 view of the whole file's memory map
+    first,
+    step,
+    n_reads,
+    read_first,
+    urow_off,
+    group_start,
+    order,
+    out,  # uint8 [n, row_bytes]
+    err,  # out int64 [3]: read of the failed row, bytes of it copied, errno
+):
+    """Copy the rows of reads ``first, first + step, ...`` out of a memory map.
+
+    The kernel copies (``process_vm_readv`` from this process to itself, up
+    to 1024 rows a call): touching a page that a truncation removed raises
+    SIGBUS in user code, which kills the process, but makes this call fail
+    with EFAULT. Page faults block the calling thread, so ``step`` threads
+    give ``step`` faults in flight. Returns 0, or -1 with ``err`` filled.
     """
+    row_bytes = out.shape[1]
+    pid = _getpid()
+    base = mapped.ctypes.data
+    dst = out.ctypes.data
+    local = np.empty((_IOV_BATCH, 2), np.int64)
+    remote = np.empty((_IOV_BATCH, 2), np.int64)
+    iov_read = np.empty(_IOV_BATCH, np.int64)
+    k = 0
     for r in range(first, n_reads, step):
-        _scatter_read(mapped, 0, r, read_first, urow_off, group_start, order, out)
+        for u in range(read_first[r], read_first[r + 1]):
+            src = base + urow_off[u]
+            for g in range(group_start[u], group_start[u + 1]):
+                local[k, 0] = dst + order[g] * row_bytes
+                local[k, 1] = row_bytes
+                remote[k, 0] = src
+                remote[k, 1] = row_bytes
+                iov_read[k] = r
+                k += 1
+                if k == _IOV_BATCH:
+                    if _map_copy(pid, local, remote, iov_read, k, row_bytes, err) != 0:
+                        return -1
+                    k = 0
+    if k > 0 and _map_copy(pid, local, remote, iov_read, k, row_bytes, err) != 0:
+        return -1
     return 0
 
 
 @njit(cache=True, nogil=True)
-def _errno():
-    return numba.carray(_errno_location(), (1,))[0]
+def map_probe(mapped):
+    """0 when ``process_vm_readv`` copies the first byte of ``mapped``, else errno."""
+    one = np.zeros(1, np.uint8)
+    local = np.array([one.ctypes.data, 1], np.int64)
+    remote = np.array([mapped.ctypes.data, 1], np.int64)
+    if _process_vm_readv(_getpid(), local.ctypes.data, 1, remote.ctypes.data, 1, 0) == 1:
+        return 0
+    return _errno()
 
 
 # Layout of the kernel's ``struct iocb`` (linux/aio_abi.h) as eight

@@ -7,7 +7,9 @@ returns those rows in request order and reads only what it needs:
    byte offsets through the store's chunk table, sort and deduplicate them,
    widen each row to the aligned blocks it touches (a row may span two
    blocks), merge neighbours whose gap is at most ``max_gap_bytes`` into one
-   read and cap a read at ``max_read_bytes``.
+   read and cap a read at ``max_read_bytes``. In ``direct`` mode blocks are
+   the device's logical blocks (often 512 bytes, so a 1536-byte row is one
+   1536-byte read, not one or two 4 KiB blocks).
 2. *Execute*: keep ``queue_depth`` reads in flight, as a fast SSD needs (its
    IOPS grow with queue depth up to 32-64): ``queue_depth`` threads each run
    a nogil Numba loop of blocking ``pread`` calls (engine ``threads``, the
@@ -20,8 +22,9 @@ returns those rows in request order and reads only what it needs:
 
 Modes (:attr:`IOConfig.mode`): ``direct`` (``O_DIRECT``), ``buffered``
 (``pread`` through the page cache, read-ahead turned off with
-``POSIX_FADV_RANDOM``), ``mmap`` (copies from a memory map with
-``MADV_RANDOM``; the threads give page faults in flight) and ``auto``, which
+``POSIX_FADV_RANDOM``), ``mmap`` (the kernel copies rows out of a memory
+map with ``MADV_RANDOM``, so that a file truncated under it is an error, not
+SIGBUS; the threads give page faults in flight) and ``auto``, which
 uses ``direct`` when the file system accepts an aligned ``O_DIRECT`` read and
 ``buffered`` otherwise (tmpfs, some network and overlay file systems).
 
@@ -50,125 +53,41 @@ from __future__ import annotations
 
 import mmap
 import os
-import platform
 import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _io_kernels as kernels
+from ._io_config import (
+    BUFFER_ALIGN,
+    ENGINES,
+    MODES,
+    IOConfig,
+    aligned_empty,
+    check_mmap_copy,
+    choose_engine,
+    direct_alignment,
+    fs_block_bytes,
+    open_file,
+)
 from .errors import IOSchedulerError
 
 if TYPE_CHECKING:
     from .format import RowRegion
 
-__all__ = ["IOConfig", "IOScheduler", "MODES", "ENGINES"]
+__all__ = ["ENGINES", "MODES", "IOConfig", "IOScheduler"]
 
-#: Values accepted by :attr:`IOConfig.mode`.
-MODES = ("auto", "direct", "buffered", "mmap")
-#: Values accepted by :attr:`IOConfig.engine`.
-ENGINES = ("threads", "aio")
-# io_setup, io_destroy, io_submit, io_getevents: Linux AIO has no glibc
-# wrapper, so the kernels call syscall() with these numbers.
-_AIO_SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
 _STAT_KEYS = ("batches", "rows_requested", "rows_unique", "bytes_read", "read_calls", "seconds")
-
-
-@dataclass(frozen=True)
-class IOConfig:
-    """How an :class:`IOScheduler` reads.
-
-    Attributes
-    ----------
-    mode
-        ``"auto"`` (``direct`` where the file system accepts ``O_DIRECT``,
-        else ``buffered``), ``"direct"``, ``"buffered"`` or ``"mmap"``.
-    engine
-        How reads are kept in flight: ``"threads"`` (``queue_depth`` threads
-        of blocking ``pread``; 8-10 us of CPU per read, the wake-ups
-        included) or ``"aio"`` (``direct`` mode only: Linux native AIO from
-        one nogil Numba loop; 4-6 us of CPU per read). Threads are the
-        default. In interleaved rounds on the benchmark machine (depth 32,
-        32K rows of 1536 B, median of 8) they gave 70K IOPS against AIO's 62K
-        (54K with two AIO loops) and fio's 79K. AIO may still win where CPU
-        time, not the disk, is what runs out.
-    queue_depth
-        Reads in flight: AIO requests kept queued by one thread (``aio``
-        engine), or threads each running a nogil ``pread`` loop (``threads``
-        engine; page faults in flight in ``mmap`` mode).
-    block_bytes
-        Alignment of reads; 0 detects it (the file system's block size, at
-        least 4096, which every ``O_DIRECT`` implementation accepts).
-    max_gap_bytes
-        Two rows go into one read when the gap between their aligned ranges is
-        at most this many bytes: reading a small gap costs less than one more
-        random read. 8 KiB was ahead of 0 and 32 KiB, in interleaved cold
-        rounds of 64K and 256K random rows on an 8.6 GB file of the
-        benchmark machine (a virtual disk): larger gaps pay in bandwidth
-        more than they save in reads there.
-    max_read_bytes
-        Cap of one read (a row larger than the cap is read whole). Each thread
-        holds one buffer of this size.
-    prefetch_bytes
-        Bound on the output bytes of batches :meth:`IOScheduler.submit` has
-        accepted and not finished; ``submit`` blocks beyond it (a single
-        larger batch is still accepted when nothing else is in flight).
-    """
-
-    mode: str = "auto"
-    engine: str = "threads"
-    queue_depth: int = 32
-    block_bytes: int = 0
-    max_gap_bytes: int = 8 << 10  # 8 KiB
-    max_read_bytes: int = 1 << 20  # 1 MiB
-    prefetch_bytes: int = 256 << 20  # 256 MiB
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"IOConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"IOConfig.engine must be one of {ENGINES}, got {self.engine!r}")
-        for name, low in (
-            ("queue_depth", 1),
-            ("block_bytes", 0),
-            ("max_gap_bytes", 0),
-            ("max_read_bytes", 1),
-            ("prefetch_bytes", 1),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"IOConfig.{name} must be an integer >= {low}, got {value!r}")
-        b = self.block_bytes
-        if b and (b < 512 or b & (b - 1)):
-            raise ValueError(
-                f"IOConfig.block_bytes must be 0 (detect) or a power of two >= 512, got {b!r}"
-            )
 
 
 def _is_torch_tensor(x: Any) -> bool:
     # Checked by name so that refresh_store never imports torch itself.
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
-
-
-def _detect_block_bytes(path: str) -> int:
-    try:
-        fs_block = os.statvfs(path).f_bsize
-    except OSError:
-        fs_block = 0
-    if 4096 < fs_block <= (64 << 10) and not fs_block & (fs_block - 1):
-        return int(fs_block)
-    return 4096  # the page size: every O_DIRECT implementation accepts it
-
-
-def _aligned_empty(nbytes: int, align: int) -> NDArray[np.uint8]:
-    raw = np.empty(nbytes + align, dtype=np.uint8)
-    skip = (-raw.ctypes.data) % align
-    return raw[skip : skip + nbytes]
 
 
 def _release(fd: int, *pools: ThreadPoolExecutor) -> None:
@@ -244,25 +163,32 @@ class IOScheduler:
         self.row_bytes = int(region.row_bytes)
         self.chunk_rows = int(region.chunk_rows)
         self._chunk_offsets = np.ascontiguousarray(region.chunk_offsets, dtype=np.int64)
-        self.block_bytes = config.block_bytes or _detect_block_bytes(self.path)
-        # A thread's buffer must hold the longest read: the cap, or one row
-        # that is larger than the cap plus the blocks it straddles.
-        row_span = -(-self.row_bytes // self.block_bytes) * self.block_bytes + self.block_bytes
-        self._buffer_bytes = max(config.max_read_bytes, row_span)
         self._check_chunk_table()
 
-        self.mode, self._fd = self._open(config.mode)
+        page_block = config.block_bytes or fs_block_bytes(self.path)
+        self.mode, self._fd = open_file(self.path, config.mode, page_block)
         self._map: mmap.mmap | None = None
         self._mapped: NDArray[np.uint8] | None = None
         try:
-            self.engine = self._choose_engine(config.engine)
+            self.block_bytes = page_block
+            if self.mode == "direct" and not config.block_bytes:
+                self.block_bytes = direct_alignment(self._fd, page_block)
+            # A thread's buffer must hold the longest read: the cap, or one
+            # row that is larger than the cap plus the blocks it straddles.
+            row_span = -(-self.row_bytes // self.block_bytes) * self.block_bytes
+            self._buffer_bytes = max(config.max_read_bytes, row_span + self.block_bytes)
+            self.engine, self._aio_sysno = choose_engine(config.engine, self.mode, self.path)
             self._check_file_size(self._region_end())
             if self.mode == "mmap" and self.nrows:
                 self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
                 if hasattr(self._map, "madvise"):
                     self._map.madvise(mmap.MADV_RANDOM)  # no read-around on random rows
                 self._mapped = np.frombuffer(self._map, dtype=np.uint8)
+                check_mmap_copy(self._mapped, self.path)
         except BaseException:
+            self._mapped = None
+            if self._map is not None:
+                self._map.close()
             os.close(self._fd)
             raise
 
@@ -314,65 +240,6 @@ class IOScheduler:
                 f"{self.path!r} is {size} bytes but its rows need {needed} bytes: the file was "
                 "truncated; the store is damaged — reconvert it"
             )
-
-    def _open(self, mode: str) -> tuple[str, int]:
-        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-        if mode in ("auto", "direct"):
-            reason = self._try_direct(flags)
-            if isinstance(reason, int):
-                return "direct", reason
-            if mode == "direct":
-                raise IOSchedulerError(
-                    f"mode='direct' is not possible on {self.path!r}: {reason}; "
-                    "use mode='buffered' or mode='auto'"
-                )
-        try:
-            fd = os.open(self.path, flags)
-        except OSError as exc:
-            raise IOSchedulerError(f"cannot open {self.path!r}: {exc.strerror}") from exc
-        if mode != "mmap" and hasattr(os, "posix_fadvise"):
-            # Read-ahead only wastes bandwidth on random rows.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        return ("mmap" if mode == "mmap" else "buffered"), fd
-
-    def _choose_engine(self, engine: str) -> str:
-        if engine == "threads":
-            return "threads"
-        why = ""
-        if self.mode != "direct":
-            why = f"mode is {self.mode!r} (Linux AIO is asynchronous with O_DIRECT only)"
-        elif platform.machine() not in _AIO_SYSCALLS:
-            why = f"no Linux AIO system call numbers for {platform.machine()!r}"
-        else:
-            sysno = _AIO_SYSCALLS[platform.machine()]
-            errno = kernels.aio_probe(sysno[0], sysno[1])
-            if errno:
-                why = f"io_setup failed: {os.strerror(errno)}"
-        if not why:
-            self._aio_sysno = np.array(_AIO_SYSCALLS[platform.machine()], np.int64)
-            return "aio"
-        raise IOSchedulerError(
-            f"engine='aio' is not possible for {self.path!r}: {why}; use engine='threads'"
-        )
-
-    def _try_direct(self, flags: int) -> int | str:
-        """Open with ``O_DIRECT`` and probe one aligned read: an fd, or why not."""
-        if not hasattr(os, "O_DIRECT"):
-            return "this platform has no O_DIRECT"
-        try:
-            fd = os.open(self.path, flags | os.O_DIRECT)
-        except OSError as exc:
-            if exc.errno == 2:  # a missing file is an error in every mode
-                raise IOSchedulerError(f"cannot open {self.path!r}: {exc.strerror}") from exc
-            return f"the file system refuses O_DIRECT ({exc.strerror})"
-        # Some file systems accept the flag at open and refuse the reads.
-        probe = _aligned_empty(self.block_bytes, self.block_bytes)
-        try:
-            os.preadv(fd, [memoryview(probe)], 0)
-        except OSError as exc:
-            os.close(fd)
-            return f"an aligned O_DIRECT read of {self.block_bytes} bytes failed ({exc.strerror})"
-        return fd
 
     # ------------------------------------------------------------------ public API
     def gather(self, ids: Any, out: Any = None) -> Any:
@@ -555,7 +422,7 @@ class IOScheduler:
     def _thread_buffer(self) -> NDArray[np.uint8]:
         buf = getattr(self._tls, "buf", None)
         if buf is None:
-            buf = _aligned_empty(self._buffer_bytes, max(self.block_bytes, 4096))
+            buf = aligned_empty(self._buffer_bytes)
             self._tls.buf = buf
         return buf
 
@@ -628,9 +495,11 @@ class IOScheduler:
 
     def _aio_buffers(self) -> NDArray[np.uint8]:
         if self._aio_bufs is None:
-            slot = -(-self._buffer_bytes // self.block_bytes) * self.block_bytes
+            # Every slot starts on a page, whatever the read alignment.
+            align = max(self.block_bytes, BUFFER_ALIGN)
+            slot = -(-self._buffer_bytes // align) * align
             depth = self.config.queue_depth
-            flat = _aligned_empty(depth * slot, max(self.block_bytes, 4096))
+            flat = aligned_empty(depth * slot)
             self._aio_bufs = flat.reshape(depth, slot)
         return self._aio_bufs
 
@@ -663,11 +532,18 @@ class IOScheduler:
         )
 
     def _run_mapped(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
-        # Touching a page past the end of a truncated file raises SIGBUS and
-        # kills the process, so the file's size is checked before each batch.
+        # A truncation before the copy fails the size check (the clearest
+        # message); one during it fails the kernel's copy (EFAULT, never
+        # SIGBUS) or, for the zero-filled tail of the last page, which the map
+        # still reads, the second size check after the copy.
         end = int(plan.urow_off[plan.n_unique - 1]) + self.row_bytes
         self._check_file_size(end)
+        self._map_copy(plan, out_u8)
+        self._check_file_size(end)
+
+    def _map_copy(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
         n_tasks = min(self.config.queue_depth, plan.n_reads)
+        errors = np.zeros((n_tasks, 3), np.int64)
         futures = [
             self._pool.submit(
                 kernels.map_scatter,
@@ -680,8 +556,19 @@ class IOScheduler:
                 plan.group_start,
                 plan.order,
                 out_u8,
+                errors[t],
             )
             for t in range(n_tasks)
         ]
-        for f in futures:
-            f.result()
+        failed = [t for t, f in enumerate(futures) if f.result() != 0]
+        if failed:
+            r, _, errno = (int(v) for v in errors[failed[0]])
+            size = os.fstat(self._fd).st_size
+            exc = IOSchedulerError(
+                f"copying rows of {self.path!r} from its memory map failed "
+                f"({os.strerror(errno) if errno else 'short copy'}): the file is now {size} "
+                f"bytes and a row at offset {int(plan.urow_off[plan.read_first[r]])} needs "
+                f"{self.row_bytes}; the file was truncated while in use — no rows were returned"
+            )
+            exc.errno = errno or None
+            raise exc

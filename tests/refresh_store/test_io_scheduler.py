@@ -319,6 +319,37 @@ def test_file_truncated_under_it(tmp_path, mode):
         IOScheduler(region, IOConfig(mode="buffered"))
 
 
+@pytest.mark.parametrize(
+    ("size", "ids", "message"),
+    [
+        # Rows on pages the file no longer has: the kernel's copy fails.
+        pytest.param(4096 * 10, [3, 1500, 4], r"memory map failed \(Bad address\)", id="gone"),
+        # A row in the zero-filled tail of the last page: the map reads it
+        # without a fault, so the size check after the copy must catch it.
+        pytest.param(1000 * 400 + 10, [1000], "is 400010 bytes.*truncated", id="tail"),
+    ],
+)
+def test_mmap_truncated_after_the_size_check(tmp_path, size, ids, message):
+    # Truncation between the size check and the copy used to kill the
+    # process with SIGBUS; it must be a clean error, and later rows still work.
+    region, data = make_region(tmp_path, nrows=2000, row_shape=(100,))
+    with open_scheduler(region, "mmap") as io:
+        real_check = io._check_file_size
+        truncated = []
+
+        def check_then_truncate(needed):
+            real_check(needed)
+            if not truncated:
+                os.truncate(region.path, size)
+                truncated.append(True)
+
+        io._check_file_size = check_then_truncate
+        with pytest.raises(IOSchedulerError, match=message) as info:
+            io.gather(np.array(ids))
+        assert "rows.bin" in str(info.value) and "truncated" in str(info.value)
+        np.testing.assert_array_equal(io.gather(np.array([3, 99])), data[[3, 99]])
+
+
 def test_truncated_error_names_offset_and_bytes(tmp_path):
     region, _ = make_region(tmp_path, nrows=2000, row_shape=(100,))
     with IOScheduler(region, IOConfig(mode="buffered", max_gap_bytes=0, block_bytes=4096)) as io:
@@ -424,6 +455,43 @@ def test_engines(tmp_path, monkeypatch):
             return -2
 
         monkeypatch.setattr(kernels, "aio_read_scatter", no_context)
+        np.testing.assert_array_equal(io.gather(ids), data[ids])
+
+
+def test_direct_alignment_detected(tmp_path, monkeypatch):
+    from refresh_store import _io_config
+
+    # 1536 B rows: at 4 KiB blocks one row in four needs an 8 KiB read.
+    region, data = make_region(tmp_path, nrows=2000, row_shape=(768,), dtype=np.float16)
+    ids = np.array([0, 2, 5, 1999])  # rows 0-2 lie in one 4 KiB block
+    with open_scheduler(region, "direct", max_gap_bytes=0) as io:
+        lbs = _io_config._device_logical_block(io._fd)
+        # The device's logical block size when it is finer than a page, else a page.
+        assert io.block_bytes == (lbs if 512 <= lbs < 4096 else 4096)
+        np.testing.assert_array_equal(io.gather(ids), data[ids])
+        if io.block_bytes == 512:  # every row is one read of exactly its bytes
+            assert io.stats()["bytes_read"] == 3 * 1536 + 1536
+    monkeypatch.setattr(_io_config, "_device_logical_block", lambda fd: 512)
+    real_preadv = os.preadv
+
+    def refuse_unaligned(fd, buffers, offset):
+        if offset % 4096:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", refuse_unaligned)
+    # A device that claims 512 B but refuses the probe: a page.
+    with open_scheduler(region, "direct") as io:
+        assert io.block_bytes == 4096
+        np.testing.assert_array_equal(io.gather(ids), data[ids])
+    # No block device known (network, overlay): a page.
+    monkeypatch.setattr(_io_config, "_device_logical_block", lambda fd: 0)
+    monkeypatch.setattr(os, "preadv", real_preadv)
+    with open_scheduler(region, "direct") as io:
+        assert io.block_bytes == 4096
+    # An explicit block size is kept.
+    with open_scheduler(region, "direct", block_bytes=8192) as io:
+        assert io.block_bytes == 8192
         np.testing.assert_array_equal(io.gather(ids), data[ids])
 
 
