@@ -229,19 +229,23 @@ def copy_rows(src, src_rows, dst_rows, out, exp_mask):
 
     Float rows travel as their bit patterns (numba has no float16); when
     ``exp_mask`` (the exponent bits of the float type) is non-zero, a word with
-    all exponent bits set is a NaN or an infinity: the copy stops and returns
-    that ``k``. Returns -1 when every row was copied.
+    all exponent bits set is a NaN or an infinity: the copy stops after that
+    row and returns its ``k``. Returns -1 when every row was copied.
     """
     w = src.shape[1]
     for k in range(len(src_rows)):
         r = src_rows[k]
         o = dst_rows[k]
         if exp_mask != 0:
+            # Count hits over the whole row instead of branching per word: the
+            # loop then vectorises and the check costs little over a plain copy.
+            hits = 0
             for j in range(w):
                 x = src[r, j]
-                if (x & exp_mask) == exp_mask:
-                    return k
                 out[o, j] = x
+                hits += (x & exp_mask) == exp_mask
+            if hits:
+                return k
         else:
             for j in range(w):
                 out[o, j] = src[r, j]

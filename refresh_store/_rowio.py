@@ -28,7 +28,8 @@ class DirectWriter:
     goes to the disk without a copy into the page cache and without the
     dirty-page throttling that slows buffered writes of many GB; its unaligned
     tail, and every write on a file system without ``O_DIRECT``, is buffered.
-    The caller fsyncs the file at the end as usual.
+    The caller fsyncs the file at the end as usual. Safe to call from several
+    threads for disjoint rows.
     """
 
     def __init__(self, aw: ArrayWriter, count: Callable[[int], None]) -> None:
@@ -38,6 +39,7 @@ class DirectWriter:
             self.fd_direct: int | None = os.open(aw.path, os.O_WRONLY | os.O_DIRECT)
         except (OSError, AttributeError):
             self.fd_direct = None
+        self.use_direct = self.fd_direct is not None
 
     @staticmethod
     def _pwrite(fd: int, data: memoryview, offset: int) -> None:
@@ -52,15 +54,16 @@ class DirectWriter:
         data = memoryview(block).cast("B")
         offset = start * self.aw.row_bytes
         direct = 0
-        if self.fd_direct is not None and offset % 4096 == 0 and block.ctypes.data % 4096 == 0:
+        if self.use_direct and offset % 4096 == 0 and block.ctypes.data % 4096 == 0:
             direct = len(data) // 4096 * 4096
             try:
-                self._pwrite(self.fd_direct, data[:direct], offset)
+                self._pwrite(self.fd_direct, data[:direct], offset)  # type: ignore[arg-type]
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                os.close(self.fd_direct)
-                self.fd_direct, direct = None, 0
+                # Other threads may be writing through the descriptor: it is
+                # only closed by close().
+                self.use_direct, direct = False, 0
         self._pwrite(self.fd, data[direct:], offset + direct)
         self.count(block.nbytes)
 

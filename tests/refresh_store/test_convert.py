@@ -601,3 +601,25 @@ def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         DirectWriter(aw, counted.append)(9_999, want[:5])
     writer.abort()
+
+
+def test_block_writer_splits_blocks_at_aligned_rows():
+    from refresh_store.reorder import _Writer, aligned_empty
+
+    block = aligned_empty((10_000, 3), np.float32)
+    assert block.ctypes.data % 4096 == 0 and block.flags.writeable
+    block[:] = np.arange(30_000, dtype=np.float32).reshape(10_000, 3)
+    pieces = []
+    with _Writer(lambda start, rows: pieces.append((start, rows.copy())), threads=2) as writer:
+        writer.submit(0, 40_960, block)
+    pieces.sort(key=lambda p: p[0])
+    # O_DIRECT needs every piece to start on a multiple of 4096 rows.
+    assert [p[0] for p in pieces] == [40_960, 40_960 + 8192]
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces]), block)
+
+    def fail(start, rows):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), _Writer(fail, threads=2) as writer:
+        writer.submit(0, 0, block)
+        writer.wait_for_buffer(0)
