@@ -265,7 +265,7 @@ def permute_rows(
         block = _round_rows(max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 48))))
         ranges = [(a, min(n, a + block)) for a in range(0, n, block)]
         outs = [aligned_empty((block, *row_shape), out_dtype) for _ in range(min(2, len(ranges)))]
-        raw = np.empty((block, *row_shape), dtype=src.dtype) if cast else None
+        raw = aligned_empty((block, *row_shape), src.dtype) if cast else None
         progress = tick("gather", n) if tick else noop
         with _Writer(write, _WRITE_THREADS) as writer:
             for i, (a, b) in enumerate(ranges):
@@ -300,10 +300,10 @@ def permute_rows(
 
     def split() -> None:
         """Phase 1: source rows, front to back, appended to the bucket of their new id."""
-        grouped = np.empty((chunk, *row_shape), dtype=src.dtype)
+        grouped = aligned_empty((chunk, *row_shape), src.dtype)
         mapped = isinstance(src, MappedRows)
-        rowbuf = np.empty((chunk, *row_shape), dtype=src.dtype) if mapped else None
-        out = np.empty((chunk, *row_shape), dtype=out_dtype) if cast else grouped
+        rowbuf = aligned_empty((chunk, *row_shape), src.dtype) if mapped else None
+        out = aligned_empty((chunk, *row_shape), out_dtype) if cast else grouped
         staging = aligned_empty((_STAGING_BYTES,), np.dtype(np.uint8))
         try:
             progress = tick("shuffle: split", n) if tick else noop
@@ -341,7 +341,7 @@ def permute_rows(
     def place() -> None:
         """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order."""
         progress = tick("shuffle: place", n) if tick else noop
-        data = np.empty((min(n, bucket_rows), *row_shape), dtype=out_dtype)
+        data = aligned_empty((min(n, bucket_rows), *row_shape), out_dtype)
         placed = [aligned_empty(data.shape, out_dtype) for _ in range(2 if n_buckets > 1 else 1)]
         zero = as_words(data).dtype.type(0)
         with _Writer(write, _WRITE_THREADS) as writer:
