@@ -34,6 +34,9 @@ _LINEAR_SCAN_MAX = 64
 # prefetch their random reads, so that many cache misses are in flight at once
 # instead of one (measured best between 16 and 64 on the 10M-node graph).
 _AHEAD = 32
+# The gather's reads of a memmapped ``indices`` miss the TLB as well and take
+# longer, so they are requested further ahead.
+_GATHER_AHEAD = 64
 
 
 @intrinsic
@@ -178,9 +181,11 @@ def sample_kernel(indices, dst, starts, degs, offsets, lkey, lo, hi, out):
         o = offsets[i]
         _positions(dst[i], degs[i], o, offsets[i + 1] - o, lkey, out)
     for i in range(lo, hi):
-        j = i + _AHEAD
-        if j < hi and offsets[j] < offsets[j + 1]:
-            prefetch(indices, starts[j] + out[offsets[j]])
+        j = i + _GATHER_AHEAD
+        if j < hi:
+            sj = starts[j]
+            for e in range(offsets[j], offsets[j + 1]):
+                prefetch(indices, sj + out[e])
         s = starts[i]
         for e in range(offsets[i], offsets[i + 1]):
             out[e] = indices[s + out[e]]
@@ -216,7 +221,24 @@ def map_dst_kernel(dst, local_map, check):
 
 
 @njit(cache=True, nogil=True)
-def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num):
+def offsets_kernel(degs, n, fanout, offsets):
+    """:func:`count_kernel` for destinations whose degrees ``degs[:n]`` are
+    already known (looked up by :func:`relabel_kernel`): prefix sums only.
+    Returns the total number of sampled edges."""
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        d = degs[i]
+        if fanout < 0 or d <= fanout:
+            total += d
+        else:
+            total += fanout
+        offsets[i + 1] = total
+    return total
+
+
+@njit(cache=True, nogil=True)
+def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num, indptr, starts, degs, expand):
     """Local ids for the sampled neighbours of destinations ``lo .. hi-1``.
 
     ``edge_out[0, offsets[lo]:offsets[hi]]`` holds global ids on entry and
@@ -227,6 +249,11 @@ def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num):
     sources and ``check[:num]`` are the sources' global ids. Sparse-set map
     as in :func:`map_dst_kernel`.
 
+    With ``expand`` set, a new source at local id ``l`` also gets its CSC
+    start and degree in ``starts[l]`` / ``degs[l]``: the sources are the next
+    block's destinations, and looking them up here, with the map entries'
+    prefetches, replaces a separate pass of random ``indptr`` reads.
+
     Returns the new ``num``.
     """
     n_map = local_map.shape[0]
@@ -234,12 +261,16 @@ def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num):
     for e in range(offsets[lo], min(offsets[lo] + _AHEAD, e_end)):
         if edge_out[0, e] < n_map:
             prefetch(local_map, edge_out[0, e])
+            if expand:
+                prefetch(indptr, edge_out[0, e])
     for i in range(lo, hi):
         for e in range(offsets[i], offsets[i + 1]):
             if e + _AHEAD < e_end:
                 ahead = edge_out[0, e + _AHEAD]
                 if ahead < n_map:
                     prefetch(local_map, ahead)
+                    if expand:
+                        prefetch(indptr, ahead)
             u = edge_out[0, e]
             lc = np.int64(local_map[u])
             if lc >= 0 and lc < num and check[lc] == u:
@@ -248,6 +279,10 @@ def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num):
                 local = num
                 local_map[u] = num
                 check[num] = u
+                if expand:
+                    st = indptr[u]
+                    starts[num] = st
+                    degs[num] = indptr[u + 1] - st
                 num += 1
             edge_out[0, e] = local
             edge_out[1, e] = i

@@ -76,15 +76,17 @@ class _Scratch:
 
     def __init__(self) -> None:
         self.local_map: np.ndarray | None = None
-        # The "check" buffer the id map was last written with: the map is only
-        # valid together with it (see map_dst_kernel).
-        self.last_check: np.ndarray | None = None
         self._bufs: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, size: int, dtype: type) -> np.ndarray:
+    def get(self, name: str, size: int, dtype: type, keep: int = 0) -> np.ndarray:
+        """A buffer of at least ``size`` items whose first ``keep`` items are
+        those of the previous buffer of that name (copied when it grows)."""
         buf = self._bufs.get(name)
         if buf is None or buf.shape[0] < size:
-            buf = self._bufs[name] = np.empty(max(size, 1024, int(1.25 * size)), dtype=dtype)
+            new = np.empty(max(size, 1024, int(1.25 * size)), dtype=dtype)
+            if keep and buf is not None:
+                new[:keep] = buf[:keep]
+            buf = self._bufs[name] = new
         return buf
 
 
@@ -223,6 +225,17 @@ def _as_topology(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
     return ip, ix
 
 
+def _copy_to_ram(a: np.ndarray) -> np.ndarray:
+    # np.empty of >= 4 MiB is madvise'd for transparent huge pages by numpy;
+    # copying in slices keeps a memmap source from being read all at once
+    # into a temporary.
+    out = np.empty(a.shape, dtype=a.dtype)
+    step = 1 << 24
+    for lo in range(0, a.shape[0], step):
+        out[lo : lo + step] = a[lo : lo + step]
+    return out
+
+
 class NeighborSampler:
     """Uniform multi-layer neighbour sampler producing :class:`MiniBatch` objects.
 
@@ -237,13 +250,24 @@ class NeighborSampler:
     seed : int
         Base seed; combined with each call's ``batch_seed``.
     num_threads : int
-        Threads that draw neighbours in parallel (the relabelling pass is
-        serial). Results do not depend on it. Sampling alone on 2 cores ran
-        1.15-1.4x faster with 2 (``benchmarks/sampler.py``); in a trainer
-        whose loader samples in a background thread while torch computes,
-        1 leaves the other core to the model.
+        Threads that draw neighbours in parallel; the calling thread
+        relabels each chunk as soon as it is drawn (relabelling follows
+        first appearance, so it is sequential) and draws when it has nothing
+        to relabel. Results do not depend on it. See
+        ``benchmarks/results/sampler.md`` for the speed-up on 2 cores; in a
+        trainer whose loader samples in a background thread while torch
+        computes, 1 leaves the other core to the model.
     prune : PruneFn, optional
         Default pruning hook for :meth:`sample` (see the module docstring).
+    in_memory : bool
+        Copy the topology into RAM (``4 * E + 8 * N`` bytes for int32
+        indices) instead of reading it in place. For topologies that fit:
+        each sampled node costs a random read of ``indices``, and on a
+        memmap every such read also misses the TLB (4 KiB page-cache pages),
+        while numpy backs large arrays with transparent huge pages where the
+        kernel allows; on the 10M-node benchmark graph a random read took
+        ~3x longer from the memmap. Default False: a topology larger than RAM
+        costs only the pages a batch touches.
 
     Notes
     -----
@@ -265,8 +289,11 @@ class NeighborSampler:
         *,
         num_threads: int = 1,
         prune: PruneFn | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.indptr, self.indices = _as_topology(indptr, indices)
+        if in_memory:
+            self.indptr, self.indices = _copy_to_ram(self.indptr), _copy_to_ram(self.indices)
         self.fanouts = check_fanouts(fanouts)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
@@ -356,7 +383,8 @@ class NeighborSampler:
         for layer in range(L - 1, -1, -1):
             fanout = self.fanouts[L - 1 - layer]
             lkey = np.uint64(K.layer_key(key, np.uint64(layer)))
-            src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped)
+            # The input block's sources are nobody's destinations: no CSC lookups.
+            src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped, layer >= 1)
             if src is None:
                 raise ValueError(
                     f"seeds must be distinct; {int(edge_index)!r} appears more than once"
@@ -392,41 +420,69 @@ class NeighborSampler:
         return [0, *np.unique(cuts).tolist(), n]
 
     def _sample_layer(
-        self, sc: _Scratch, dst: np.ndarray, fanout: int, lkey: np.uint64, mapped: bool
+        self,
+        sc: _Scratch,
+        dst: np.ndarray,
+        fanout: int,
+        lkey: np.uint64,
+        mapped: bool,
+        expand: bool,
     ):
         n = dst.shape[0]
         offsets = sc.get("offsets", n + 1, np.int64)
-        starts = sc.get("starts", n, np.int64)
-        degs = sc.get("degs", n, np.int64)
-        total = int(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
-        # Row 0 receives the neighbours' global ids, relabelled in place below.
-        edge_index = np.empty((2, total), dtype=np.int64)
-        parallel = self._pool is not None and n >= 256
         if not self._dense_map:
+            starts = sc.get("starts", n, np.int64)
+            degs = sc.get("degs", n, np.int64)
+            total = int(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
+            edge_index = np.empty((2, total), dtype=np.int64)
             return self._relabel_hashed(sc, dst, offsets, starts, degs, lkey, total, edge_index)
+        if mapped:
+            # The previous block's relabelling left dst's CSC starts and
+            # degrees in slots 0..n-1 (and the id map giving dst[i] id i).
+            total = int(K.offsets_kernel(sc.get("degs", n, np.int64, keep=n), n, fanout, offsets))
+        else:
+            starts = sc.get("starts", n, np.int64)
+            degs = sc.get("degs", n, np.int64)
+            total = int(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
+        # Slots n .. n+total-1 receive the new sources (and their CSC lookups).
+        starts = sc.get("starts", n + total, np.int64, keep=n)
+        degs = sc.get("degs", n + total, np.int64, keep=n)
+        check = sc.get("check", n + total, np.int32, keep=n if mapped else 0)
         if sc.local_map is None:
             # Never cleared (see map_dst_kernel): np.empty leaves the untouched
             # pages unallocated, so a thread's map costs RAM only where it wrote.
             sc.local_map = np.empty(self.num_nodes, dtype=np.int32)
-        check = sc.get("check", n + total, np.int32)
-        if not mapped or check is not sc.last_check:
+        if mapped:
+            num = n
+        else:
             num = int(K.map_dst_kernel(dst, sc.local_map, check))
             if num < 0:
                 return None, dst[-1 - num]
-        else:
-            num = n
-        sc.last_check = check
-        if not parallel:
+        # Row 0 receives the neighbours' global ids, relabelled in place below.
+        edge_index = np.empty((2, total), dtype=np.int64)
+        if self._pool is None or n < 256:
             K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, edge_index[0])
-            num = K.relabel_kernel(offsets, 0, n, sc.local_map, check, edge_index, num)
+            num = K.relabel_kernel(
+                offsets,
+                0,
+                n,
+                sc.local_map,
+                check,
+                edge_index,
+                num,
+                self.indptr,
+                starts,
+                degs,
+                expand,
+            )
         else:
             num = self._parallel_sample_relabel(
-                sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num
+                sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num, expand
             )
         return check[:num].astype(np.int64), edge_index
 
     def _parallel_sample_relabel(
-        self, sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num
+        self, sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num, expand
     ) -> int:
         # Workers draw chunks in order; this thread relabels chunk c as soon
         # as it is drawn (relabelling is sequential: ids follow first
@@ -476,7 +532,17 @@ class NeighborSampler:
                 if failed:
                     break
                 num = K.relabel_kernel(
-                    offsets, bounds[c], bounds[c + 1], sc.local_map, check, edge_index, num
+                    offsets,
+                    bounds[c],
+                    bounds[c + 1],
+                    sc.local_map,
+                    check,
+                    edge_index,
+                    num,
+                    self.indptr,
+                    starts,
+                    degs,
+                    expand,
                 )
         finally:
             with lock:
