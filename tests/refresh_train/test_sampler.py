@@ -415,3 +415,85 @@ def test_reference_sampler_uniform():
         picks.update(mb.layer_nodes[0][1:].tolist())
     assert sorted(picks) == list(range(30, 50))
     assert stats.chisquare([picks[u] for u in range(30, 50)]).pvalue > 1e-3
+
+
+def skewed_graph(n: int = 3000, m: int = 30000, seed: int = 11):
+    """A power-law-ish simple graph big enough that frontiers exceed the
+    2-thread path's threshold (256 destinations), with isolated nodes."""
+    rng = np.random.default_rng(seed)
+    w = (np.arange(n - 50) + 5.0) ** -0.7
+    w /= w.sum()
+    pairs = np.unique(rng.choice(n - 50, (m, 2), p=w), axis=0)
+    return csc(n, pairs[:, 0], pairs[:, 1], np.int32)
+
+
+def assert_same_batches(a, b):
+    for x, y in zip(a.layer_nodes, b.layer_nodes):
+        assert torch.equal(x, y)
+    for x, y in zip(a.blocks, b.blocks):
+        assert torch.equal(x.edge_index, y.edge_index)
+        for f in ("computed_pos", "cached_pos", "cached_ids"):
+            u, v = getattr(x, f), getattr(y, f)
+            assert (u is None and v is None) or torch.equal(u, v)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_agree_on_large_frontiers(threads, relabel):
+    # Frontiers of hundreds to thousands of nodes go through the chunked
+    # draws, relabelled chunk by chunk while other chunks are drawn.
+    indptr, indices = skewed_graph()
+    seeds = np.random.default_rng(1).choice(2900, 400, replace=False)
+    one = NeighborSampler(indptr, indices, [6, 4, 3], seed=5)
+    many = NeighborSampler(indptr, indices, [6, 4, 3], seed=5, num_threads=threads)
+    for b in range(3):
+        want, got = one.sample(seeds, b), many.sample(seeds, b)
+        assert got.blocks[0].num_dst >= 256
+        assert_same_batches(want, got)
+    check_structure(got, seeds, indptr, indices, [6, 4, 3])
+    hook = FakeHistory({1: set(range(0, 3000, 3)), 2: set(range(1, 3000, 5))}, rows=True)
+    assert_same_batches(one.sample(seeds, 7, prune=hook), many.sample(seeds, 7, prune=hook))
+    many.close()
+
+
+def test_in_memory_topology_is_a_copy_with_the_same_samples(tmp_path):
+    indptr, indices = skewed_graph()
+    np.save(tmp_path / "indptr.npy", indptr)
+    np.save(tmp_path / "indices.npy", indices)
+    ip = np.load(tmp_path / "indptr.npy", mmap_mode="r", allow_pickle=False)
+    ix = np.load(tmp_path / "indices.npy", mmap_mode="r", allow_pickle=False)
+    s = NeighborSampler(ip, ix, [5, 5], seed=2, in_memory=True)
+    assert not np.shares_memory(s.indices, ix) and not np.shares_memory(s.indptr, ip)
+    assert s.indices.dtype == np.int32 and not isinstance(s.indices, np.memmap)
+    seeds = np.arange(0, 2900, 7)
+    assert_same_batches(
+        s.sample(seeds, 3), NeighborSampler(ip, ix, [5, 5], seed=2).sample(seeds, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [pytest.param("zeros", id="zeros"), pytest.param("random", id="random")],
+)
+def test_id_map_is_never_cleared_yet_exact(garbage):
+    # The dense id map is a sparse set: whatever it holds from earlier
+    # batches (or uninitialised memory) must not leak into a batch.
+    indptr, indices = skewed_graph()
+    seeds_small = np.array([3, 9])
+    seeds = np.random.default_rng(2).choice(2900, 300, replace=False)
+    s = NeighborSampler(indptr, indices, [-1, -1], seed=4)
+    s.sample(seeds_small, 0)  # scratch sized for a tiny batch: must grow mid-batch below
+    sc = s._scratch()
+    if garbage == "zeros":
+        sc.local_map[:] = 0
+    else:
+        rng = np.random.default_rng(3)
+        sc.local_map[:] = rng.integers(-(2**31), 2**31 - 1, sc.local_map.shape[0])
+    got = s.sample(seeds, 1)
+    assert_same_batches(got, NeighborSampler(indptr, indices, [-1, -1], seed=4).sample(seeds, 1))
+    check_structure(got, seeds, indptr, indices, [-1, -1])
+    # Stale entries also point at valid-looking slots of the previous batch.
+    again = s.sample(seeds[::-1].copy(), 1)
+    fresh = NeighborSampler(indptr, indices, [-1, -1], seed=4).sample(seeds[::-1].copy(), 1)
+    assert_same_batches(again, fresh)
+    with pytest.raises(ValueError, match="distinct"):
+        s.sample(np.concatenate([seeds, seeds[5:6]]), 0)
