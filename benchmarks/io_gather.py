@@ -9,7 +9,9 @@ row ids, with the page cache emptied before every round:
 * ``zarr`` - zarr-python orthogonal indexing (``oindex``) of the same store;
 * ``tensorstore`` - tensorstore's ``zarr3`` driver on the same store;
 * ``fio`` - ``fio`` 4 KiB random ``O_DIRECT`` reads (libaio) of the same file at
-  the same queue depth: the device's ceiling for one-row-per-read gathers.
+  the same queue depth: the device's ceiling for one-row-per-read gathers;
+  variant ``row_bs``: reads of one row's bytes at the scheduler's alignment
+  (512-byte sectors here), the ceiling of a gather that reads rows exactly.
 
 Each point is the median of ``repeats`` rounds (the machine is shared: other
 people's jobs move single rounds). Records go to ``--out`` (JSON list), with a
@@ -212,7 +214,7 @@ class Methods:
         for io in self.schedulers.values():
             io.close()
 
-    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "threads") -> np.ndarray:
+    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "auto") -> np.ndarray:
         io = self.schedulers.get((depth, engine))
         if io is None:
             io = self.schedulers[depth, engine] = IOScheduler(
@@ -252,14 +254,17 @@ class Methods:
         return arr[ids].read().result()
 
 
-def fio_iops(path: str, size: int, depth: int, seconds: float) -> float:
+def fio_iops(
+    path: str, size: int, depth: int, seconds: float, bs: int = 4096, align: int = 4096
+) -> float:
     cmd = [
         "fio",
         "--name=randread",
         f"--filename={path}",
         "--readonly",
         "--rw=randread",
-        "--bs=4k",
+        f"--bs={bs}",
+        f"--blockalign={align}",
         "--direct=1",
         "--ioengine=libaio",
         f"--iodepth={depth}",
@@ -344,10 +349,8 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         )
         out.append(rec)
 
-    def sched_point(
-        batch: int, depth: int, with_fio: bool = False, engine: str = "threads"
-    ) -> None:
-        reads, nbytes, fio = [], [], []
+    def sched_point(batch: int, depth: int, with_fio: bool = False, engine: str = "auto") -> None:
+        reads, nbytes, fio, fio_row = [], [], [], []
 
         def fn(ids):
             rows = m.scheduler(ids, depth, engine)
@@ -357,6 +360,13 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
 
         def fio_round():
             fio.append(fio_iops(m.path, data_bytes, depth, plan.fio_seconds))
+            block = m.schedulers[depth, engine].block_bytes
+            if plan.variants and not fio_row and row_bytes % block == 0 and block < 4096:
+                # Once per point: reads of exactly one row, as the scheduler
+                # issues them when rows are far apart.
+                fio_row.append(
+                    fio_iops(m.path, data_bytes, depth, plan.fio_seconds, row_bytes, block)
+                )
 
         # fio runs right after each scheduler round, so that both see the same
         # load from other jobs on the shared disk: the ratio is paired.
@@ -375,30 +385,38 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
                 read_calls=int(statistics.median(reads)),
                 bytes_read=int(statistics.median(nbytes)),
                 engine=m.schedulers[depth, engine].engine,
-                variant="default" if engine == "threads" else engine,
+                block_bytes=m.schedulers[depth, engine].block_bytes,
+                variant="default" if engine == "auto" else engine,
             )
         )
-        if fio:
-            iops = statistics.median(fio)
-            rec = record("fio", row_bytes, batch, depth, [plan.fio_seconds])
-            # One 4 KiB read serves one random row: IOPS is the ceiling of
-            # rows/s for a gather without coalescing.
+        for runs, bs, variant in ((fio, 4096, "default"), (fio_row, row_bytes, "row_bs")):
+            if not runs:
+                continue
+            iops = statistics.median(runs)
+            rec = record("fio", row_bytes, batch, depth, [plan.fio_seconds], variant=variant)
+            # One read serves one random row: IOPS is the ceiling of rows/s
+            # for a gather without coalescing.
             rec.update(
                 rows_per_s=iops,
                 mb_per_s=iops * row_bytes / 1e6,
                 iops=iops,
-                device_mb_per_s=iops * 4096 / 1e6,
-                repeats=len(fio),
+                device_mb_per_s=iops * bs / 1e6,
+                read_bytes=bs,
+                repeats=len(runs),
             )
             say(rec)
 
     # Warm the scheduler's kernels and threads outside the timed rounds.
-    m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth)
+    for depth in (1, plan.default_depth):  # the AIO and the threads engine
+        m.scheduler(np.arange(10, dtype=np.int64), depth)
     try:
         for depth in plan.depths:
             sched_point(plan.depth_batch, depth, with_fio=have_fio)
-            if plan.variants:  # the other engine, for the record
-                sched_point(plan.depth_batch, depth, engine="aio")
+            if plan.variants:  # the engine "auto" did not take, for the record
+                chosen = m.schedulers[depth, "auto"].engine
+                sched_point(
+                    plan.depth_batch, depth, engine="aio" if chosen == "threads" else "threads"
+                )
         for batch in plan.batches:
             if batch != plan.depth_batch or plan.default_depth not in plan.depths:
                 sched_point(batch, plan.default_depth)
@@ -489,8 +507,11 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
     for r in records:
         iops = f"{r['iops']:,.0f}" if "iops" in r else ""
         dev = f"{r['device_mb_per_s']:,.0f}" if "device_mb_per_s" in r else ""
+        variant = r["variant"]
+        if r["method"] == "scheduler" and variant == "default":
+            variant = f"default ({r['engine']})"
         lines.append(
-            f"| {r['method']} | {r['variant']} | {r['row_bytes']} | {r['batch_rows']:,} | "
+            f"| {r['method']} | {variant} | {r['row_bytes']} | {r['batch_rows']:,} | "
             f"{r['queue_depth']} | {r['rows_per_s']:,.0f} | {r['mb_per_s']:,.1f} | {iops} | {dev} |"
         )
     lines += ["", "### Against the targets", ""]
@@ -508,7 +529,7 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
                 batch_rows=plan.depth_batch,
                 variant="default",
             )
-            f = best(records, method="fio", row_bytes=rb, queue_depth=depth)
+            f = best(records, method="fio", row_bytes=rb, queue_depth=depth, variant="default")
             if s and f:
                 lines.append(
                     f"| {rb} | rows/s vs fio IOPS, depth {depth}, batch {plan.depth_batch:,} | "
@@ -517,6 +538,13 @@ def markdown(records: list[dict], plan: Plan, header: str) -> str:
                 lines.append(
                     f"| {rb} | IOPS vs fio IOPS, depth {depth}, batch {plan.depth_batch:,} | "
                     f"{s['iops']:,.0f} | {f['iops']:,.0f} | {s['iops'] / f['iops']:.2f} | >= 0.80 |"
+                )
+            f = best(records, method="fio", row_bytes=rb, queue_depth=depth, variant="row_bs")
+            if s and f:
+                lines.append(
+                    f"| {rb} | rows/s vs fio one-row ({rb} B) IOPS, depth {depth} | "
+                    f"{s['rows_per_s']:,.0f} | {f['iops']:,.0f} | "
+                    f"{s['rows_per_s'] / f['iops']:.2f} | (context) |"
                 )
         peers = [("memmap", "default", 5), ("memmap", "madv_random", 5), ("zarr", "default", 10)]
         peers.append(("tensorstore", "default", None))
@@ -551,32 +579,32 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(ROW_KINDS), figsize=(6 * len(ROW_KINDS), 4.5), squeeze=False)
     colours = {"scheduler": "C0", "fio": "C1", "memmap": "C2", "zarr": "C3", "tensorstore": "C4"}
-    engine = next(
-        (r["engine"] for r in records if r["method"] == "scheduler" and r["variant"] == "default"),
-        "threads",
-    )
     for ax, rb in zip(axes[0], ROW_KINDS):
         lines = [
             (
                 "scheduler",
-                "default",
+                ("default",),
                 "-",
-                f"scheduler (engine {engine}, batch {plan.depth_batch:,})",
+                f"scheduler (engine auto: aio at depth <= 8, else threads; batch "
+                f"{plan.depth_batch:,})",
             ),
-            ("scheduler", "aio", ":", f"scheduler (engine aio, batch {plan.depth_batch:,})"),
-            ("fio", "default", "-", "fio 4 KiB randread, libaio (IOPS)"),
+            ("scheduler", ("aio", "threads"), ":", "scheduler, the other engine"),
+            ("fio", ("default",), "-", "fio 4 KiB randread, libaio (IOPS)"),
+            ("fio", ("row_bs",), ":", "fio one-row randread, libaio (IOPS)"),
         ]
-        for method, variant, style, label in lines:
+        for method, variants, style, label in lines:
+            variant = variants[0]
             pts = sorted(
                 (r["queue_depth"], r["rows_per_s"])
                 for r in records
                 if r["method"] == method
-                and r["variant"] == variant
+                and r["variant"] in variants
                 and r["row_bytes"] == rb
                 and r["batch_rows"] == plan.depth_batch
             )
             if pts:
                 colour = colours[method] if variant == "default" else "C7"
+                colour = "C8" if method == "fio" and variant != "default" else colour
                 ax.plot(*zip(*pts), marker="o", ls=style, color=colour, label=label)
         peers = [("memmap", "default"), ("memmap", "madv_random"), ("zarr", "default")]
         peers.append(("tensorstore", "default"))
@@ -660,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{rb} B rows {open_store(st).num_nodes * rb / 1e9:.1f} GB" for rb, st in stores.items()
     )
     load = f"{load_start}; at the end {busy()}"
+    blocks = "/".join(
+        str(b) for b in sorted({r["block_bytes"] for r in records if "block_bytes" in r})
+    )
     header = (
         f"## io_gather ({'quick' if args.quick else 'full'}) - cold random-row gather\n\n"
         f"Machine: {machine()}; store on {disk_info(args.cache)}. Machine load at the start: "
@@ -670,14 +701,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: median of as many runs of "
         f"{plan.fio_seconds:g} s, each right after a scheduler round at the same depth. Measured in {time.perf_counter() - t_measure:.0f} s "
         f"({wall:.0f} s with store building).\n\n"
-        f"Queue depth: `scheduler` reads in flight (default engine `threads`: threads of "
-        f"blocking pread; variant `aio`: Linux AIO requests queued by one thread); "
+        f"Queue depth: `scheduler` reads in flight (default engine `auto`: Linux AIO "
+        f"requests queued by one thread at depth <= 8, else threads of blocking pread; the "
+        f"engine that ran is in brackets; variant `threads` or `aio`: the other engine); "
         f"`fio` libaio iodepth; `memmap` 1 (one "
         f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "
         f"file_io_concurrency. `fio` rows/s is its IOPS (one 4 KiB read per row: the ceiling of "
         f"a gather without coalescing); its batch column is the scheduler batch it is compared "
         f"with. Scheduler IOPS = pread calls/s (coalesced reads of up to 1 MiB, so fewer than "
-        f"rows); device MB/s counts alignment and gaps. `memmap + madv_random` is memmap with "
+        f"rows; aligned to {blocks} bytes, the device's logical block size as detected); device "
+        f"MB/s counts alignment and gaps. `fio` variant `row_bs`: reads of one row's bytes "
+        f"(blockalign {blocks}). `memmap + madv_random` is memmap with "
         f"read-around turned off, the tuned form of the baseline."
     )
     out.write_text(json.dumps(records, indent=1) + "\n")
