@@ -53,6 +53,8 @@ class DirectWriter:
             raise ValueError(f"block {block.shape} at row {start} does not fit {self.aw.shape}")
         data = memoryview(block).cast("B")
         offset = start * self.aw.row_bytes
+        if self.aw.crc_log is not None:  # checksummed here, so the commit need not read it back
+            self.aw.crc_log.add(offset, data)
         direct = 0
         if self.use_direct and offset % 4096 == 0 and block.ctypes.data % 4096 == 0:
             direct = len(data) // 4096 * 4096

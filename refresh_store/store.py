@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from functools import cached_property
@@ -42,6 +43,8 @@ __all__ = [
     "ArrayWriter",
     "write_store",
     "array_checksums",
+    "ChecksumLog",
+    "crc32c_combine",
     "CHECKSUM_BLOCK_BYTES",
 ]
 
@@ -49,6 +52,111 @@ __all__ = [
 #: ``verify`` can say where a store is damaged.
 CHECKSUM_BLOCK_BYTES = 64 << 20  # 64 MiB
 _PROGRESS_FILE = ".refresh_progress.json"
+_MTIME_SLACK_NS = 1_000_000_000  # see StoreWriter._fsync_modified
+_READ_BYTES = 16 << 20  # 16 MiB per pread when checksumming, into one reused buffer
+_CRC32C_POLY = 0x82F63B78  # Castagnoli, reflected
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, row) for row in mat]
+
+
+def _zero_byte_operators() -> list[list[int]]:
+    """``ops[k]`` advances a crc32c register over ``2**k`` zero bytes (a 32x32 GF(2) matrix)."""
+    one_bit = [_CRC32C_POLY] + [1 << (n - 1) for n in range(1, 32)]
+    op = _gf2_square(_gf2_square(_gf2_square(one_bit)))  # 8 zero bits
+    ops = [op]
+    for _ in range(63):
+        op = _gf2_square(op)
+        ops.append(op)
+    return ops
+
+
+_ZERO_OPS: list[list[int]] = []
+
+
+def crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """crc32c of ``A + B`` from ``crc32c(A)``, ``crc32c(B)`` and ``len(B)`` (zlib's method).
+
+    Examples
+    --------
+    >>> crc32c_combine(crc32c.crc32c(b"ab"), crc32c.crc32c(b"cd"), 2) == crc32c.crc32c(b"abcd")
+    True
+    """
+    if not _ZERO_OPS:
+        _ZERO_OPS.extend(_zero_byte_operators())
+    k = 0
+    while len_b:
+        if len_b & 1:
+            crc_a = _gf2_times(_ZERO_OPS[k], crc_a)
+        len_b >>= 1
+        k += 1
+    return crc_a ^ crc_b
+
+
+class ChecksumLog:
+    """crc32c of the bytes written into an array, gathered while writing.
+
+    Writers call :meth:`add` with every piece they write (from any thread, in
+    any order); each piece is checksummed in parts cut at the checksum block
+    boundaries. When the pieces cover ``[0, nbytes)`` exactly once,
+    :meth:`block_sums` gives the per-block checksums that
+    :func:`array_checksums` would compute by reading the array back, so the
+    commit need not read the data again.
+    """
+
+    def __init__(self, nbytes: int, block_bytes: int | None = None) -> None:
+        self.nbytes = int(nbytes)
+        self.block_bytes = int(block_bytes or CHECKSUM_BLOCK_BYTES)
+        self._parts: list[tuple[int, int, int]] = []  # (offset, length, crc32c)
+        self._lock = threading.Lock()
+
+    def add(self, offset: int, data: memoryview) -> None:
+        """Record that ``data`` was written at byte ``offset`` of the array."""
+        data = memoryview(data).cast("B")
+        parts, pos, n = [], 0, len(data)
+        while pos < n:
+            end = min(n, pos + self.block_bytes - (offset + pos) % self.block_bytes)
+            parts.append((offset + pos, end - pos, crc32c.crc32c(data[pos:end])))
+            pos = end
+        with self._lock:
+            self._parts.extend(parts)
+
+    def block_sums(self) -> list[int] | None:
+        """Per-block crc32c of ``[0, nbytes)``, or None unless every byte was written exactly once."""
+        with self._lock:
+            parts = sorted(self._parts)
+        sums: list[int] = []
+        pos, crc = 0, 0
+        for offset, length, part_crc in parts:
+            if offset != pos:
+                return None  # a gap or an overlap: read the array back instead
+            crc = (
+                part_crc
+                if offset % self.block_bytes == 0
+                else crc32c_combine(crc, part_crc, length)
+            )
+            pos += length
+            if pos % self.block_bytes == 0 or pos == self.nbytes:
+                sums.append(crc)
+        return sums if pos == self.nbytes else None
+
+    def as_checksums(self) -> dict[str, Any] | None:
+        """The entry :func:`array_checksums` would return, or None (see :meth:`block_sums`)."""
+        sums = self.block_sums()
+        if sums is None:
+            return None
+        return {"block_bytes": self.block_bytes, "nbytes": self.nbytes, "crc32c": sums}
 
 
 def _fsync_path(path: Path) -> None:
@@ -269,16 +377,31 @@ def array_checksums(
     region = _open_region(Path(path), name)
     total = region.nrows * region.row_bytes
     sums: list[int] = []
+    # One reused buffer: a fresh 64 MiB bytes object per block cost more in
+    # page faults than the checksum itself.
+    buf = memoryview(bytearray(min(max(total, 1), _READ_BYTES, block_bytes)))
     with open(region.path, "rb", buffering=0) as f:
+
+        def read(n: int, offset: int) -> memoryview:
+            got = 0
+            while got < n:
+                k = os.preadv(f.fileno(), [buf[got:n]], offset + got)
+                if k <= 0:
+                    raise StoreFormatError(f"{region.path!r} is truncated at byte {offset + got}")
+                got += k
+            return buf[:n]
+
         if region.contiguous:
             base = int(region.chunk_offsets[0]) if len(region.chunk_offsets) else 0
             done = 0
             while done < total:
                 n = min(block_bytes, total - done)
-                data = os.pread(f.fileno(), n, base + done)
-                if len(data) != n:
-                    raise StoreFormatError(f"{region.path!r} is truncated at byte {base + done}")
-                sums.append(crc32c.crc32c(data))
+                crc, pos = 0, 0
+                while pos < n:
+                    take = min(len(buf), n - pos)
+                    crc = crc32c.crc32c(read(take, base + done + pos), crc)
+                    pos += take
+                sums.append(crc)
                 done += n
         else:  # follow the chunk table, in row order
             chunk_bytes = region.chunk_rows * region.row_bytes
@@ -287,15 +410,18 @@ def array_checksums(
                 n = min(chunk_bytes, total - done)
                 if n <= 0:
                     break
-                data = memoryview(os.pread(f.fileno(), n, int(off)))
-                while len(data):
-                    take = min(len(data), block_bytes - filled)
-                    crc = crc32c.crc32c(data[:take], crc)
-                    filled += take
-                    data = data[take:]
-                    if filled == block_bytes:
-                        sums.append(crc)
-                        crc, filled = 0, 0
+                pos = 0
+                while pos < n:
+                    data = read(min(len(buf), n - pos), int(off) + pos)
+                    pos += len(data)
+                    while len(data):
+                        take = min(len(data), block_bytes - filled)
+                        crc = crc32c.crc32c(data[:take], crc)
+                        filled += take
+                        data = data[take:]
+                        if filled == block_bytes:
+                            sums.append(crc)
+                            crc, filled = 0, 0
                 done += n
             if filled:
                 sums.append(crc)
@@ -313,12 +439,23 @@ class ArrayWriter:
     :meth:`memmap`.
     """
 
-    def __init__(self, array_dir: Path, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int):
+    def __init__(
+        self,
+        array_dir: Path,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunk_rows: int,
+        crc_log: ChecksumLog | None = None,
+    ):
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.chunk_rows = chunk_rows
         self.path = shard_path(array_dir, len(shape))
         self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        #: Checksums of what is written through this writer (None: not tracked,
+        #: e.g. an array reopened on resume). Other writers of the file's rows
+        #: (such as ``_rowio.DirectWriter``) add their pieces to it too.
+        self.crc_log = crc_log
 
     @property
     def nbytes(self) -> int:
@@ -338,6 +475,8 @@ class ArrayWriter:
             )
         data = memoryview(block).cast("B")
         offset = start_row * self.row_bytes
+        if self.crc_log is not None:
+            self.crc_log.add(offset, data)
         fd = os.open(self.path, os.O_WRONLY)
         try:
             while len(data):
@@ -348,7 +487,8 @@ class ArrayWriter:
             os.close(fd)
 
     def memmap(self) -> np.memmap:
-        """Writable memory map of the array's rows."""
+        """Writable memory map of the array's rows (writes through it are not checksummed here)."""
+        self.crc_log = None
         if self.shape[0] == 0:
             return np.empty(self.shape, self.dtype)  # type: ignore[return-value]
         return np.memmap(self.path, dtype=self.dtype, mode="r+", shape=self.shape)
@@ -384,6 +524,9 @@ class StoreWriter:
         self.dst = Path(dst)
         self.partial_path = self.dst.with_name(self.dst.name + ".partial")
         self.overwrite = overwrite
+        # Checksums gathered while writing arrays created by this run, until
+        # mark_step records them in the progress file (for --resume) or commit uses them.
+        self._logs: dict[str, ChecksumLog] = {}
         check_destination(self.dst, overwrite=overwrite)
         if self.partial_path.exists() and not (resume and self._progress_file.is_file()):
             shutil.rmtree(self.partial_path)
@@ -410,13 +553,36 @@ class StoreWriter:
         return self._progress()["steps"][step]
 
     def mark_step(self, step: str, info: Mapping[str, Any] | None = None) -> None:
-        """Record ``step`` as finished, after fsyncing what it wrote."""
-        for entry in self.partial_path.rglob("*"):
-            if entry.is_file():
-                _fsync_path(entry)
+        """Record ``step`` as finished, after fsyncing what it wrote.
+
+        Only files modified since the previous mark are fsynced: earlier
+        steps' files are durable already, and a step's scratch files that are
+        gone cost nothing. Checksums gathered while writing arrays that are
+        now complete are recorded with the step (for ``--resume``).
+        """
         progress = self._progress()
+        progress["synced_ns"] = self._fsync_modified(progress.get("synced_ns", 0))
         progress["steps"][step] = dict(info or {})
+        sums = progress.setdefault("checksums", {})
+        for name, log in list(self._logs.items()):
+            entry = log.as_checksums()
+            if entry is not None:
+                sums[name] = entry
+                del self._logs[name]
         _atomic_write_text(self._progress_file, json.dumps(progress))
+
+    def _fsync_modified(self, since_ns: int) -> int:
+        """fsync files modified at or after ``since_ns``; return the mark for the next call.
+
+        File times come from the kernel's coarse clock, a few ms behind
+        ``time.time_ns()``; the mark is taken a second early to stay on the safe
+        side (a file modified just before it is fsynced twice, which is cheap).
+        """
+        mark = time.time_ns() - _MTIME_SLACK_NS
+        for entry in self.partial_path.rglob("*"):
+            if entry.is_file() and entry.stat().st_mtime_ns >= since_ns:
+                _fsync_path(entry)
+        return mark
 
     # -- arrays
     def create_array(
@@ -435,6 +601,10 @@ class StoreWriter:
         group = zarr.open_group(str(self.partial_path), mode="r+")
         if name in group:
             del group[name]
+        progress = self._progress()
+        if name in progress.get("checksums", {}):  # recorded for an earlier copy of the array
+            del progress["checksums"][name]
+            _atomic_write_text(self._progress_file, json.dumps(progress))
         group.create_array(
             name,
             shape=shape,
@@ -445,7 +615,9 @@ class StoreWriter:
             filters=None,
             fill_value=0,
         )
-        writer = ArrayWriter(self.partial_path / name, shape, dtype, chunk_rows)
+        log = ChecksumLog(shape[0] * row_bytes)
+        self._logs[name] = log
+        writer = ArrayWriter(self.partial_path / name, shape, dtype, chunk_rows, log)
         writer.path.parent.mkdir(parents=True, exist_ok=True)
         chunk_bytes = chunk_rows * row_bytes
         data_bytes = n_inner * chunk_bytes
@@ -487,11 +659,9 @@ class StoreWriter:
         full = dict(manifest)
         full["format_version"] = FORMAT_VERSION
         full["chunk_rows"] = {n: _open_region(self.partial_path, n).chunk_rows for n in ARRAY_NAMES}
-        full["checksums"] = {n: array_checksums(self.partial_path, n) for n in ARRAY_NAMES}
+        full["checksums"] = self._checksums()
         full.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        for entry in self.partial_path.rglob("*"):
-            if entry.is_file():
-                _fsync_path(entry)
+        self._fsync_modified(self._progress().get("synced_ns", 0))
         # The manifest is written last: a group without it is never complete.
         meta_path = self.partial_path / "zarr.json"
         meta = _read_json(meta_path)
@@ -513,6 +683,23 @@ class StoreWriter:
         os.replace(self.partial_path, self.dst)
         _fsync_path(self.dst.parent)
         return open_store(self.dst)
+
+    def _checksums(self) -> dict[str, Any]:
+        """Per-block checksums of every array: gathered while writing where possible, else read."""
+        recorded = self._progress().get("checksums", {})
+        out: dict[str, Any] = {}
+        for name in ARRAY_NAMES:
+            log = self._logs.get(name)
+            entry = log.as_checksums() if log is not None else recorded.get(name)
+            region = _open_region(self.partial_path, name)
+            if (
+                entry is None
+                or entry.get("nbytes") != region.nrows * region.row_bytes
+                or entry.get("block_bytes") != CHECKSUM_BLOCK_BYTES
+            ):
+                entry = array_checksums(self.partial_path, name, CHECKSUM_BLOCK_BYTES)
+            out[name] = entry
+        return out
 
     def abort(self) -> None:
         """Remove ``DST.partial`` and everything written so far."""

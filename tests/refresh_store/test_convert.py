@@ -580,7 +580,7 @@ def test_script_exits_2_without_traceback(tmp_path):
 def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
     from refresh_store._rowio import DirectWriter
     from refresh_store.reorder import aligned_empty
-    from refresh_store.store import StoreWriter
+    from refresh_store.store import StoreWriter, array_checksums
 
     writer = StoreWriter(tmp_path / "s")
     aw = writer.create_array("features", (10_000, 3), np.float32)
@@ -598,6 +598,8 @@ def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
     got = np.fromfile(aw.path, dtype=np.float32, count=30_000).reshape(10_000, 3)
     np.testing.assert_array_equal(got, want)
     assert sum(counted) == want.nbytes
+    # Checksummed on the way out, as the commit would compute them by reading back.
+    assert aw.crc_log.as_checksums() == array_checksums(writer.partial_path, "features")
     with pytest.raises(ValueError, match="does not fit"):
         DirectWriter(aw, counted.append)(9_999, want[:5])
     writer.abort()
