@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -368,11 +368,17 @@ def _open_region(root: Path, name: str) -> RowRegion:
 
 
 def array_checksums(
-    path: str | os.PathLike[str], name: str, block_bytes: int = CHECKSUM_BLOCK_BYTES
+    path: str | os.PathLike[str],
+    name: str,
+    block_bytes: int = CHECKSUM_BLOCK_BYTES,
+    visit: Callable[[int, memoryview], None] | None = None,
 ) -> dict[str, Any]:
     """Per-block crc32c of the data of array ``name`` of the store (or partial store) at ``path``.
 
     Only the rows of the array are covered, not the padding of its last chunk.
+    ``visit(byte_offset, data)``, when given, sees every piece of the data as it
+    is read, in order (pieces are whole elements), so that other checks of the
+    data need not read it again; ``data`` is only valid during the call.
     """
     region = _open_region(Path(path), name)
     total = region.nrows * region.row_bytes
@@ -399,7 +405,10 @@ def array_checksums(
                 crc, pos = 0, 0
                 while pos < n:
                     take = min(len(buf), n - pos)
-                    crc = crc32c.crc32c(read(take, base + done + pos), crc)
+                    data = read(take, base + done + pos)
+                    crc = crc32c.crc32c(data, crc)
+                    if visit is not None:
+                        visit(done + pos, data)
                     pos += take
                 sums.append(crc)
                 done += n
@@ -413,6 +422,8 @@ def array_checksums(
                 pos = 0
                 while pos < n:
                     data = read(min(len(buf), n - pos), int(off) + pos)
+                    if visit is not None:
+                        visit(done + pos, data)
                     pos += len(data)
                     while len(data):
                         take = min(len(data), block_bytes - filled)

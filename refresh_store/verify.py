@@ -26,11 +26,16 @@ _WINDOW_ROWS = 16 << 20  # old_id entries per permutation window (128 MiB)
 
 @dataclass
 class VerifyReport:
-    """Outcome of :func:`verify_store`: ``ok`` when ``failures`` is empty."""
+    """Outcome of :func:`verify_store`: ``ok`` when ``failures`` is empty.
+
+    ``notes`` are facts worth telling that are not failures (NaN/inf kept by
+    a conversion that allowed them).
+    """
 
     path: str
     failures: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -56,14 +61,66 @@ def _blocks(region: RowRegion, block_bytes: int = _BLOCK_BYTES) -> Iterator[tupl
             yield a, np.frombuffer(raw, dtype=region.dtype).reshape(b - a, *region.row_shape)
 
 
-def _check_checksums(path: Path, manifest: dict, report: VerifyReport) -> None:
+class _FiniteScan:
+    """Counts NaN/inf values in the pieces of a float array as they stream past."""
+
+    def __init__(self, region: RowRegion) -> None:
+        self.dtype = region.dtype
+        self.width = max(1, int(np.prod(region.row_shape, dtype=np.int64)))
+        self.count = 0
+        self.first_row = -1
+        self.done = False
+
+    def __call__(self, offset: int, data: memoryview) -> None:
+        values = np.frombuffer(data, dtype=self.dtype)
+        finite = np.isfinite(values)
+        if finite.all():
+            return
+        bad = np.flatnonzero(~finite)
+        if self.first_row < 0:
+            self.first_row = (offset // self.dtype.itemsize + int(bad[0])) // self.width
+        self.count += len(bad)
+
+    def scan(self, region: RowRegion) -> None:
+        """Read the array for itself (when the checksum pass did not)."""
+        for a, block in _blocks(region):
+            self(a * region.row_bytes, memoryview(np.ascontiguousarray(block)).cast("B"))
+        self.done = True
+
+    def report(self, manifest: dict, report: VerifyReport) -> None:
+        if self.count == 0:
+            report.checked.append("features finite")
+            return
+        allowed = manifest.get("convert", {}).get("allow_nan")
+        what = f"features: {self.count} NaN/inf values, the first in row {self.first_row}"
+        if allowed is False:
+            report.failures.append(
+                f"{what}; the store was converted without --allow-nan, which refuses them: "
+                "the data is damaged"
+            )
+        else:
+            why = "--allow-nan" if allowed else "the manifest does not say they were refused"
+            report.notes.append(f"{what} (kept: {why})")
+            report.checked.append(f"features: {self.count} NaN/inf (allowed)")
+
+
+def _check_checksums(
+    path: Path,
+    manifest: dict,
+    report: VerifyReport,
+    visitors: dict[str, _FiniteScan] | None = None,
+) -> None:
     recorded = manifest.get("checksums", {})
+    visitors = visitors or {}
     for name in ARRAY_NAMES:
         want = recorded.get(name)
         if not isinstance(want, dict):
             report.failures.append(f"{name}: the manifest has no checksums for it")
             continue
-        got = array_checksums(path, name, int(want.get("block_bytes", 64 << 20)))
+        visit = visitors.get(name)
+        got = array_checksums(path, name, int(want.get("block_bytes", 64 << 20)), visit)
+        if visit is not None:
+            visit.done = True
         if got["nbytes"] != want.get("nbytes", got["nbytes"]):
             report.failures.append(
                 f"{name}: holds {got['nbytes']} bytes, the manifest says {want['nbytes']}"
@@ -191,6 +248,13 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     permutations; labels in ``[-1, num_classes)``; splits in ``[0, N)``,
     without repeats and disjoint.
 
+    Features are scanned for NaN and infinities in the same read as their
+    checksums. Found in a store whose manifest records
+    ``convert.allow_nan = false`` (the converter refused them), they are a
+    failure: the data changed after conversion. Otherwise (``--allow-nan``,
+    or a store written by :func:`refresh_store.store.write_store`, which
+    records no such promise) they are reported in ``notes`` and do not fail.
+
     Returns
     -------
     VerifyReport
@@ -212,10 +276,14 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
             report.failures.append(f"{name}: {exc}")
     if report.failures:
         return report
+    # Features are scanned for NaN/inf while the checksum pass reads them.
+    scan = _FiniteScan(regions["features"]) if regions["features"].dtype.kind == "f" else None
+    read_failed = False
     try:
-        _check_checksums(store.path, store.manifest, report)
+        _check_checksums(store.path, store.manifest, report, {"features": scan} if scan else None)
     except StoreFormatError as exc:
         report.failures.append(str(exc))
+        read_failed = True
     n, e, d = store.num_nodes, store.num_edges, store.feature_dim
     expect = {
         "features": (n, d),
@@ -236,6 +304,13 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     report.checked.append("shapes")
     if report.failures and any("shape" in f for f in report.failures):
         return report
+    if scan is not None and not (read_failed and not scan.done):
+        try:
+            if not scan.done:  # the manifest had no checksums for the features
+                scan.scan(regions["features"])
+            scan.report(store.manifest, report)
+        except StoreFormatError as exc:
+            report.failures.append(str(exc))
     _check_indptr(regions["indptr"], e, report)
     _check_range(regions["indices"], "indices", 0, n, report)
     report.checked.append("topology")

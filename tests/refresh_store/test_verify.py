@@ -140,3 +140,51 @@ def test_truncated_shard_is_a_failure(store):
     path.write_bytes(path.read_bytes()[:100])
     report = verify_store(store)
     assert not report.ok and report.failures[0].startswith("indices: ")
+
+
+def test_good_store_features_are_scanned_finite(store):
+    assert "features finite" in verify_store(store).checked
+
+
+def test_nan_in_a_store_converted_without_allow_nan_is_a_failure(store, capsys):
+    s = open_store(store)
+    assert s.manifest["convert"]["allow_nan"] is False
+    feats = np.array(s.features)
+    feats[17, 2] = np.nan
+    feats[40, 0] = np.inf
+    _rewrite(store, "features", feats, fix_checksums=True)
+    report = verify_store(store)
+    assert report.failures == [
+        "features: 2 NaN/inf values, the first in row 17; the store was converted without "
+        "--allow-nan, which refuses them: the data is damaged"
+    ]
+    assert main(["verify", str(store)]) == 1
+
+
+def test_nan_kept_by_allow_nan_is_a_note(tmp_path):
+    src = _npy_source(tmp_path / "src")
+    feats = np.load(src / "features.npy")
+    feats[5, 1] = np.nan
+    np.save(src / "features.npy", feats)
+    convert(src, tmp_path / "store", progress=False, allow_nan=True)
+    row = int(np.asarray(open_store(tmp_path / "store").new_id)[5])
+    report = verify_store(tmp_path / "store")
+    assert report.ok, report.failures
+    assert report.notes == [
+        f"features: 1 NaN/inf values, the first in row {row} (kept: --allow-nan)"
+    ]
+    assert "features: 1 NaN/inf (allowed)" in report.checked
+
+
+def test_features_are_scanned_even_without_their_checksums(store):
+    s = open_store(store)
+    feats = np.array(s.features)
+    feats[3, 3] = -np.inf
+    _rewrite(store, "features", feats, fix_checksums=False)
+    meta_path = store / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["refresh"]["checksums"]["features"]
+    meta_path.write_text(json.dumps(meta))
+    failures = verify_store(store).failures
+    assert failures[0] == "features: the manifest has no checksums for it"
+    assert any(f.startswith("features: 1 NaN/inf values, the first in row 3;") for f in failures)
