@@ -192,17 +192,19 @@ def sample_kernel(indices, dst, starts, degs, offsets, lkey, lo, hi, out):
 
 
 @njit(cache=True, nogil=True)
-def map_dst_kernel(dst, local_map, check):
-    """Give ``dst[i]`` the local id ``i`` in a sparse-set id map.
+def map_dst_kernel(dst, local_map, base, src_ids):
+    """Give ``dst[i]`` the local id ``i`` in a generation-stamped id map.
 
-    ``local_map`` (int32, one entry per node) may hold anything on entry: an
-    entry ``local_map[u] = l`` is valid only when ``0 <= l < num`` and
-    ``check[l] == u`` (``num`` = ids handed out so far). That check replaces
-    clearing the map: the map is never reset, so a batch touches only the
-    entries of its own nodes. ``check`` (int32) receives the destinations'
-    ids and, filled further by :func:`relabel_kernel`, is the list of source
-    nodes' global ids (int32 because the dense map is only used for graphs
-    far below 2**31 nodes, and half the bytes of int64 stay in cache).
+    ``local_map`` (int32, one entry per node) holds ``base + l`` for a node
+    with local id ``l`` in the current mapping; any value outside
+    ``[base, base + num)`` (``num`` = ids handed out so far) means "no id
+    yet". Starting a mapping at a ``base`` above every value written before
+    therefore invalidates all old entries at once: the map is never cleared
+    per batch, and a batch touches only the entries of its own nodes.
+    ``src_ids`` (int32) receives the destinations' global ids and, filled
+    further by :func:`relabel_kernel`, is the list of source nodes (int32
+    because the dense map is only used far below 2**31 nodes, and half the
+    bytes stay in cache).
 
     Returns ``len(dst)``, or ``-1 - i`` if ``dst[i]`` repeats an earlier
     destination.
@@ -212,11 +214,11 @@ def map_dst_kernel(dst, local_map, check):
         if i + _AHEAD < n:
             prefetch(local_map, dst[i + _AHEAD])
         u = dst[i]
-        lc = local_map[u]
-        if lc >= 0 and lc < i and check[lc] == u:
+        lc = np.int64(local_map[u]) - base
+        if lc >= 0 and lc < i:
             return -1 - i
-        local_map[u] = i
-        check[i] = u
+        local_map[u] = base + i
+        src_ids[i] = u
     return n
 
 
@@ -238,7 +240,9 @@ def offsets_kernel(degs, n, fanout, offsets):
 
 
 @njit(cache=True, nogil=True)
-def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num, indptr, starts, degs, expand):
+def relabel_kernel(
+    offsets, lo, hi, local_map, base, src_ids, edge_out, num, indptr, starts, degs, expand
+):
     """Local ids for the sampled neighbours of destinations ``lo .. hi-1``.
 
     ``edge_out[0, offsets[lo]:offsets[hi]]`` holds global ids on entry and
@@ -246,7 +250,7 @@ def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num, indptr, sta
     edge. A neighbour not seen before gets the next id (``num``, then
     ``num + 1`` ...) in order of first appearance, so with
     :func:`map_dst_kernel` run first the destinations are a prefix of the
-    sources and ``check[:num]`` are the sources' global ids. Sparse-set map
+    sources and ``src_ids[:num]`` are the sources' global ids. Stamped map
     as in :func:`map_dst_kernel`.
 
     With ``expand`` set, a new source at local id ``l`` also gets its CSC
@@ -272,13 +276,13 @@ def relabel_kernel(offsets, lo, hi, local_map, check, edge_out, num, indptr, sta
                     if expand:
                         prefetch(indptr, ahead)
             u = edge_out[0, e]
-            lc = np.int64(local_map[u])
-            if lc >= 0 and lc < num and check[lc] == u:
+            lc = np.int64(local_map[u]) - base
+            if lc >= 0 and lc < num:
                 local = lc
             else:
                 local = num
-                local_map[u] = num
-                check[num] = u
+                local_map[u] = base + num
+                src_ids[num] = u
                 if expand:
                     st = indptr[u]
                     starts[num] = st

@@ -63,6 +63,10 @@ PruneFn = Callable[[int, NDArray[np.int64]], NDArray]
 
 _MASK63 = (1 << 63) - 1
 
+# Stamps (id map values) stay below this; reaching it clears the map once
+# (about every 2**31 / ids-per-batch batches).
+_STAMP_LIMIT = (1 << 31) - 1
+
 DENSE_MAP_MAX_NODES = 1 << 25
 """Graphs up to this many nodes relabel through a dense int32 id map per
 sampling thread (4 bytes per node, 128 MiB at the limit), larger ones through a
@@ -76,6 +80,10 @@ class _Scratch:
 
     def __init__(self) -> None:
         self.local_map: np.ndarray | None = None
+        # The id map's current stamp and an upper bound of the local ids given
+        # under it (see map_dst_kernel).
+        self.base = 1
+        self.used = 0
         self._bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str, size: int, dtype: type, keep: int = 0) -> np.ndarray:
@@ -447,15 +455,24 @@ class NeighborSampler:
         # Slots n .. n+total-1 receive the new sources (and their CSC lookups).
         starts = sc.get("starts", n + total, np.int64, keep=n)
         degs = sc.get("degs", n + total, np.int64, keep=n)
-        check = sc.get("check", n + total, np.int32, keep=n if mapped else 0)
+        src_ids = sc.get("src_ids", n + total, np.int32, keep=n if mapped else 0)
         if sc.local_map is None:
-            # Never cleared (see map_dst_kernel): np.empty leaves the untouched
-            # pages unallocated, so a thread's map costs RAM only where it wrote.
-            sc.local_map = np.empty(self.num_nodes, dtype=np.int32)
+            # Zero pages cost no RAM until written, and 0 is below every stamp.
+            sc.local_map = np.zeros(self.num_nodes, dtype=np.int32)
+        if not mapped:
+            # A new stamp above every value written so far drops all entries.
+            sc.base += sc.used
+            sc.used = 0
+            if sc.base + n + total >= _STAMP_LIMIT:
+                sc.local_map.fill(0)
+                sc.base = 1
+        # Retire this block's ids before the kernels run, so that a failed
+        # call cannot leave valid-looking entries behind.
+        sc.used = max(sc.used, n + total)
         if mapped:
             num = n
         else:
-            num = int(K.map_dst_kernel(dst, sc.local_map, check))
+            num = int(K.map_dst_kernel(dst, sc.local_map, sc.base, src_ids))
             if num < 0:
                 return None, dst[-1 - num]
         # Row 0 receives the neighbours' global ids, relabelled in place below.
@@ -467,7 +484,8 @@ class NeighborSampler:
                 0,
                 n,
                 sc.local_map,
-                check,
+                sc.base,
+                src_ids,
                 edge_index,
                 num,
                 self.indptr,
@@ -477,12 +495,12 @@ class NeighborSampler:
             )
         else:
             num = self._parallel_sample_relabel(
-                sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num, expand
+                sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
             )
-        return check[:num].astype(np.int64), edge_index
+        return src_ids[:num].astype(np.int64), edge_index
 
     def _parallel_sample_relabel(
-        self, sc, dst, starts, degs, offsets, lkey, total, check, edge_index, num, expand
+        self, sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
     ) -> int:
         # Workers draw chunks in order; this thread relabels chunk c as soon
         # as it is drawn (relabelling is sequential: ids follow first
@@ -536,7 +554,8 @@ class NeighborSampler:
                     bounds[c],
                     bounds[c + 1],
                     sc.local_map,
-                    check,
+                    sc.base,
+                    src_ids,
                     edge_index,
                     num,
                     self.indptr,

@@ -470,30 +470,28 @@ def test_in_memory_topology_is_a_copy_with_the_same_samples(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [pytest.param("zeros", id="zeros"), pytest.param("random", id="random")],
-)
-def test_id_map_is_never_cleared_yet_exact(garbage):
-    # The dense id map is a sparse set: whatever it holds from earlier
-    # batches (or uninitialised memory) must not leak into a batch.
+@pytest.mark.parametrize("wrap", [pytest.param(False, id="stamps"), pytest.param(True, id="wrap")])
+def test_id_map_is_never_cleared_yet_exact(wrap):
+    # The dense id map keeps every entry it ever wrote; a new stamp per
+    # mapping must retire them all, across batches of growing size (scratch
+    # buffers that grow mid-batch), after a failed call, and when the stamps
+    # run out and the map is cleared.
     indptr, indices = skewed_graph()
-    seeds_small = np.array([3, 9])
-    seeds = np.random.default_rng(2).choice(2900, 300, replace=False)
-    s = NeighborSampler(indptr, indices, [-1, -1], seed=4)
-    s.sample(seeds_small, 0)  # scratch sized for a tiny batch: must grow mid-batch below
+    rng = np.random.default_rng(2)
+    s = NeighborSampler(indptr, indices, [-1, 3], seed=4)
+    s.sample(np.array([3, 9]), 0)  # scratch sized for a tiny batch
     sc = s._scratch()
-    if garbage == "zeros":
-        sc.local_map[:] = 0
-    else:
-        rng = np.random.default_rng(3)
-        sc.local_map[:] = rng.integers(-(2**31), 2**31 - 1, sc.local_map.shape[0])
-    got = s.sample(seeds, 1)
-    assert_same_batches(got, NeighborSampler(indptr, indices, [-1, -1], seed=4).sample(seeds, 1))
-    check_structure(got, seeds, indptr, indices, [-1, -1])
-    # Stale entries also point at valid-looking slots of the previous batch.
-    again = s.sample(seeds[::-1].copy(), 1)
-    fresh = NeighborSampler(indptr, indices, [-1, -1], seed=4).sample(seeds[::-1].copy(), 1)
-    assert_same_batches(again, fresh)
-    with pytest.raises(ValueError, match="distinct"):
-        s.sample(np.concatenate([seeds, seeds[5:6]]), 0)
+    if wrap:
+        sc.base = sampler_mod._STAMP_LIMIT - 50
+    for b, size in enumerate([300, 40, 300, 1200]):
+        seeds = rng.choice(2900, size, replace=False)
+        got = s.sample(seeds, b)
+        want = NeighborSampler(indptr, indices, [-1, 3], seed=4).sample(seeds, b)
+        assert_same_batches(got, want)
+        if b == 0:
+            check_structure(got, seeds, indptr, indices, [-1, 3])
+            if wrap:
+                assert sc.base < 1000, "stamps ran out: the map was cleared and restarted"
+            with pytest.raises(ValueError, match="distinct"):
+                s.sample(np.concatenate([seeds, seeds[5:6]]), 0)
+    assert sc.local_map.max() < sc.base + sc.used
