@@ -336,19 +336,27 @@ def train_ours(store_path: Path, cache: str, args: argparse.Namespace, **tiers: 
 
 
 # ------------------------------------------------------------- loader only
+def loader_pass_batches(store: Store, args: argparse.Namespace, rep: int) -> list[np.ndarray]:
+    """Seed batches of loader pass ``rep``: the first batches of epoch ``rep``.
+
+    Each pass takes other batches, so a host tier that persists across passes
+    (as it does across epochs) cannot serve a repeat of the batches it just saw.
+    """
+    parts = list(epoch_batches(store.train_idx, args.batch_size, args.seed, rep))
+    return parts[: args.loader_batches]
+
+
 def loader_only_baseline(store: Store, args: argparse.Namespace) -> dict[str, Any]:
     base = MemmapBaseline(store, list(args.fanouts), args.seed, cold_every_batch=True)
     device = torch.device(args.device)
-    parts = list(epoch_batches(store.train_idx, args.batch_size, args.seed, 0))[
-        : args.loader_batches
-    ]
     rates, sample_s = [], []
-    for _ in range(args.repeats):
+    for rep in range(args.repeats):
+        parts = loader_pass_batches(store, args, rep)
         evict(base.path)
         t0 = time.perf_counter()
         s_total = 0.0
         for i, seeds in enumerate(parts):
-            mb, s, _ = base.batch(seeds, batch_seed(0, i))
+            mb, s, _ = base.batch(seeds, batch_seed(rep, i))
             if device.type == "cuda":  # a GPU user's batch is not loaded until it is there
                 mb.to(device)
             s_total += s
@@ -370,10 +378,9 @@ def loader_only_ours(store_path: Path, cache: str, args: argparse.Namespace, **t
     rates, stats = [], {}
     with Trainer(cfg) as trainer:
         io_mode = _make_cold(trainer)
-        parts = list(epoch_batches(trainer.store.train_idx, args.batch_size, args.seed, 0))
-        parts = parts[: args.loader_batches]
-        seeds = [batch_seed(0, i) for i in range(len(parts))]
-        for _ in range(args.repeats):
+        for rep in range(args.repeats):
+            parts = loader_pass_batches(trainer.store, args, rep)
+            seeds = [batch_seed(rep, i) for i in range(len(parts))]
             evict(trainer.store.region("features").path)
             trainer.cache.reset_stats()
             loader = BatchLoader(parts, seeds, trainer._sample, trainer._fetch, args.prefetch)
@@ -507,7 +514,9 @@ def markdown(result: dict[str, Any]) -> str:
         "## Loader only (sampling + fetching, no model), cold features",
         "",
         f"{next(iter(lo.values()))['batches']} batches per pass, {len(lo['baseline']['runs'])} "
-        "passes each; the spread of the passes shows how much the shared machine moved them.",
+        "passes each (pass p takes the first batches of epoch p, so a host tier kept across "
+        "passes meets new batches); the spread of the passes shows how much the shared "
+        "machine moved them.",
         "",
         "| loader | batches/s (median) | passes | vs (a) | rows device / host / disk | "
         "disk read GiB per pass |",
