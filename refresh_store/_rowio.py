@@ -53,8 +53,6 @@ class DirectWriter:
             raise ValueError(f"block {block.shape} at row {start} does not fit {self.aw.shape}")
         data = memoryview(block).cast("B")
         offset = start * self.aw.row_bytes
-        if self.aw.crc_log is not None:  # checksummed here, so the commit need not read it back
-            self.aw.crc_log.add(offset, data)
         direct = 0
         if self.use_direct and offset % 4096 == 0 and block.ctypes.data % 4096 == 0:
             direct = len(data) // 4096 * 4096
@@ -67,6 +65,10 @@ class DirectWriter:
                 # only closed by close().
                 self.use_direct, direct = False, 0
         self._pwrite(self.fd, data[direct:], offset + direct)
+        if self.aw.crc_log is not None:
+            # Checksummed here, so that the commit need not read the data back;
+            # after the write, so that the disk does not wait for it.
+            self.aw.crc_log.add(offset, data)
         self.count(block.nbytes)
 
     def close(self) -> None:

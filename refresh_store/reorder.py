@@ -479,8 +479,10 @@ class _Writer:
     def __init__(self, write: Callable[[int, np.ndarray], None], threads: int = 1) -> None:
         self._write = write
         self._threads = max(1, threads)
+        # Twice the pieces of a block: the next block's pieces can start while
+        # the last ones finish their post-write work (checksums).
         self._pool = ThreadPoolExecutor(
-            max_workers=self._threads, thread_name_prefix="refresh-write"
+            max_workers=2 * self._threads, thread_name_prefix="refresh-write"
         )
         self._pending: dict[int, list[Future[None]]] = {}
 
