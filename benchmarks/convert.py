@@ -14,7 +14,8 @@ One command::
    default feature plan (``auto``) and once with ``--feature-strategy shuffle``
    (the plan a source larger than RAM gets), reading each pass's time from
    the converter's summary and the child's peak RSS from ``wait4``.
-4. Reports the feature pass (row copy + fsync) in MB/s and as a fraction of
+4. Reports the feature pass (row copy, O_DIRECT writes with their crc32c
+   checksums, fsync) in MB/s and as a fraction of
    the baseline, peak RSS against the budget, and projects full
    ogbn-papers100M and MAG240M conversion times from the measured per-pass
    rates (edge passes scale with edges, node passes with nodes, the feature
@@ -128,10 +129,12 @@ def run_convert(src: Path, dst: Path, budget: str, strategy: str) -> dict[str, A
         "--memory-budget", budget, "--feature-strategy", strategy, "--no-progress",
         "--summary-json", str(summary_path),
     ]  # fmt: skip
+    load_start = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    load_end = os.getloadavg()[0]
     out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"conversion failed: {err.strip()}")
@@ -140,6 +143,7 @@ def run_convert(src: Path, dst: Path, budget: str, strategy: str) -> dict[str, A
     summary["dst"] = dst.name  # no machine paths in the report
     summary["wall_s"] = wall
     summary["child_max_rss_bytes"] = usage.ru_maxrss * 1024
+    summary["load_start"], summary["load_end"] = load_start, load_end
     summary["table"] = out
     return summary
 
@@ -227,15 +231,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"+ fsync and O_DIRECT, median of {len(report['write_bandwidth_runs'])}): **{bw:.0f} MB/s** "
         f"(buffered/direct per run: {', '.join(report['bandwidth_detail'])})",
         "",
-        "| run | plan | total s | feature pass MB/s | of disk write | peak RSS (child) |",
-        "|---|---|---|---|---|---|",
+        "| run | plan | total s | feature pass MB/s | of disk write | peak RSS (child) | load start/end |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate([*auto, sh]):
         fp = feature_pass(r)
         label = f"auto #{i + 1}" if i < len(auto) else "shuffle"
+        load = (
+            f"{r['load_start']:.1f} / {r['load_end']:.1f}" if "load_start" in r else "not recorded"
+        )
         lines.append(
             f"| {label} | {r['feature_strategy']} | {r['seconds']:.1f} | {fp['mb_per_s']:.0f} | "
-            f"{fp['mb_per_s'] / bw:.0%} | {r['child_max_rss_bytes'] / GiB:.2f} GiB |"
+            f"{fp['mb_per_s'] / bw:.0%} | {r['child_max_rss_bytes'] / GiB:.2f} GiB | {load} |"
         )
     lines += [
         "",
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=10_000_000)
     ap.add_argument("--avg-degree", type=float, default=15.0)
     ap.add_argument("--budget", default="2GiB")
-    ap.add_argument("--repeats", type=int, default=2, help="conversions with the auto plan")
+    ap.add_argument("--repeats", type=int, default=3, help="conversions with the auto plan")
     ap.add_argument("--bandwidth-bytes", default="4GiB")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench_cache")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

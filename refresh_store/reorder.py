@@ -24,6 +24,7 @@ block with one of two plans:
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from collections.abc import Callable
@@ -290,8 +291,8 @@ def permute_rows(
     if strategy != "shuffle":
         raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
 
-    # Per-row overhead of ids, orders and counts, besides the row buffers.
-    bucket_rows = _round_rows(max(1, work_bytes // (3 * out_rb + 48)))
+    # Four row buffers in place() (two read, two written), plus ids, orders and counts.
+    bucket_rows = _round_rows(max(1, work_bytes // (4 * out_rb + 48)))
     n_buckets = max(1, -(-n // bucket_rows))
     chunk = max(1, min(n, work_bytes // (2 * in_rb + (out_rb if cast else 0) + 48)))
     paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
@@ -339,20 +340,47 @@ def permute_rows(
             del staging
 
     def place() -> None:
-        """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order."""
+        """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order.
+
+        The next bucket is read on a helper thread while this one is placed
+        and the previous one written: the three overlap.
+        """
         progress = tick("shuffle: place", n) if tick else noop
-        data = aligned_empty((min(n, bucket_rows), *row_shape), out_dtype)
-        placed = [aligned_empty(data.shape, out_dtype) for _ in range(2 if n_buckets > 1 else 1)]
-        zero = as_words(data).dtype.type(0)
-        with _Writer(write, _WRITE_THREADS) as writer:
+        two = 2 if n_buckets > 1 else 1
+        rows = min(n, bucket_rows)
+        # Room for the bucket file's padding: at most 4 KiB per appended segment.
+        room = rows * out_rb + max((len(f.segments) for f in files), default=0) * _ALIGN
+        raws = [aligned_empty((room,), np.dtype(np.uint8)) for _ in range(two)]
+        placed = [aligned_empty((rows, *row_shape), out_dtype) for _ in range(two)]
+        zero = as_words(placed[0]).dtype.type(0)
+
+        def span(b: int) -> tuple[int, int]:
+            return b * bucket_rows, min(n, (b + 1) * bucket_rows)
+
+        def load(b: int) -> None:
+            lo, hi = span(b)
+            got = files[b].read_compact(raws[b % two])
+            if got != (hi - lo) * out_rb:
+                raise OSError(
+                    f"bucket file {str(files[b].path)!r} holds {got} bytes, not {(hi - lo) * out_rb}"
+                )
+
+        with (
+            _Writer(write, _WRITE_THREADS) as writer,
+            ThreadPoolExecutor(1, thread_name_prefix="refresh-read") as reader,
+        ):
+            pending = reader.submit(load, 0)
             for b, path in enumerate(paths):
-                lo, hi = b * bucket_rows, min(n, (b + 1) * bucket_rows)
+                lo, hi = span(b)
                 k = hi - lo
-                files[b].read_into(memoryview(data[:k]).cast("B"))
                 order = np.argsort(read_old_id(lo, hi))
-                slot = b % len(placed)
+                pending.result()
+                if b + 1 < n_buckets:  # its buffer held bucket b - 1, placed already
+                    pending = reader.submit(load, b + 1)
+                slot = b % two
                 writer.wait_for_buffer(slot)
                 # The i-th row of the bucket belongs at new position order[i].
+                data = raws[slot][: k * out_rb].view(out_dtype).reshape(k, *row_shape)
                 copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[slot][:k]), zero)
                 writer.submit(slot, lo, placed[slot][:k])
                 files[b].close()
@@ -440,6 +468,42 @@ class _SegmentFile:
                 pos += take
             self.end += -(-n // _ALIGN) * _ALIGN
         self.segments.append((offset, n))
+
+    def read_compact(self, buf: np.ndarray) -> int:
+        """Read the whole file with O_DIRECT into aligned ``buf``; squeeze out the padding.
+
+        ``buf`` (uint8, 4 KiB-aligned) must hold the padded file (:attr:`end`
+        bytes). Returns the number of bytes of data, now at the front of
+        ``buf``. A buffered read of a file written with O_DIRECT goes through
+        readahead in small pieces; one direct read runs at the disk's rate.
+        Falls back to :meth:`read_into` without O_DIRECT.
+        """
+        total = sum(n for _, n in self.segments)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+        except (OSError, AttributeError):
+            fd = -1
+        if fd < 0 or self.fd_direct is None or buf.ctypes.data % _ALIGN:
+            if fd >= 0:
+                os.close(fd)
+            self.read_into(memoryview(buf[:total]))
+            return total
+        try:
+            view, got = memoryview(buf[: self.end]), 0
+            while got < self.end:
+                k = os.preadv(fd, [view[got:]], got)
+                if k <= 0:
+                    raise OSError(f"bucket file {str(self.path)!r} is short at byte {got}")
+                got += k
+        finally:
+            os.close(fd)
+        filled = 0
+        base = buf.ctypes.data
+        for offset, n in self.segments:  # segments ascend, so data only moves left
+            if offset != filled:
+                ctypes.memmove(base + filled, base + offset, n)
+            filled += n
+        return filled
 
     def read_into(self, out: memoryview) -> None:
         """Read every appended segment, in order, into ``out`` (exactly their total length)."""

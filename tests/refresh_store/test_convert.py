@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -625,3 +626,23 @@ def test_block_writer_splits_blocks_at_aligned_rows():
     with pytest.raises(OSError, match="disk full"), _Writer(fail, threads=2) as writer:
         writer.submit(0, 0, block)
         writer.wait_for_buffer(0)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+def test_bucket_file_reads_back_its_segments_without_padding(tmp_path, direct):
+    from refresh_store.reorder import _SegmentFile, aligned_empty
+
+    rng = np.random.default_rng(3)
+    parts = [rng.bytes(k) for k in (1, 5000, 4096, 12_345, 3)]
+    f = _SegmentFile(tmp_path / "bucket.raw")
+    if not direct and f.fd_direct is not None:  # as on a file system without O_DIRECT
+        os.close(f.fd_direct)
+        f.fd_direct = None
+    staging = aligned_empty((8192,), np.dtype(np.uint8))  # smaller than a segment: pieces
+    for part in parts:
+        f.append(memoryview(part), staging)
+    buf = aligned_empty((f.end + 4096,), np.dtype(np.uint8))
+    got = f.read_compact(buf)
+    f.close()
+    want = b"".join(parts)
+    assert got == len(want) and bytes(buf[:got]) == want
