@@ -214,7 +214,7 @@ class Methods:
         for io in self.schedulers.values():
             io.close()
 
-    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "auto") -> np.ndarray:
+    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "threads") -> np.ndarray:
         io = self.schedulers.get((depth, engine))
         if io is None:
             io = self.schedulers[depth, engine] = IOScheduler(
@@ -349,7 +349,9 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         )
         out.append(rec)
 
-    def sched_point(batch: int, depth: int, with_fio: bool = False, engine: str = "auto") -> None:
+    def sched_point(
+        batch: int, depth: int, with_fio: bool = False, engine: str = "threads"
+    ) -> None:
         reads, nbytes, fio, fio_row = [], [], [], []
 
         def fn(ids):
@@ -386,7 +388,7 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
                 bytes_read=int(statistics.median(nbytes)),
                 engine=m.schedulers[depth, engine].engine,
                 block_bytes=m.schedulers[depth, engine].block_bytes,
-                variant="default" if engine == "auto" else engine,
+                variant="default" if engine == "threads" else engine,
             )
         )
         for runs, bs, variant in ((fio, 4096, "default"), (fio_row, row_bytes, "row_bs")):
@@ -407,16 +409,13 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
             say(rec)
 
     # Warm the scheduler's kernels and threads outside the timed rounds.
-    for depth in (1, plan.default_depth):  # the AIO and the threads engine
-        m.scheduler(np.arange(10, dtype=np.int64), depth)
+    m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth)
+    m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth, "aio")
     try:
         for depth in plan.depths:
             sched_point(plan.depth_batch, depth, with_fio=have_fio)
-            if plan.variants:  # the engine "auto" did not take, for the record
-                chosen = m.schedulers[depth, "auto"].engine
-                sched_point(
-                    plan.depth_batch, depth, engine="aio" if chosen == "threads" else "threads"
-                )
+            if plan.variants:  # the other engine, for the record
+                sched_point(plan.depth_batch, depth, engine="aio")
         for batch in plan.batches:
             if batch != plan.depth_batch or plan.default_depth not in plan.depths:
                 sched_point(batch, plan.default_depth)
@@ -585,10 +584,9 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
                 "scheduler",
                 ("default",),
                 "-",
-                f"scheduler (engine auto: aio at depth <= 8, else threads; batch "
-                f"{plan.depth_batch:,})",
+                f"scheduler (engine threads, batch {plan.depth_batch:,})",
             ),
-            ("scheduler", ("aio", "threads"), ":", "scheduler, the other engine"),
+            ("scheduler", ("aio",), ":", f"scheduler (engine aio, batch {plan.depth_batch:,})"),
             ("fio", ("default",), "-", "fio 4 KiB randread, libaio (IOPS)"),
             ("fio", ("row_bs",), ":", "fio one-row randread, libaio (IOPS)"),
         ]
@@ -701,9 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.point_budget_s:g} s (`repeats` in the JSON); fio: median of as many runs of "
         f"{plan.fio_seconds:g} s, each right after a scheduler round at the same depth. Measured in {time.perf_counter() - t_measure:.0f} s "
         f"({wall:.0f} s with store building).\n\n"
-        f"Queue depth: `scheduler` reads in flight (default engine `auto`: Linux AIO "
-        f"requests queued by one thread at depth <= 8, else threads of blocking pread; the "
-        f"engine that ran is in brackets; variant `threads` or `aio`: the other engine); "
+        f"Queue depth: `scheduler` reads in flight (default engine `threads`: threads of "
+        f"blocking pread; variant `aio`: Linux AIO requests queued by one thread); "
         f"`fio` libaio iodepth; `memmap` 1 (one "
         f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "
         f"file_io_concurrency. `fio` rows/s is its IOPS (one 4 KiB read per row: the ceiling of "

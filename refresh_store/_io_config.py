@@ -24,9 +24,7 @@ __all__ = ["ENGINES", "MODES", "IOConfig"]
 #: Values accepted by :attr:`IOConfig.mode`.
 MODES = ("auto", "direct", "buffered", "mmap")
 #: Values accepted by :attr:`IOConfig.engine`.
-ENGINES = ("auto", "threads", "aio")
-# Engine "auto" runs AIO at this queue depth and below, threads above it.
-AUTO_AIO_MAX_DEPTH = 8
+ENGINES = ("threads", "aio")
 # io_setup, io_destroy, io_submit, io_getevents: Linux AIO has no glibc
 # wrapper, so the kernels call syscall() with these numbers.
 AIO_SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
@@ -46,17 +44,16 @@ class IOConfig:
         else ``buffered``), ``"direct"``, ``"buffered"`` or ``"mmap"``.
     engine
         How reads are kept in flight: ``"threads"`` (``queue_depth`` threads
-        of blocking ``pread``; 5-10 us of CPU per read at depth 16 and more,
-        the wake-ups included) or ``"aio"`` (``direct`` mode only: Linux
-        native AIO from one nogil Numba loop; 3-4 us of CPU per read), or
-        ``"auto"`` (the default): ``aio`` at ``queue_depth <= 8`` in
-        ``direct`` mode where the kernel offers it, else ``threads``. In
-        interleaved cold rounds on the benchmark machine (a virtual disk, 2
-        shared cores; ``benchmarks/README_io.md``) AIO matched or beat the
-        threads at depths 1-8 (at depth 4 in five runs of five: 0.83-0.91 of
-        fio's IOPS against 0.75-0.86) with half their CPU, and the threads
-        reached more IOPS at depths 16-64 (at depth 64: 0.96-1.05 of fio
-        against 0.81-0.87).
+        of blocking ``pread``; about 8 us of CPU per read at depth 64, two
+        context switches per read included) or ``"aio"`` (``direct`` mode
+        only: Linux native AIO from one nogil Numba loop; about 3.5 us of CPU
+        per read at depth 64, fio's libaio 2.3 us). Threads are the default:
+        on the benchmark machine (a virtual disk, 2 shared cores;
+        ``benchmarks/README_io.md``) they reached more IOPS at depths 32-64
+        in most runs (1536 B rows, depth 64: 0.96-1.05 of fio against
+        0.81-0.87 in interleaved runs), and at depths 1-16 the two engines
+        were within run-to-run noise of each other. AIO may still win where
+        CPU time, not the disk, is what runs out.
     queue_depth
         Reads in flight: AIO requests kept queued by one thread (``aio``
         engine), or threads each running a nogil ``pread`` loop (``threads``
@@ -85,7 +82,7 @@ class IOConfig:
     """
 
     mode: str = "auto"
-    engine: str = "auto"
+    engine: str = "threads"
     queue_depth: int = 32
     block_bytes: int = 0
     max_gap_bytes: int = 8 << 10  # 8 KiB
@@ -210,9 +207,7 @@ def _try_direct(path: str, flags: int, block_bytes: int) -> int | str:
     return fd
 
 
-def choose_engine(
-    engine: str, mode: str, path: str, queue_depth: int
-) -> tuple[str, NDArray[np.int64] | None]:
+def choose_engine(engine: str, mode: str, path: str) -> tuple[str, NDArray[np.int64] | None]:
     """The engine to run and, for ``aio``, its system call numbers.
 
     Raises
@@ -220,13 +215,6 @@ def choose_engine(
     IOSchedulerError
         ``engine="aio"`` where Linux AIO cannot run asynchronously.
     """
-    if engine == "auto":
-        if mode != "direct" or queue_depth > AUTO_AIO_MAX_DEPTH:
-            return "threads", None
-        try:
-            return choose_engine("aio", mode, path, queue_depth)
-        except IOSchedulerError:
-            return "threads", None
     if engine == "threads":
         return "threads", None
     machine = platform.machine()

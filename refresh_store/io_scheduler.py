@@ -12,11 +12,10 @@ returns those rows in request order and reads only what it needs:
    1536-byte read, not one or two 4 KiB blocks).
 2. *Execute*: keep ``queue_depth`` reads in flight, as a fast SSD needs (its
    IOPS grow with queue depth up to 32-64): ``queue_depth`` threads each run
-   a nogil Numba loop of blocking ``pread`` calls (engine ``threads``), or
-   one nogil Numba loop drives Linux native AIO through raw
+   a nogil Numba loop of blocking ``pread`` calls (engine ``threads``, the
+   default), or one nogil Numba loop drives Linux native AIO through raw
    ``io_submit``/``io_getevents`` system calls (engine ``aio``, ``O_DIRECT``
-   only); the default engine ``auto`` takes AIO at depths up to 8 and threads
-   above. With ``O_DIRECT`` the page cache is bypassed and buffers, offsets
+   only). With ``O_DIRECT`` the page cache is bypassed and buffers, offsets
    and lengths are block-aligned.
 3. *Scatter* (Numba, in the same loops): each read's rows are copied into the
    output in request order, every duplicate filled.
@@ -36,8 +35,8 @@ the GIL, once per read. ``liburing`` was tried (FINDINGS.md): it accepts only
 ``bytearray`` buffers, which cannot be aligned, so ``O_DIRECT`` reads fail with
 EINVAL. The others were not tried. Both engines here were measured against
 ``fio`` (libaio) on the benchmark machine (see :class:`IOConfig`.engine and
-``benchmarks/README_io.md``): AIO costs half the CPU per read and did as well
-or better at low depth, the threads reached more IOPS at depths 16-64.
+``benchmarks/README_io.md``): AIO costs half the CPU per read, the threads
+reached more IOPS at depths 32-64 and tied at lower depths.
 io_uring through raw system calls would need its ring protocol written in
 Numba. It was not tried.
 
@@ -179,9 +178,7 @@ class IOScheduler:
             # row that is larger than the cap plus the blocks it straddles.
             row_span = -(-self.row_bytes // self.block_bytes) * self.block_bytes
             self._buffer_bytes = max(config.max_read_bytes, row_span + self.block_bytes)
-            self.engine, self._aio_sysno = choose_engine(
-                config.engine, self.mode, self.path, config.queue_depth
-            )
+            self.engine, self._aio_sysno = choose_engine(config.engine, self.mode, self.path)
             self._check_file_size(self._region_end())
             if self.mode == "mmap" and self.nrows:
                 self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)

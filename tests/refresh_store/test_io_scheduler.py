@@ -446,18 +446,8 @@ def test_engines(tmp_path, monkeypatch):
         assert io.engine == "threads"  # AIO blocks on buffered files
     with pytest.raises(IOSchedulerError, match="engine='aio' is not possible.*buffered"):
         IOScheduler(region, IOConfig(mode="buffered", engine="aio"))
-    # The default engine: AIO at low depth in direct mode, threads above.
-    with pytest.raises(ValueError, match=r"IOConfig.engine must be one of .*'auto'"):
+    with pytest.raises(ValueError, match=r"IOConfig.engine must be one of .*'aio'"):
         IOConfig(engine="uring")
-    assert IOConfig().engine == "auto"
-    with IOScheduler(region, IOConfig(mode="buffered", queue_depth=2)) as io:
-        assert io.engine == "threads"
-    io = open_scheduler(region, "direct-aio")  # skips without O_DIRECT or AIO
-    io.close()
-    for depth, want in ((1, "aio"), (8, "aio"), (9, "threads"), (64, "threads")):
-        with IOScheduler(region, IOConfig(mode="direct", queue_depth=depth)) as io:
-            assert io.engine == want
-            np.testing.assert_array_equal(io.gather(ids), data[ids])
     io = open_scheduler(region, "direct-aio")
     with io:
         assert io.engine == "aio"
