@@ -170,12 +170,14 @@ def sample_kernel(indices, dst, starts, degs, offsets, lkey, lo, hi, out):
     subset without replacement drawn with Floyd's algorithm.
 
     Two passes: first every CSC position (pure arithmetic), then one flat
-    gather from ``indices`` that prefetches the first chosen entry of the
-    destination ``_AHEAD`` places ahead. Interleaving draw and read per node
-    kept one node's cache misses in flight at a time; the flat gather let the
-    CPU overlap some (2x on a 1M-node graph), the prefetch more (another ~2x
-    for the gather on the 10M-node benchmark graph, whose ``indices`` is far
-    beyond the TLB's reach).
+    gather from ``indices`` that prefetches the chosen entries of the
+    destination ``_GATHER_AHEAD`` places ahead. Interleaving draw and read
+    per node kept one node's cache misses in flight at a time; the flat
+    gather let the CPU overlap some (2x on a 1M-node graph), the prefetch
+    more (the gather 2x faster on warm caches on the 10M-node benchmark
+    graph, ~1.2x on cold ones, where TLB misses on a memmapped ``indices``
+    dominate). Drawing node ``i + D``'s positions while gathering node ``i``
+    in one loop measured slower than both passes.
     """
     for i in range(lo, hi):
         o = offsets[i]
