@@ -407,7 +407,10 @@ def sampler_only(store: Store, args: argparse.Namespace) -> dict[str, Any]:
     parts = list(epoch_batches(store.train_idx, args.batch_size, args.seed, 0))[
         : args.sampler_batches
     ]
-    ours = NeighborSampler(store.indptr, store.indices, list(args.fanouts), seed=args.seed)
+    # As the trainer builds it: the topology copied into RAM when it fits, like (a)'s tensors.
+    ours = NeighborSampler(
+        store.indptr, store.indices, list(args.fanouts), seed=args.seed, in_memory="auto"
+    )
     ref = ReferenceNeighborSampler(store.indptr, store.indices, list(args.fanouts), seed=args.seed)
     out = {}
     for name, sampler in (("ours", ours), ("baseline", ref)):

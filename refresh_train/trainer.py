@@ -117,6 +117,7 @@ class Trainer:
             list(self.fanouts),
             seed=config.seed,
             prune=self.cache.prune(),
+            in_memory="auto",
         )
         self.labels = np.asarray(store.labels, dtype=np.int64)
         self.records: list[dict[str, Any]] = []
