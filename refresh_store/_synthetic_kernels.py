@@ -16,12 +16,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
+from refresh_store._splitmix import GOLDEN as _GOLDEN
+from refresh_store._splitmix import mix64 as _mix64
+
 _S11 = np.uint64(11)
 _ONE = np.uint64(1)
 _TWO_M53 = 1.0 / 9007199254740992.0  # 2**-53
@@ -42,14 +39,6 @@ SPLIT_TEST = 2
 # How a layout assigns labelled nodes to splits.
 SPLIT_BY_TIME = 0  # random split with the given fractions, year drawn to match
 SPLIT_BY_RANK = 1  # split by popularity rank (ogbn-products' sales ranking)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mix64(x):
-    # splitmix64's finaliser: a bijection on uint64 with full avalanche.
-    x = (x ^ (x >> _S30)) * _M1
-    x = (x ^ (x >> _S27)) * _M2
-    return x ^ (x >> _S31)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -18,12 +18,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
+from refresh_store._splitmix import GOLDEN as _GOLDEN
+from refresh_store._splitmix import mix64
+
 _S32 = np.uint64(32)
 _ONE = np.uint64(1)
 _U32 = np.uint64(1 << 32)
@@ -63,14 +60,6 @@ def prefetch(typingctx, arr, idx):
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@njit(cache=True, nogil=True, inline="always")
-def mix64(z):
-    """SplitMix64 finaliser: a bijective, well-mixing hash of a uint64."""
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
 
 
 @njit(cache=True, nogil=True)
