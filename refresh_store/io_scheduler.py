@@ -139,9 +139,10 @@ class IOScheduler:
     Raises
     ------
     IOSchedulerError
-        The file cannot be opened, is shorter than ``region`` says, or
+        The file cannot be opened, is shorter than ``region`` says,
         ``mode="direct"`` was asked for on a file system that refuses
-        ``O_DIRECT``.
+        ``O_DIRECT``, ``engine="aio"`` where Linux AIO is unavailable, or
+        ``mode="mmap"`` where the kernel refuses ``process_vm_readv``.
 
     Notes
     -----
