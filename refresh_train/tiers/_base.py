@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["FeatureTier", "check_ids", "resolve_device", "row_words", "torch_dtype"]
+__all__ = ["BufferPool", "FeatureTier", "check_ids", "resolve_device", "row_words", "torch_dtype"]
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -67,6 +69,58 @@ def check_ids(ids: object, num_rows: int, *, name: str = "ids") -> NDArray[np.in
     return arr
 
 
+class BufferPool:
+    """Reuses large host buffers once nothing refers to them any more.
+
+    A buffer handed out as a tensor stays referenced (through the tensor's
+    storage) until every tensor and view of it is gone; only then is its
+    reference count back to what it was when the pool created it, and only
+    then is it handed out again. Nothing is ever reused while in use.
+
+    Parameters
+    ----------
+    max_buffers
+        Buffers kept; beyond that the smallest idle one is dropped.
+    """
+
+    def __init__(self, max_buffers: int = 6) -> None:
+        self.max_buffers = int(max_buffers)
+        self._bufs: list[np.ndarray] = []
+        self._idle_refs: list[int] = []
+        self._lock = threading.Lock()
+        self.reused = 0
+
+    def _refs(self, i: int) -> int:
+        return sys.getrefcount(self._bufs[i])
+
+    def rows(self, n: int, row_shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        """A tensor of ``n`` rows of ``row_shape`` and ``dtype``, contents undefined."""
+        dtype = np.dtype(dtype)
+        nbytes = n * int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+        with self._lock:
+            pick = -1
+            for i in range(len(self._bufs)):
+                fits = self._bufs[i].nbytes >= nbytes
+                if fits and self._refs(i) == self._idle_refs[i]:
+                    if pick < 0 or self._bufs[i].nbytes < self._bufs[pick].nbytes:
+                        pick = i
+            if pick >= 0:
+                self.reused += 1
+            else:
+                idle = [i for i in range(len(self._bufs)) if self._refs(i) == self._idle_refs[i]]
+                if len(self._bufs) >= self.max_buffers:
+                    if not idle:  # all in use: a plain allocation the pool does not keep
+                        return torch.from_numpy(np.empty((n, *row_shape), dtype=dtype))
+                    drop = min(idle, key=lambda i: self._bufs[i].nbytes)
+                    del self._bufs[drop], self._idle_refs[drop]
+                # 1/8 headroom so that the next, slightly larger batch fits too.
+                self._bufs.append(np.empty(max(1, nbytes + nbytes // 8), dtype=np.uint8))
+                pick = len(self._bufs) - 1
+                self._idle_refs.append(self._refs(pick))
+            view = self._bufs[pick][:nbytes].view(dtype).reshape(n, *row_shape)
+        return torch.from_numpy(view)
+
+
 class FeatureTier(ABC):
     """One level of the raw-feature hierarchy (GraphBolt-style composition).
 
@@ -110,6 +164,7 @@ class FeatureTier(ABC):
         self.below = below
         self.row_bytes = int(self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64)))
         self._rows = 0
+        self._pool: BufferPool | None = None
 
     def read(self, ids: object, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``ids`` in request order, as a tensor on :attr:`device`.
@@ -147,13 +202,22 @@ class FeatureTier(ABC):
         """Rows of checked ids; fill ``out`` when given."""
 
     def _empty(self, n: int, *, pin: bool = False) -> torch.Tensor:
-        if self.device.type == "cpu" and not pin:
-            # numpy asks the kernel for huge pages on large allocations (torch does
-            # not): a batch's few hundred MB then page-faults 2-4x faster.
-            return torch.from_numpy(np.empty((n, *self.row_shape), dtype=self.dtype))
         return torch.empty(
             (n, *self.row_shape), dtype=self.torch_dtype, device=self.device, pin_memory=pin
         )
+
+    def _batch_rows(self, n: int, *, pin: bool = False) -> torch.Tensor:
+        """A tensor for ``n`` rows that :meth:`read` hands to its caller.
+
+        CPU batches come from a :class:`BufferPool`: a fresh allocation of a
+        batch (hundreds of MB) page-faults on every first touch, which cost
+        0.1-0.9 s per batch here. Pinned memory is already cached by torch.
+        """
+        if self.device.type != "cpu" or pin:
+            return self._empty(n, pin=pin)
+        if self._pool is None:
+            self._pool = BufferPool()
+        return self._pool.rows(n, self.row_shape, self.dtype)
 
     def _own_stats(self) -> dict[str, float | int]:
         return {}

@@ -87,7 +87,13 @@ class DeviceTier(FeatureTier):
                 )
             self.cache = shared_cache
             return
-        self.cache = self._empty(k)
+        # On the CPU through numpy, which asks for huge pages: random rows of a
+        # large cache then miss the TLB far less often.
+        self.cache = (
+            torch.from_numpy(np.empty((k, *self.row_shape), self.dtype))
+            if (self.device.type == "cpu")
+            else self._empty(k)
+        )
         if k:
             if source is None or len(source) < k:
                 raise ValueError(f"source must hold at least {k} rows to load the device tier")
@@ -120,7 +126,7 @@ class DeviceTier(FeatureTier):
         if n_hit == 0 and on_cpu:
             return below._read(ids, out)
         if out is None:
-            out = self._empty(len(ids))
+            out = self._batch_rows(len(ids))
         if n_hit == 0:
             out.copy_(below._read(ids, None), non_blocking=True)
             return out

@@ -50,7 +50,7 @@ class DiskTier(FeatureTier):
 
     def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
         if out is None:
-            out = self._empty(len(ids), pin=self.pin)
+            out = self._batch_rows(len(ids), pin=self.pin)
         if len(ids):
             self.scheduler.gather(ids, out=out.numpy())
         self._rows += len(ids)

@@ -80,7 +80,7 @@ class HostTier(FeatureTier):
     def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
         below: FeatureTier = self.below  # type: ignore[assignment]  # set in __init__
         if out is None:
-            out = self._empty(len(ids), pin=self.pin)
+            out = self._batch_rows(len(ids), pin=self.pin)
         if self.capacity == 0:
             return below._read(ids, out)
         with self._lock:

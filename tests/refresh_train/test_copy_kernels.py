@@ -38,3 +38,28 @@ def test_row_words_shares_memory_and_picks_the_widest_word() -> None:
     w[2, :] = -1
     assert torch.isnan(t[2]).all() and not torch.isnan(t[1]).any()
     assert row_words(torch.zeros(2, 3, dtype=torch.float16)).shape == (2, 6)  # 6 B: bytes
+
+
+def test_buffer_pool_reuses_only_buffers_nothing_refers_to() -> None:
+    from refresh_train.tiers._base import BufferPool
+
+    pool = BufferPool(max_buffers=3)
+    a = pool.rows(100, (4,), np.dtype(np.float32))
+    a.fill_(1.0)
+    b = pool.rows(100, (4,), np.dtype(np.float32))  # a is alive: a new buffer
+    assert not np.shares_memory(a.numpy(), b.numpy())
+    view = a[10:20]
+    del a
+    c = pool.rows(100, (4,), np.dtype(np.float32))  # a's view is alive: still not reused
+    assert not np.shares_memory(view.numpy(), c.numpy()) and pool.reused == 0
+    assert torch.equal(view, torch.ones(10, 4))  # and its rows were not overwritten
+    del view
+    d = pool.rows(90, (4,), np.dtype(np.float32))  # nothing refers to the first buffer now
+    assert pool.reused == 1 and d.shape == (90, 4)
+    arr = d.numpy()
+    del d
+    e = pool.rows(90, (4,), np.dtype(np.float32))  # a numpy view of d keeps it in use
+    assert not np.shares_memory(arr, e.numpy())
+    big = pool.rows(10_000, (4,), np.dtype(np.float16))  # larger than every idle buffer
+    assert big.dtype == torch.float16 and big.shape == (10_000, 4)
+    assert len(pool._bufs) <= 3
