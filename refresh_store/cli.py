@@ -121,6 +121,8 @@ def _run_verify(argv: Sequence[str]) -> int:
     report = verify_store(args.dst)
     for failure in report.failures:
         print(f"FAIL: {failure}")
+    for note in report.notes:
+        print(f"NOTE: {note}")
     if report.ok:
         print(f"OK: {args.dst} ({', '.join(report.checked)})")
         return 0

@@ -176,6 +176,17 @@ def test_nan_kept_by_allow_nan_is_a_note(tmp_path):
     assert "features: 1 NaN/inf (allowed)" in report.checked
 
 
+def test_verify_command_prints_notes(tmp_path, capsys):
+    src = _npy_source(tmp_path / "src")
+    feats = np.load(src / "features.npy")
+    feats[2, 0] = np.inf
+    np.save(src / "features.npy", feats)
+    convert(src, tmp_path / "store", progress=False, allow_nan=True)
+    assert main(["verify", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("NOTE: features: 1 NaN/inf values") and out[1].startswith("OK: ")
+
+
 def test_features_are_scanned_even_without_their_checksums(store):
     s = open_store(store)
     feats = np.array(s.features)
