@@ -681,25 +681,38 @@ def main(argv: list[str] | None = None) -> int:
     raw_tiers = {"cache_budget_bytes": budget, "host_budget_bytes": 0}
     split_tiers = {"cache_budget_bytes": budget // 2, "host_budget_bytes": budget // 2}
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+
+    def checkpoint() -> None:  # what a run cut short (a time limit) still leaves behind
+        partial.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
     print("sampler alone ...", flush=True)
     result["sampler_only"] = sampler_only(store, args)
+    checkpoint()
     print("loader only ...", flush=True)
     lo: dict[str, Any] = {"baseline": loader_only_baseline(store, args)}
-    lo["(b) none"] = loader_only_ours(store_path, "none", args)
-    lo["(c) raw 10%"] = loader_only_ours(store_path, "raw", args, **raw_tiers)
-    lo["raw 5% device + 5% host (clock)"] = loader_only_ours(store_path, "raw", args, **split_tiers)
     result["loader_only"] = lo
+    for name, cache, tiers in (
+        ("(b) none", "none", {}),
+        ("(c) raw 10%", "raw", raw_tiers),
+        ("raw 5% device + 5% host (clock)", "raw", split_tiers),
+    ):
+        checkpoint()
+        lo[name] = loader_only_ours(store_path, cache, args, **tiers)
     if not args.skip_training:
         print("training (a) ...", flush=True)
         a = train_baseline(store, args)
         training = [summarize("(a) baseline", baseline_kind, a, {})]
+        result["training"] = training
         for name, cache, tiers in (("(b) none", "none", {}), ("(c) raw 10%", "raw", raw_tiers)):
+            checkpoint()
             print(f"training {name} ...", flush=True)
             records, described, io_mode = train_ours(store_path, cache, args, **tiers)
             training.append(
                 summarize(name, f"this trainer, --cache {cache}", records, {"tiers": described})
             )
-        result["training"] = training
     result["machine"] = {
         "cpus": os.cpu_count(),
         "ram_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30),
@@ -711,10 +724,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     result["targets"] = targets(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
+    partial.unlink(missing_ok=True)
     print(markdown(result))
     return 0
 
