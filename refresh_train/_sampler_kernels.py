@@ -62,6 +62,13 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _num_sampled(d, fanout):
+    # Neighbours drawn for a node of degree d: all of them when the fanout is
+    # -1 or at least d, else fanout.
+    return d if fanout < 0 or d <= fanout else fanout
+
+
 @njit(cache=True, nogil=True)
 def layer_key(key, layer):
     """Key of one layer's streams, from the batch key (both uint64)."""
@@ -95,10 +102,7 @@ def count_kernel(indptr, dst, fanout, offsets, starts, degs):
         d = indptr[v + 1] - s
         starts[i] = s
         degs[i] = d
-        if fanout < 0 or d <= fanout:
-            total += d
-        else:
-            total += fanout
+        total += _num_sampled(d, fanout)
         offsets[i + 1] = total
     return total
 
@@ -221,11 +225,7 @@ def offsets_kernel(degs, n, fanout, offsets):
     offsets[0] = 0
     total = 0
     for i in range(n):
-        d = degs[i]
-        if fanout < 0 or d <= fanout:
-            total += d
-        else:
-            total += fanout
+        total += _num_sampled(degs[i], fanout)
         offsets[i + 1] = total
     return total
 

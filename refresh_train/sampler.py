@@ -501,25 +501,29 @@ class NeighborSampler:
         edge_index = np.empty((2, total), dtype=np.int64)
         if self._pool is None or n < 256:
             K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, edge_index[0])
-            num = K.relabel_kernel(
-                offsets,
-                0,
-                n,
-                sc.local_map,
-                sc.base,
-                src_ids,
-                edge_index,
-                num,
-                self.indptr,
-                starts,
-                degs,
-                expand,
-            )
+            num = self._relabel(sc, 0, n, offsets, src_ids, edge_index, num, starts, degs, expand)
         else:
             num = self._parallel_sample_relabel(
                 sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
             )
         return src_ids[:num].astype(np.int64), edge_index
+
+    def _relabel(self, sc, lo, hi, offsets, src_ids, edge_index, num, starts, degs, expand) -> int:
+        """Relabel destinations ``[lo, hi)``'s drawn neighbours (see ``relabel_kernel``)."""
+        return K.relabel_kernel(
+            offsets,
+            lo,
+            hi,
+            sc.local_map,
+            sc.base,
+            src_ids,
+            edge_index,
+            num,
+            self.indptr,
+            starts,
+            degs,
+            expand,
+        )
 
     def _parallel_sample_relabel(
         self, sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
@@ -571,16 +575,14 @@ class NeighborSampler:
                     draw(d)
                 if failed:
                     break
-                num = K.relabel_kernel(
-                    offsets,
+                num = self._relabel(
+                    sc,
                     bounds[c],
                     bounds[c + 1],
-                    sc.local_map,
-                    sc.base,
+                    offsets,
                     src_ids,
                     edge_index,
                     num,
-                    self.indptr,
                     starts,
                     degs,
                     expand,
