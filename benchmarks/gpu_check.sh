@@ -2,7 +2,10 @@
 # One prepared run on a machine with a CUDA GPU: the CUDA-parametrised tests,
 # then the epoch-time benchmark with every model on the GPU.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR [NODES]
+#   bash benchmarks/gpu_check.sh OUT_DIR [NODES] [EXTRA epoch_time.py ARGS ...]
+#
+# e.g. papers100M's batch density on 6M nodes within about 5 minutes:
+#   bash benchmarks/gpu_check.sh OUT 6000000 --batch-size 128 --max-batches 16 --loader-batches 6
 #
 # Uses the python3 on PATH (it must have a CUDA build of torch and this
 # project's dependencies importable). Writes OUT_DIR/cuda_tests.log,
@@ -11,6 +14,7 @@
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR [NODES]}
 nodes=${2:-4000000}
+shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi -L || true
@@ -24,4 +28,4 @@ timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -k cuda 
 echo "== epoch time on the GPU ($nodes nodes)"
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/epoch_time.py --device cuda --nodes "$nodes" \
     --data-dir "${TMPDIR:-/tmp}/refresh_epoch_time" --epochs 2 --repeats 2 --loader-batches 8 \
-    --out "$out/epoch_time_cuda.json" 2>&1 | tail -45
+    --out "$out/epoch_time_cuda.json" "$@" 2>&1 | tail -45
