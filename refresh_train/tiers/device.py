@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -72,10 +70,6 @@ class DeviceTier(FeatureTier):
             raise ValueError(f"num_rows_cached must be in [0, {self.num_rows}], got {k!r}")
         self.num_cached = k
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        # Staging for the rows read from below: reused across batches, because a
-        # fresh allocation of a batch's misses (~100s of MB) page-faults on every touch.
-        self._staging = torch.empty(0)
-        self._staging_lock = threading.Lock()
         if shared_cache is not None:
             if (
                 tuple(shared_cache.shape) != (k, *self.row_shape)
@@ -87,13 +81,12 @@ class DeviceTier(FeatureTier):
                 )
             self.cache = shared_cache
             return
-        # On the CPU through numpy, which asks for huge pages: random rows of a
-        # large cache then miss the TLB far less often.
-        self.cache = (
-            torch.from_numpy(np.empty((k, *self.row_shape), self.dtype))
-            if (self.device.type == "cpu")
-            else self._empty(k)
-        )
+        if self.device.type == "cpu":
+            # Through numpy, which asks for huge pages: random rows of a large
+            # cache then miss the TLB far less often.
+            self.cache = torch.from_numpy(np.empty((k, *self.row_shape), self.dtype))
+        else:
+            self.cache = self._empty(k)
         if k:
             if source is None or len(source) < k:
                 raise ValueError(f"source must hold at least {k} rows to load the device tier")
@@ -135,32 +128,19 @@ class DeviceTier(FeatureTier):
             return out
         hit_pos = np.flatnonzero(hit)
         miss_pos = np.flatnonzero(~hit)
-        if not on_cpu:
-            out.index_copy_(
-                0, self._index(hit_pos), self.cache.index_select(0, self._index(ids[hit_pos]))
-            )
-        with self._staging_lock:
-            staged = below._read(ids[miss_pos], self._staging_rows(len(miss_pos)))
-            if on_cpu:  # whole-row copies without the GIL (torch's index ops copy per element)
-                out_words = row_words(out)
-                take_rows(row_words(self.cache), ids[hit_pos], out_words, hit_pos)
-                put_rows(row_words(staged), out_words, miss_pos)
-                return out
-            rows = staged.to(self.device, non_blocking=True)
-            out.index_copy_(0, self._index(miss_pos), rows)
-            if self.stream is not None:  # the staging is reused only once the copy is done
-                self.stream.synchronize()
+        # The misses come back in a buffer the tier below reuses once this
+        # batch drops it (its BufferPool; torch's pinned cache with CUDA).
+        rows = below._read(ids[miss_pos], None)
+        if on_cpu:  # whole-row copies without the GIL (torch's index ops copy per element)
+            out_words = row_words(out)
+            take_rows(row_words(self.cache), ids[hit_pos], out_words, hit_pos)
+            put_rows(row_words(rows), out_words, miss_pos)
+            return out
+        out.index_copy_(
+            0, self._index(hit_pos), self.cache.index_select(0, self._index(ids[hit_pos]))
+        )
+        out.index_copy_(0, self._index(miss_pos), rows.to(self.device, non_blocking=True))
         return out
-
-    def _staging_rows(self, n: int) -> torch.Tensor:
-        """The first ``n`` rows of the reused staging buffer (grown by 1.5x when short)."""
-        if self._staging.shape[0] < n or self._staging.dtype != self.torch_dtype:
-            pin = self.device.type == "cuda"
-            rows = max(n, self._staging.shape[0] * 3 // 2)
-            self._staging = torch.empty(
-                (rows, *self.row_shape), dtype=self.torch_dtype, pin_memory=pin
-            )
-        return self._staging[:n]
 
     def _index(self, idx: NDArray[np.int64]) -> torch.Tensor:
         t = torch.from_numpy(idx)
@@ -169,5 +149,4 @@ class DeviceTier(FeatureTier):
     def close(self) -> None:
         """Drop the cached rows and close the tiers below."""
         self.cache = self._empty(0)
-        self._staging = torch.empty(0)
         super().close()
