@@ -37,22 +37,7 @@ class ConfigError(RefreshError, ValueError):
 
 
 def parse_size(value: str | int, *, name: str = "size") -> int:
-    """Bytes in a size written as ``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``4096``.
-
-    Binary units (KiB, MiB, GiB, TiB and the bare K, M, G, T) are powers of
-    1024; decimal units (KB, MB, GB, TB) are powers of 1000. Case is ignored.
-
-    Parameters
-    ----------
-    value
-        The size string, or an integer number of bytes.
-    name
-        The option's name, used in the error message.
-
-    Returns
-    -------
-    int
-        The size in bytes (rounded down).
+    """:func:`refresh_store.sizes.parse_size` for training options.
 
     Raises
     ------

@@ -46,32 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=default["seed"], help="(default %(default)s)")
     p.add_argument("--feature-dim", type=int, help="default: as the real dataset")
     p.add_argument("--classes", type=int, help="number of classes; default: as the real dataset")
-    p.add_argument(
-        "--avg-degree",
-        type=float,
-        default=default["avg_degree"],
-        help="raw edges per node (default %(default)s)",
-    )
-    p.add_argument(
-        "--skew",
-        type=float,
-        default=default["skew"],
-        help="in-degree power-law skew in [0, 2] (default %(default)s)",
-    )
     p.add_argument("--labelled-fraction", type=float, help="fraction of nodes in a split")
     p.add_argument("--name", help="ogbn-products (default) or ogbn-arxiv for --layout ogbn")
-    p.add_argument(
-        "--homophily",
-        type=float,
-        default=default["homophily"],
-        help="fraction of edges inside a community (default %(default)s)",
-    )
-    p.add_argument(
-        "--feature-signal",
-        type=float,
-        default=default["feature_signal"],
-        help="norm of the class centroids against unit noise (default %(default)s)",
-    )
+    for flag, help_text in (
+        ("--avg-degree", "raw edges per node"),
+        ("--skew", "in-degree power-law skew in [0, 2]"),
+        ("--homophily", "fraction of edges inside a community"),
+        ("--feature-signal", "norm of the class centroids against unit noise"),
+    ):
+        key = flag[2:].replace("-", "_")
+        p.add_argument(
+            flag, type=float, default=default[key], help=f"{help_text} (default %(default)s)"
+        )
     p.add_argument("--block-rows", type=int, help="nodes per streaming block (memory bound)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset made earlier")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
