@@ -44,6 +44,7 @@ from ._convert_kernels import (
     invert_window,
     stable_bucket_order,
 )
+from ._io_config import aligned_empty as aligned_bytes
 from .readers import MappedRows, RowSource
 from .readers._base import as_words, exponent_mask
 
@@ -420,9 +421,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             buf.madvise(mmap.MADV_NOHUGEPAGE)
         # The array keeps the mapping alive; it is unmapped when the array goes.
         return np.frombuffer(buf, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
-    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-    skip = (-raw.ctypes.data) % _ALIGN
-    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
+    return aligned_bytes(nbytes, _ALIGN).view(dtype).reshape(shape)
 
 
 def _round_rows(rows: int) -> int:
