@@ -72,6 +72,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import drop_cache, preload  # noqa: E402
+
 from refresh_store.convert import convert  # noqa: E402
 from refresh_store.store import Store, open_store  # noqa: E402
 from refresh_store.synthetic import make_dataset  # noqa: E402
@@ -89,23 +91,6 @@ CACHE_DIR = ROOT / "bench_cache" / "epoch_time"
 
 
 # ----------------------------------------------------------------- helpers
-def evict(path: str) -> None:
-    """Drop a file's pages from the page cache (no effect on pages mapped right now)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def preload_topology(store: Store) -> None:
-    """Read the CSC arrays once so that no configuration pays their first reads."""
-    for arr in (store.indptr, store.indices):
-        step = 1 << 24
-        for lo in range(0, len(arr), step):
-            np.asarray(arr[lo : lo + step]).sum()
-
-
 def ensure_store(args: argparse.Namespace) -> Path:
     """Generate and convert the benchmark dataset once; reuse it afterwards."""
     key = f"papers_n{args.nodes}_deg{args.avg_degree:g}_c{args.classes}_l{args.labelled:g}_s{args.seed}"
@@ -180,7 +165,7 @@ class MemmapBaseline:
         mb = self.sampler.sample(seeds, bseed)
         t1 = time.perf_counter()
         if self.cold:
-            evict(self.path)
+            drop_cache(self.path)
         mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
         mb.features = torch.from_numpy(mm[mb.input_nodes.numpy()])
         del mm  # unmapped, so the next eviction can drop its pages
@@ -199,7 +184,7 @@ def train_baseline(store: Store, args: argparse.Namespace) -> list[dict[str, Any
     ).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     base = MemmapBaseline(store, fanouts, args.seed, cold_every_batch=True)
-    evict(base.path)
+    drop_cache(base.path)
     rss = RssMonitor()
     records = []
     for epoch in range(args.epochs):
@@ -299,13 +284,13 @@ def trainer_config(
 def _make_cold(trainer: Trainer) -> str:
     """Evict features now, and before every batch unless the disk tier bypasses the cache."""
     path = trainer.store.region("features").path
-    evict(path)
+    drop_cache(path)
     io_mode = trainer.cache.describe()["io_mode"]
     if io_mode != "direct":
         fetch = trainer.cache.fetch
 
         def cold_fetch(batch):
-            evict(path)
+            drop_cache(path)
             return fetch(batch)
 
         trainer.cache.fetch = cold_fetch  # type: ignore[method-assign]
@@ -352,7 +337,7 @@ def loader_only_baseline(store: Store, args: argparse.Namespace) -> dict[str, An
     rates, sample_s = [], []
     for rep in range(args.repeats):
         parts = loader_pass_batches(store, args, rep)
-        evict(base.path)
+        drop_cache(base.path)
         t0 = time.perf_counter()
         s_total = 0.0
         for i, seeds in enumerate(parts):
@@ -381,7 +366,7 @@ def loader_only_ours(store_path: Path, cache: str, args: argparse.Namespace, **t
         for rep in range(args.repeats):
             parts = loader_pass_batches(trainer.store, args, rep)
             seeds = [batch_seed(rep, i) for i in range(len(parts))]
-            evict(trainer.store.region("features").path)
+            drop_cache(trainer.store.region("features").path)
             trainer.cache.reset_stats()
             loader = BatchLoader(parts, seeds, trainer._sample, trainer._fetch, args.prefetch)
             t0 = time.perf_counter()
@@ -637,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     store_path = ensure_store(args)
     store = open_store(store_path)
-    preload_topology(store)
+    preload((store.indptr, store.indices))  # no configuration pays first reads
     region = store.region("features")
     feature_bytes = store.num_nodes * region.row_bytes
     budget = int(args.cache_fraction * feature_bytes)

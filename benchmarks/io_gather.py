@@ -51,6 +51,8 @@ import zarr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import drop_cache  # noqa: E402
+
 from refresh_store.io_scheduler import IOConfig, IOScheduler  # noqa: E402
 from refresh_store.store import StoreWriter, open_store  # noqa: E402
 
@@ -178,16 +180,6 @@ def ensure_store(cache: Path, row_bytes: int, min_bytes: int) -> Path:
         raise
     print(f"  built in {time.perf_counter() - t0:.0f} s")
     return path
-
-
-def drop_cache(path: str) -> None:
-    """Evict ``path`` from the page cache (its mappings must be closed first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages survive DONTNEED
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def check_rows(rows: np.ndarray, ids: np.ndarray, method: str) -> None:

@@ -62,6 +62,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import preload  # noqa: E402
+
 import refresh_train._sampler_kernels as kernels  # noqa: E402
 import refresh_train.sampler as sampler_mod  # noqa: E402
 from refresh_store.store import open_store  # noqa: E402
@@ -177,15 +179,6 @@ def time_interleaved(samplers: dict, batches: list[np.ndarray], warmup: int) -> 
             "timed_batches": len(times[name]),
         }
     return out
-
-
-def preload(arrays) -> None:
-    """Read arrays once through their own memmaps (warm page cache, mapped pages),
-    as ``benchmarks/epoch_time.py`` does before timing."""
-    for arr in arrays:
-        step = 1 << 24
-        for lo in range(0, len(arr), step):
-            np.asarray(arr[lo : lo + step]).sum()
 
 
 def profile_phases(sampler, batches: list[np.ndarray]) -> dict:
