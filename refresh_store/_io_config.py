@@ -44,7 +44,8 @@ class IOConfig:
         else ``buffered``), ``"direct"``, ``"buffered"`` or ``"mmap"``.
     engine
         How reads are kept in flight: ``"threads"`` (``queue_depth`` threads
-        of blocking ``pread``; about 8 us of CPU per read at depth 64, two
+        of blocking ``pread``, each on its own contiguous segment of the
+        batch's sorted reads; about 8 us of CPU per read at depth 64, two
         context switches per read included) or ``"aio"`` (``direct`` mode
         only: Linux native AIO from one nogil Numba loop; about 3.5 us of CPU
         per read at depth 64, fio's libaio 2.3 us). Threads are the default:
