@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--io-mode", help="auto | direct | buffered | mmap (default auto)")
     t.add_argument("--io-queue-depth", type=int, help="disk reads in flight (default 32)")
     t.add_argument(
+        "--io-engine", help="threads | aio: how disk reads are kept in flight (default threads)"
+    )
+    t.add_argument(
         "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
     )
     e = p.add_argument_group("evaluation")
@@ -110,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 _KEYS = {
     "store", "model", "layers", "hidden", "dropout", "norm", "fanouts", "batch_size", "epochs",
     "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
-    "io_queue_depth", "prefetch", "eval", "eval_fanouts", "eval_batch_size", "eval_every",
-    "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
+    "io_queue_depth", "io_engine", "prefetch", "eval", "eval_fanouts", "eval_batch_size",
+    "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
 }  # fmt: skip
 
 
@@ -177,6 +180,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         host_policy=_pick(values, "host_policy", "clock"),
         io_mode=_pick(values, "io_mode", "auto"),
         io_queue_depth=_pick(values, "io_queue_depth", 32),
+        io_engine=_pick(values, "io_engine", "threads"),
     )
     eval_fanouts = values.get("eval_fanouts")
     evaluation = EvalConfig(

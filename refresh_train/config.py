@@ -103,6 +103,9 @@ class TierConfig:
         ``"buffered"`` or ``"mmap"``).
     io_queue_depth
         Reads in flight in the I/O scheduler.
+    io_engine
+        How the I/O scheduler keeps reads in flight (``"threads"`` or ``"aio"``;
+        see :class:`refresh_store.io_scheduler.IOConfig`).
     """
 
     cache: str = "raw"
@@ -111,6 +114,7 @@ class TierConfig:
     host_policy: str = "clock"
     io_mode: str = "auto"
     io_queue_depth: int = 32
+    io_engine: str = "threads"
 
     def __post_init__(self) -> None:
         from .tiers import CACHE_MODES, POLICIES
@@ -133,6 +137,10 @@ class TierConfig:
             raise ConfigError(
                 f"io_queue_depth must be an integer >= 1, got {self.io_queue_depth!r}"
             )
+        from refresh_store.io_scheduler import ENGINES
+
+        if self.io_engine not in ENGINES:
+            raise ConfigError(f"io_engine must be one of {ENGINES}, got {self.io_engine!r}")
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,9 @@ class CacheMode:
         self.store = store
         self.config = config
         self.device = resolve_device(device)
-        self.io = IOConfig(mode=config.io_mode, queue_depth=config.io_queue_depth)
+        self.io = IOConfig(
+            mode=config.io_mode, queue_depth=config.io_queue_depth, engine=config.io_engine
+        )
         self.tiers: DeviceTier = self._build_tiers()
         self._eval_tiers: DeviceTier | None = None
 

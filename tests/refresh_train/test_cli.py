@@ -56,7 +56,7 @@ def test_every_flag_reaches_the_config(store, tmp_path):
         f"--store {store.path} --model gat --layers 2 --hidden 64 --dropout 0.25 --norm layer "
         "--fanouts 7,3 --batch-size 256 --epochs 5 --lr 0.01 --seed 9 --device cpu "
         "--cache none --cache-budget 3MiB --host-budget 0 --host-policy s3fifo --io-mode buffered "
-        "--io-queue-depth 4 --prefetch 0 --eval layerwise --eval-fanouts -1,-1 "
+        "--io-queue-depth 4 --io-engine aio --prefetch 0 --eval layerwise --eval-fanouts -1,-1 "
         f"--eval-batch-size 99 --eval-every 2 --eval-tmp-dir {tmp_path} --metrics-out m.jsonl "
         f"--checkpoint-dir {tmp_path / 'ck'} --resume --no-progress".split()
     )
@@ -72,6 +72,7 @@ def test_every_flag_reaches_the_config(store, tmp_path):
     t = cfg.tiers
     assert (t.cache, t.cache_budget_bytes, t.host_budget_bytes) == ("none", 3 << 20, 0)
     assert (t.host_policy, t.io_mode, t.io_queue_depth) == ("s3fifo", "buffered", 4)
+    assert t.io_engine == "aio"
     assert cfg.loader.prefetch_batches == 0
     e = cfg.eval
     assert (e.mode, e.fanouts, e.batch_size, e.every_epochs) == ("layerwise", (-1, -1), 99, 2)
