@@ -26,6 +26,7 @@ __all__ = [
     "collect_at_least",
     "assign_degree_ids",
     "invert_window",
+    "select_window",
     "stable_bucket_order",
     "scatter_add_rows",
     "copy_rows",
@@ -194,6 +195,29 @@ def invert_window(new_id, lo, hi, out):
         j = new_id[v]
         if j >= lo and j < hi:
             out[j - lo] = v
+
+
+@njit(cache=True, nogil=True)
+def select_window(new_id, lo, hi, ids, positions, seen):
+    """The v with lo <= new_id[v] < hi, ascending, into ids; new_id[v] - lo into positions.
+
+    ``seen`` ([hi - lo] uint8) must be zero on entry. Returns how many were
+    found, or -1 when two of them share a new id; ``hi - lo`` means the
+    window is a bijection.
+    """
+    c = 0
+    cap = len(ids)
+    for v in range(len(new_id)):
+        j = new_id[v]
+        if j >= lo and j < hi:
+            p = j - lo
+            if seen[p] or c == cap:
+                return -1
+            seen[p] = 1
+            ids[c] = v
+            positions[c] = p
+            c += 1
+    return c
 
 
 @njit(cache=True, nogil=True)

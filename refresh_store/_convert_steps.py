@@ -498,7 +498,7 @@ class Conversion:
                 self.features,
                 direct,
                 out_dtype,
-                self._new_id_table() if self.strategy == "shuffle" else np.empty(0, np.int32),
+                self._new_id_table(),  # in the budget (see convert._plan); both plans use it
                 self._old_id_reader(),
                 self.plan.work_bytes,
                 self.tmp,
@@ -547,7 +547,7 @@ class Conversion:
                     src,
                     self._writer_fn(aw),
                     np.dtype(np.int64),
-                    self._new_id_table() if strategy == "shuffle" else np.empty(0, np.int32),
+                    self._new_id_table(),
                     self._old_id_reader(),
                     self.plan.work_bytes,
                     self.tmp,

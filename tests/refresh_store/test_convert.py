@@ -369,7 +369,9 @@ def test_csc_passes_with_many_small_buckets(tmp_path):
     np.testing.assert_array_equal(indices, want["indices"])
 
 
-@pytest.mark.parametrize("strategy", ["gather", "shuffle"])
+# "gather-reader": the gather plan without the in-memory new_id table, reading
+# each block's old ids back and sorting them instead of scanning the table.
+@pytest.mark.parametrize("strategy", ["gather", "gather-reader", "shuffle"])
 @pytest.mark.parametrize(
     "dtype", [pytest.param(np.float32, id="fp32"), pytest.param(np.float16, id="fp16")]
 )
@@ -382,6 +384,9 @@ def test_permute_rows_in_many_blocks(tmp_path, strategy, dtype):
     data.tofile(tmp_path / "rows.raw")
     src = MappedRows(tmp_path / "rows.raw", 0, (n, d), np.float32)
     new_id, old_id = degree_order(rng.integers(0, 50, n))
+    table = new_id.astype(np.int32)
+    if strategy == "gather-reader":
+        strategy, table = "gather", np.empty(0, np.int32)
     out = np.zeros((n, d), dtype)
 
     def write(start, block):
@@ -389,7 +394,7 @@ def test_permute_rows_in_many_blocks(tmp_path, strategy, dtype):
         out[start : start + len(block)] = block
 
     info = permute_rows(
-        src, write, np.dtype(dtype), new_id.astype(np.int32), lambda a, b: old_id[a:b], 4000,
+        src, write, np.dtype(dtype), table, lambda a, b: old_id[a:b], 4000,
         tmp_path, strategy, check_finite=True,
     )  # fmt: skip
     assert info["blocks"] > 10
@@ -406,10 +411,25 @@ def test_permute_rows_in_many_blocks(tmp_path, strategy, dtype):
     with pytest.raises(ConvertError):
         permute_rows(
             MappedRows(tmp_path / "rows.raw", 0, (n, d), np.float32), write, np.dtype(dtype),
-            new_id.astype(np.int32), lambda a, b: old_id[a:b], 4000, tmp_path, strategy,
+            table, lambda a, b: old_id[a:b], 4000, tmp_path, strategy,
             check_finite=True, on_nonfinite=refuse,
         )  # fmt: skip
     assert found == [old_id[517]]
+
+
+def test_gather_refuses_a_table_that_is_not_a_permutation(tmp_path):
+    from refresh_store.readers import MappedRows
+
+    n, d = 300, 4
+    np.arange(n * d, dtype=np.float32).tofile(tmp_path / "rows.raw")
+    src = MappedRows(tmp_path / "rows.raw", 0, (n, d), np.float32)
+    table = np.arange(n, dtype=np.int64)[::-1].copy()
+    table[7] = table[8]  # two nodes share a new id, one new id has none
+    with pytest.raises(ValueError, match="not a permutation"):
+        permute_rows(
+            src, lambda a, b: None, np.dtype(np.float32), table, lambda a, b: np.arange(a, b),
+            1 << 20, tmp_path, "gather",
+        )  # fmt: skip
 
 
 def test_degree_order_ties_by_old_id():
