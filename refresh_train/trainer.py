@@ -42,7 +42,7 @@ from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model
 from .sampler import NeighborSampler, batch_seed, epoch_batches
 from .tiers import CACHE_MODES
-from .tiers._base import resolve_device as indexed_device
+from .tiers._base import resolve_device
 
 __all__ = ["Trainer", "train", "RESUME_KEYS"]
 
@@ -60,14 +60,14 @@ RESUME_KEYS = (
 )
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``name``; raises :class:`ConfigError` if it is absent."""
+def available_device(name: str) -> torch.device:
+    """The (indexed) torch device for ``name``; raises :class:`ConfigError` if it is absent."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu"
         )
-    return indexed_device(device)
+    return resolve_device(device)
 
 
 class Trainer:
@@ -90,7 +90,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = available_device(config.device)
         self.store = open_store(config.store)
         store = self.store
         if store.num_classes < 1:
