@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import drop_cache  # noqa: E402
 
+from refresh_store._io_config import AUTO_AIO_MAX_DEPTH  # noqa: E402
 from refresh_store.io_scheduler import IOConfig, IOScheduler  # noqa: E402
 from refresh_store.store import StoreWriter, open_store  # noqa: E402
 
@@ -207,7 +208,7 @@ class Methods:
         for io in self.schedulers.values():
             io.close()
 
-    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "threads") -> np.ndarray:
+    def scheduler(self, ids: np.ndarray, depth: int, engine: str = "auto") -> np.ndarray:
         io = self.schedulers.get((depth, engine))
         if io is None:
             io = self.schedulers[depth, engine] = IOScheduler(
@@ -354,9 +355,7 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
         )
         out.append(rec)
 
-    def sched_point(
-        batch: int, depth: int, with_fio: bool = False, engine: str = "threads"
-    ) -> None:
+    def sched_point(batch: int, depth: int, with_fio: bool = False, engine: str = "auto") -> None:
         reads, nbytes, fio, fio_row = [], [], [], []
 
         def fn(ids):
@@ -394,7 +393,7 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
                 bytes_read=int(statistics.median(nbytes)),
                 engine=m.schedulers[depth, engine].engine,
                 block_bytes=m.schedulers[depth, engine].block_bytes,
-                variant="default" if engine == "threads" else engine,
+                variant="default" if engine == "auto" else engine,
             )
         )
         for runs, bs, variant in ((fio, 4096, "default"), (fio_row, row_bytes, "row_bs")):
@@ -415,13 +414,18 @@ def measure_row_kind(row_bytes: int, store: Path, plan: Plan, have_fio: bool) ->
             say(rec)
 
     # Warm the scheduler's kernels and threads outside the timed rounds.
-    m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth)
+    m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth, "threads")
     m.scheduler(np.arange(10, dtype=np.int64), plan.default_depth, "aio")
     try:
         for depth in plan.depths:
+            # The default engine (``auto``: AIO at shallow depths, threads
+            # deeper), then the other one for the record.
             sched_point(plan.depth_batch, depth, with_fio=have_fio)
-            if plan.variants:  # the other engine, for the record
-                sched_point(plan.depth_batch, depth, engine="aio")
+            if plan.variants:
+                chosen = m.schedulers[depth, "auto"].engine
+                sched_point(
+                    plan.depth_batch, depth, engine="aio" if chosen == "threads" else "threads"
+                )
         for batch in plan.batches:
             if batch != plan.depth_batch or plan.default_depth not in plan.depths:
                 sched_point(batch, plan.default_depth)
@@ -590,24 +594,30 @@ def plot(records: list[dict], plan: Plan, path: Path) -> None:
                 "scheduler",
                 ("default",),
                 "-",
-                f"scheduler (engine threads, batch {plan.depth_batch:,})",
+                f"scheduler, default engine (auto), batch {plan.depth_batch:,}",
             ),
-            ("scheduler", ("aio",), ":", f"scheduler (engine aio, batch {plan.depth_batch:,})"),
+            ("scheduler", ("threads",), ":", "scheduler, engine threads"),
+            ("scheduler", ("aio",), "--", "scheduler, engine aio"),
             ("fio", ("default",), "-", "fio 4 KiB randread, libaio (IOPS)"),
             ("fio", ("row_bs",), ":", "fio one-row randread, libaio (IOPS)"),
         ]
         for method, variants, style, label in lines:
             variant = variants[0]
+            # An engine's line holds its points whether auto chose it or not.
             pts = sorted(
                 (r["queue_depth"], r["rows_per_s"])
                 for r in records
                 if r["method"] == method
-                and r["variant"] in variants
+                and (
+                    r["variant"] == variant
+                    or (variant in ("threads", "aio") and r.get("engine") == variant)
+                )
                 and r["row_bytes"] == rb
                 and r["batch_rows"] == plan.depth_batch
             )
             if pts:
                 colour = colours[method] if variant == "default" else "C7"
+                colour = "C9" if variant == "aio" else colour
                 colour = "C8" if method == "fio" and variant != "default" else colour
                 ax.plot(*zip(*pts), marker="o", ls=style, color=colour, label=label)
         peers = [("memmap", "default"), ("memmap", "madv_random"), ("zarr", "default")]
@@ -707,9 +717,10 @@ def main(argv: list[str] | None = None) -> int:
         f"({wall:.0f} s with store building).\n\n"
         f"The scheduler writes into one caller-provided output per batch size, reused "
         f"from round to round, as the trainer's disk tier does with its pooled buffers. "
-        f"Queue depth: `scheduler` reads in flight (default engine `threads`: threads of "
-        f"blocking pread, each on its own segment of the sorted reads; variant `aio`: Linux "
-        f"AIO requests queued by one thread); "
+        f"Queue depth: `scheduler` reads in flight (default engine `auto`: `aio` at depths "
+        f"up to {AUTO_AIO_MAX_DEPTH}, `threads` above; `threads`: threads of blocking pread, "
+        f"each on its own segment of the sorted reads; `aio`: Linux AIO requests queued by "
+        f"one thread; the engine auto did not choose is measured too, as a variant); "
         f"`fio` libaio iodepth; `memmap` 1 (one "
         f"thread of page faults); `zarr` its async.concurrency; `tensorstore` its "
         f"file_io_concurrency. `fio` rows/s is its IOPS (one 4 KiB read per row: the ceiling of "

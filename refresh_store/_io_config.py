@@ -24,7 +24,9 @@ __all__ = ["ENGINES", "MODES", "IOConfig"]
 #: Values accepted by :attr:`IOConfig.mode`.
 MODES = ("auto", "direct", "buffered", "mmap")
 #: Values accepted by :attr:`IOConfig.engine`.
-ENGINES = ("threads", "aio")
+ENGINES = ("auto", "threads", "aio")
+#: Engine ``auto`` runs AIO at queue depths up to this, threads above.
+AUTO_AIO_MAX_DEPTH = 4
 # io_setup, io_destroy, io_submit, io_getevents: Linux AIO has no glibc
 # wrapper, so the kernels call syscall() with these numbers.
 AIO_SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
@@ -43,7 +45,9 @@ class IOConfig:
         ``"auto"`` (``direct`` where the file system accepts ``O_DIRECT``,
         else ``buffered``), ``"direct"``, ``"buffered"`` or ``"mmap"``.
     engine
-        How reads are kept in flight: ``"threads"`` (``queue_depth`` threads
+        How reads are kept in flight: ``"auto"`` (the default: ``aio`` at
+        queue depths up to 4 in ``direct`` mode where Linux AIO is available,
+        ``threads`` otherwise), ``"threads"`` (``queue_depth`` threads
         of blocking ``pread``, each on its own contiguous segment of the
         batch's sorted reads; about 8 us of CPU per read at depth 64, two
         context switches per read included) or ``"aio"`` (``direct`` mode
@@ -52,9 +56,11 @@ class IOConfig:
         on the benchmark machine (a virtual disk, 2 shared cores;
         ``benchmarks/README_io.md``) they reached more IOPS at depths 32-64
         in most runs (1536 B rows, depth 64: 0.96-1.05 of fio against
-        0.81-0.87 in interleaved runs), and at depths 1-16 the two engines
-        were within run-to-run noise of each other. AIO may still win where
-        CPU time, not the disk, is what runs out.
+        0.81-0.87 in interleaved runs), at depths 2 and 8-16 the two engines
+        were within run-to-run noise of each other, and at depth 4 AIO was
+        ahead (0.84-0.92 of fio against 0.76-0.86 in every full run and A/B
+        round of 2026-11-26): one thread woken per batch of completions beats
+        four threads each woken per read when so few reads are in flight.
     queue_depth
         Reads in flight: AIO requests kept queued by one thread (``aio``
         engine), or threads each running a nogil ``pread`` loop (``threads``
@@ -83,7 +89,7 @@ class IOConfig:
     """
 
     mode: str = "auto"
-    engine: str = "threads"
+    engine: str = "auto"
     queue_depth: int = 32
     block_bytes: int = 0
     max_gap_bytes: int = 8 << 10  # 8 KiB
@@ -208,14 +214,27 @@ def _try_direct(path: str, flags: int, block_bytes: int) -> int | str:
     return fd
 
 
-def choose_engine(engine: str, mode: str, path: str) -> tuple[str, NDArray[np.int64] | None]:
+def choose_engine(
+    engine: str, mode: str, path: str, queue_depth: int = 1
+) -> tuple[str, NDArray[np.int64] | None]:
     """The engine to run and, for ``aio``, its system call numbers.
+
+    ``auto`` resolves to ``aio`` when ``queue_depth`` is at most
+    :data:`AUTO_AIO_MAX_DEPTH`, the mode is ``direct`` and the kernel grants an
+    AIO context, and to ``threads`` otherwise.
 
     Raises
     ------
     IOSchedulerError
         ``engine="aio"`` where Linux AIO cannot run asynchronously.
     """
+    if engine == "auto":
+        if mode != "direct" or queue_depth > AUTO_AIO_MAX_DEPTH:
+            return "threads", None
+        try:
+            return choose_engine("aio", mode, path)
+        except IOSchedulerError:
+            return "threads", None
     if engine == "threads":
         return "threads", None
     machine = platform.machine()

@@ -12,11 +12,13 @@ returns those rows in request order and reads only what it needs:
    1536-byte read, not one or two 4 KiB blocks).
 2. *Execute*: keep ``queue_depth`` reads in flight, as a fast SSD needs (its
    IOPS grow with queue depth up to 32-64): ``queue_depth`` threads each run
-   a nogil Numba loop of blocking ``pread`` calls (engine ``threads``, the
-   default), or one nogil Numba loop drives Linux native AIO through raw
-   ``io_submit``/``io_getevents`` system calls (engine ``aio``, ``O_DIRECT``
-   only). With ``O_DIRECT`` the page cache is bypassed and buffers, offsets
-   and lengths are block-aligned.
+   a nogil Numba loop of blocking ``pread`` calls over their own segment of
+   the reads (engine ``threads``), or one nogil Numba loop drives Linux native
+   AIO through raw ``io_submit``/``io_getevents`` system calls (engine
+   ``aio``, ``O_DIRECT`` only). The default, ``auto``, runs AIO at depths up
+   to 4 and threads above, the faster of the two at each depth on the
+   benchmark machine. With ``O_DIRECT`` the page cache is bypassed and
+   buffers, offsets and lengths are block-aligned.
 3. *Scatter* (Numba, in the same loops): each read's rows are copied into the
    output in request order, every duplicate filled.
 
@@ -182,7 +184,9 @@ class IOScheduler:
             # row that is larger than the cap plus the blocks it straddles.
             row_span = -(-self.row_bytes // self.block_bytes) * self.block_bytes
             self._buffer_bytes = max(config.max_read_bytes, row_span + self.block_bytes)
-            self.engine, self._aio_sysno = choose_engine(config.engine, self.mode, self.path)
+            self.engine, self._aio_sysno = choose_engine(
+                config.engine, self.mode, self.path, config.queue_depth
+            )
             self._check_file_size(self._region_end())
             if self.mode == "mmap" and self.nrows:
                 self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)

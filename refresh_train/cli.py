@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--io-mode", help="auto | direct | buffered | mmap (default auto)")
     t.add_argument("--io-queue-depth", type=int, help="disk reads in flight (default 32)")
     t.add_argument(
-        "--io-engine", help="threads | aio: how disk reads are kept in flight (default threads)"
+        "--io-engine", help="auto | threads | aio: how disk reads are kept in flight (default auto)"
     )
     t.add_argument(
         "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
@@ -180,7 +180,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         host_policy=_pick(values, "host_policy", "clock"),
         io_mode=_pick(values, "io_mode", "auto"),
         io_queue_depth=_pick(values, "io_queue_depth", 32),
-        io_engine=_pick(values, "io_engine", "threads"),
+        io_engine=_pick(values, "io_engine", "auto"),
     )
     eval_fanouts = values.get("eval_fanouts")
     evaluation = EvalConfig(

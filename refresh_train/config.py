@@ -104,8 +104,8 @@ class TierConfig:
     io_queue_depth
         Reads in flight in the I/O scheduler.
     io_engine
-        How the I/O scheduler keeps reads in flight (``"threads"`` or ``"aio"``;
-        see :class:`refresh_store.io_scheduler.IOConfig`).
+        How the I/O scheduler keeps reads in flight (``"auto"``, ``"threads"``
+        or ``"aio"``; see :class:`refresh_store.io_scheduler.IOConfig`).
     """
 
     cache: str = "raw"
@@ -114,7 +114,7 @@ class TierConfig:
     host_policy: str = "clock"
     io_mode: str = "auto"
     io_queue_depth: int = 32
-    io_engine: str = "threads"
+    io_engine: str = "auto"
 
     def __post_init__(self) -> None:
         from .tiers import CACHE_MODES, POLICIES

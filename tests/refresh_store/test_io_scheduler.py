@@ -442,7 +442,7 @@ def test_direct_refused_falls_back(tmp_path, monkeypatch):
 def test_engines(tmp_path, monkeypatch):
     region, data = make_region(tmp_path)
     ids = np.random.default_rng(11).integers(0, region.nrows, 500)
-    with IOScheduler(region, IOConfig(mode="buffered")) as io:
+    with IOScheduler(region, IOConfig(mode="buffered", queue_depth=2)) as io:
         assert io.engine == "threads"  # AIO blocks on buffered files
     with pytest.raises(IOSchedulerError, match="engine='aio' is not possible.*buffered"):
         IOScheduler(region, IOConfig(mode="buffered", engine="aio"))
@@ -457,6 +457,30 @@ def test_engines(tmp_path, monkeypatch):
             return -2
 
         monkeypatch.setattr(kernels, "aio_read_scatter", no_context)
+        np.testing.assert_array_equal(io.gather(ids), data[ids])
+
+
+def test_auto_engine_by_depth(tmp_path, monkeypatch):
+    """``auto``: AIO at shallow depths in direct mode, threads deeper or where AIO is refused."""
+    from refresh_store import _io_config
+
+    region, data = make_region(tmp_path)
+    ids = np.random.default_rng(12).integers(0, region.nrows, 300)
+    with open_scheduler(region, "direct", queue_depth=_io_config.AUTO_AIO_MAX_DEPTH + 1) as io:
+        assert io.engine == "threads"
+    try:
+        aio = IOScheduler(region, IOConfig(mode="direct", engine="aio", queue_depth=1))
+    except IOSchedulerError as exc:
+        pytest.skip(f"direct mode or Linux AIO unavailable here: {exc}")
+    aio.close()
+    for depth in range(1, _io_config.AUTO_AIO_MAX_DEPTH + 1):
+        with IOScheduler(region, IOConfig(mode="direct", queue_depth=depth)) as io:
+            assert io.config.engine == "auto" and io.engine == "aio"
+            np.testing.assert_array_equal(io.gather(ids), data[ids])
+    # A kernel that refuses AIO contexts: auto falls back to the threads, no error.
+    monkeypatch.setattr(kernels, "aio_probe", lambda setup, destroy: errno.EAGAIN)
+    with IOScheduler(region, IOConfig(mode="direct", queue_depth=1)) as io:
+        assert io.engine == "threads"
         np.testing.assert_array_equal(io.gather(ids), data[ids])
 
 
