@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--host-policy", help="clock | s3fifo | lru (default clock)")
     t.add_argument("--io-mode", help="auto | direct | buffered | mmap (default auto)")
-    t.add_argument("--io-queue-depth", type=int, help="disk reads in flight (default 32)")
+    t.add_argument("--io-queue-depth", type=int, help="disk reads in flight (default 64)")
     t.add_argument(
         "--io-engine", help="auto | threads | aio: how disk reads are kept in flight (default auto)"
     )
@@ -179,7 +179,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         host_budget_bytes=parse_size(_pick(values, "host_budget", "4GiB"), name="--host-budget"),
         host_policy=_pick(values, "host_policy", "clock"),
         io_mode=_pick(values, "io_mode", "auto"),
-        io_queue_depth=_pick(values, "io_queue_depth", 32),
+        io_queue_depth=_pick(values, "io_queue_depth", 64),
         io_engine=_pick(values, "io_engine", "auto"),
     )
     eval_fanouts = values.get("eval_fanouts")

@@ -102,7 +102,9 @@ class TierConfig:
         Disk read mode handed to the I/O scheduler (``"auto"``, ``"direct"``,
         ``"buffered"`` or ``"mmap"``).
     io_queue_depth
-        Reads in flight in the I/O scheduler.
+        Reads in flight in the I/O scheduler. 64 gave the trainer's loader
+        15-18 % more batches/s than 32 at batch 128 and 11 % at batch 1024 on
+        the benchmark machine (10M-node store, interleaved passes).
     io_engine
         How the I/O scheduler keeps reads in flight (``"auto"``, ``"threads"``
         or ``"aio"``; see :class:`refresh_store.io_scheduler.IOConfig`).
@@ -113,7 +115,7 @@ class TierConfig:
     host_budget_bytes: int = 4 << 30  # 4 GiB
     host_policy: str = "clock"
     io_mode: str = "auto"
-    io_queue_depth: int = 32
+    io_queue_depth: int = 64
     io_engine: str = "auto"
 
     def __post_init__(self) -> None:
