@@ -131,8 +131,9 @@ def feature_bytes_range(src: Path) -> tuple[Path, int, int]:
     source = open_source(src)
     try:
         f = source.features
-        start, stop = f._row_span(0, len(f))  # type: ignore[attr-defined]
-        return Path(f.path), int(start), int(stop)  # type: ignore[attr-defined]
+        start, stop = f.byte_span(0, len(f))  # type: ignore[attr-defined]
+        path = Path(f.path)  # type: ignore[attr-defined]
+        return path, int(start), int(stop if stop is not None else path.stat().st_size)
     finally:
         source.close()
 

@@ -211,9 +211,14 @@ class MappedRows(RowSource):
         if hi > lo:
             self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
-    def _row_span(self, start: int, stop: int) -> tuple[int, int]:
+    def byte_span(self, start: int, stop: int) -> tuple[int, int | None]:
+        """File bytes ``[first, end)`` holding rows ``[start, stop)``.
+
+        ``end`` is ``None`` for Fortran-ordered data, whose rows are not
+        contiguous: the span then runs to the end of the file.
+        """
         if self.fortran_order:
-            return self._offset, None  # type: ignore[return-value]
+            return self._offset, None
         rb = self.row_bytes
         return self._offset + start * rb, self._offset + stop * rb
 
@@ -272,7 +277,7 @@ class MappedRows(RowSource):
         for a, b in self._span_groups(sorted_ids):
             ids = sorted_ids[a:b]
             out[a:b] = self.array[ids]
-            self.release(*self._row_span(int(ids[0]), int(ids[-1]) + 1))
+            self.release(*self.byte_span(int(ids[0]), int(ids[-1]) + 1))
         return out
 
     def gather_into(
@@ -290,7 +295,7 @@ class MappedRows(RowSource):
 
         def one(group: tuple[int, int]) -> int:
             a, b = group
-            span = self._row_span(int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1)
+            span = self.byte_span(int(sorted_ids[a]), int(sorted_ids[b - 1]) + 1)
             self._populate(*span)
             bad = copy_rows(words, sorted_ids[a:b], positions[a:b], out_words, mask)
             self.release(*span)
