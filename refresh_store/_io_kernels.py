@@ -196,12 +196,8 @@ def pread_scatter(
     """Run reads ``first .. end - 1`` with ``pread`` and scatter their rows.
 
     Each thread of the scheduler runs one call on its own contiguous segment
-    of the plan, so the reads in flight are spread over the whole span of the
-    batch in the file. (Threads taking every ``k``-th read instead keep all
-    their reads within a few MiB of each other; on the benchmark machine's
-    virtual disk that reached 0.83-0.94 of fio's IOPS at depths 32-64 against
-    1.0-1.06 for segments, in interleaved rounds.) A read returning fewer than
-    ``read_need`` bytes (end of file, or an error) stops the call and returns
+    of the plan (``IOScheduler._fan_out`` says why). A read returning fewer
+    than ``read_need`` bytes (end of file, or an error) stops the call and returns
     -1 with ``err`` filled; rows already scattered are not to be used.
     """
     base = buf.ctypes.data
@@ -256,8 +252,7 @@ def _map_copy(pid, local, remote, iov_read, k, row_bytes, err):
 def map_scatter(
     mapped,  # uint8 view of the whole file's memory map
     first,
-    step,
-    n_reads,
+    end,
     read_first,
     urow_off,
     group_start,
@@ -265,13 +260,14 @@ def map_scatter(
     out,  # uint8 [n, row_bytes]
     err,  # out int64 [3]: read of the failed row, bytes of it copied, errno
 ):
-    """Copy the rows of reads ``first, first + step, ...`` out of a memory map.
+    """Copy the rows of reads ``first .. end - 1`` out of a memory map.
 
     The kernel copies (``process_vm_readv`` from this process to itself, up
     to 1024 rows a call): touching a page that a truncation removed raises
     SIGBUS in user code, which kills the process, but makes this call fail
-    with EFAULT. Page faults block the calling thread, so ``step`` threads
-    give ``step`` faults in flight. Returns 0, or -1 with ``err`` filled.
+    with EFAULT. Page faults block the calling thread, so the scheduler's
+    threads, one call each on their own segment of the reads, give as many
+    faults in flight. Returns 0, or -1 with ``err`` filled.
     """
     row_bytes = out.shape[1]
     pid = _getpid()
@@ -281,7 +277,7 @@ def map_scatter(
     remote = np.empty((_IOV_BATCH, 2), np.int64)
     iov_read = np.empty(_IOV_BATCH, np.int64)
     k = 0
-    for r in range(first, n_reads, step):
+    for r in range(first, end):
         for u in range(read_first[r], read_first[r + 1]):
             src = base + urow_off[u]
             for g in range(group_start[u], group_start[u + 1]):
@@ -346,8 +342,6 @@ def aio_read_scatter(
     sysno,  # int64 [4]: io_setup, io_destroy, io_submit, io_getevents of this architecture
     fd,
     bufs,  # uint8 [depth, >= max(read_len)], every row aligned for O_DIRECT
-    first,
-    step,
     n_reads,
     read_start,
     read_len,
@@ -359,8 +353,8 @@ def aio_read_scatter(
     out,  # uint8 [n, row_bytes]
     err,  # out int64 [3]: failed read, bytes it returned, errno (0 = end of file)
 ):
-    """Run reads ``first, first + step, ...`` with Linux native AIO, ``bufs.shape[0]``
-    in flight, and scatter their rows.
+    """Run every read with Linux native AIO, ``bufs.shape[0]`` in flight, and
+    scatter their rows.
 
     The calling thread keeps its queue full: it submits reads in file order
     into free slots and reaps completions in batches, so a read costs a share
@@ -384,10 +378,9 @@ def aio_read_scatter(
     buf0 = bufs.ctypes.data
     stride = bufs.strides[0]
     status = 0
-    next_read = first
-    mine = (n_reads - first + step - 1) // step
+    next_read = 0
     done = 0
-    while done < mine and status == 0:
+    while done < n_reads and status == 0:
         n_sub = 0
         while n_free > 0 and next_read < n_reads:
             n_free -= 1
@@ -399,7 +392,7 @@ def aio_read_scatter(
             slot_got[slot] = 0
             ptrs[n_sub] = base + slot * 64
             n_sub += 1
-            next_read += step
+            next_read += 1
         sent = 0
         while sent < n_sub:
             k = _syscall(sysno[2], ctx[0], n_sub - sent, ptrs.ctypes.data + sent * 8, 0, 0)

@@ -62,6 +62,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -477,14 +478,7 @@ class IOScheduler:
             err = np.zeros(3, np.int64)
             with self._aio_lock:  # one set of AIO buffers
                 status = kernels.aio_read_scatter(
-                    self._aio_sysno,
-                    self._fd,
-                    self._aio_buffers(),
-                    0,
-                    1,
-                    *plan.read_args(),
-                    out_u8,
-                    err,
+                    self._aio_sysno, self._fd, self._aio_buffers(), *plan.read_args(), out_u8, err
                 )
             if status == -1:
                 self._raise_read_error(plan, err)
@@ -492,15 +486,36 @@ class IOScheduler:
                 return
             # -2: no AIO context now (the system's aio-max-nr is shared by all
             # processes); this batch goes through the threads instead.
-        n_tasks = min(self.config.queue_depth, plan.n_reads)
+        args = plan.read_args()[1:]
+
+        def task(first: int, end: int, err: NDArray[np.int64]) -> int:
+            buf = self._thread_buffer()  # the worker thread's own
+            return kernels.pread_scatter(self._fd, buf, first, end, *args, out_u8, err)
+
+        err = self._fan_out(plan.n_reads, task)
+        if err is not None:
+            self._raise_read_error(plan, err)
+
+    def _fan_out(
+        self, n_reads: int, task: Callable[[int, int, NDArray[np.int64]], int]
+    ) -> NDArray[np.int64] | None:
+        """Run ``task(first, end, err)`` on the pool, one contiguous segment of
+        the sorted reads per thread; the ``err`` of a failed task, or ``None``.
+
+        Segments spread the reads in flight over the batch's whole span in the
+        file (threads taking every k-th read keep them within a few MiB; on
+        the benchmark machine's virtual disk that reached 0.83-0.94 of fio's
+        IOPS at depths 32-64 against 1.0-1.06 for segments).
+        """
+        n_tasks = min(self.config.queue_depth, n_reads)
+        seg = -(-n_reads // n_tasks)
         errors = np.zeros((n_tasks, 3), np.int64)
         futures = [
-            self._pool.submit(self._pread_task, t, n_tasks, plan, out_u8, errors[t])
+            self._pool.submit(task, t * seg, min(n_reads, (t + 1) * seg), errors[t])
             for t in range(n_tasks)
         ]
         failed = [t for t, f in enumerate(futures) if f.result() != 0]
-        if failed:
-            self._raise_read_error(plan, errors[failed[0]])
+        return errors[failed[0]] if failed else None
 
     def _aio_buffers(self) -> NDArray[np.uint8]:
         if self._aio_bufs is None:
@@ -527,22 +542,6 @@ class IOScheduler:
         exc.errno = errno or None
         raise exc
 
-    def _pread_task(
-        self, t: int, n: int, plan: _Plan, out_u8: NDArray[np.uint8], err: NDArray[np.int64]
-    ) -> int:
-        # Task ``t`` of ``n`` reads the ``t``-th contiguous segment of the plan.
-        seg = -(-plan.n_reads // n)
-        first = t * seg
-        return kernels.pread_scatter(
-            self._fd,
-            self._thread_buffer(),
-            first,
-            min(plan.n_reads, first + seg),
-            *plan.read_args()[1:],
-            out_u8,
-            err,
-        )
-
     def _run_mapped(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
         # A truncation before the copy fails the size check (the clearest
         # message); one during it fails the kernel's copy (EFAULT, never
@@ -554,27 +553,17 @@ class IOScheduler:
         self._check_file_size(end)
 
     def _map_copy(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
-        n_tasks = min(self.config.queue_depth, plan.n_reads)
-        errors = np.zeros((n_tasks, 3), np.int64)
-        futures = [
-            self._pool.submit(
-                kernels.map_scatter,
-                self._mapped,
-                t,
-                n_tasks,
-                plan.n_reads,
-                plan.read_first,
-                plan.urow_off,
-                plan.group_start,
-                plan.order,
-                out_u8,
-                errors[t],
-            )
-            for t in range(n_tasks)
-        ]
-        failed = [t for t, f in enumerate(futures) if f.result() != 0]
-        if failed:
-            r, _, errno = (int(v) for v in errors[failed[0]])
+        # No local reference to the map's view: an exception's traceback keeps
+        # this frame alive, and close() cannot unmap while a view exists.
+        def task(first: int, end: int, err: NDArray[np.int64]) -> int:
+            return kernels.map_scatter(
+                self._mapped, first, end, plan.read_first, plan.urow_off, plan.group_start,
+                plan.order, out_u8, err,
+            )  # fmt: skip
+
+        err = self._fan_out(plan.n_reads, task)
+        if err is not None:
+            r, _, errno = (int(v) for v in err)
             size = os.fstat(self._fd).st_size
             exc = IOSchedulerError(
                 f"copying rows of {self.path!r} from its memory map failed "
