@@ -287,13 +287,18 @@ def _make_cold(trainer: Trainer) -> str:
     drop_cache(path)
     io_mode = trainer.cache.describe()["io_mode"]
     if io_mode != "direct":
-        fetch = trainer.cache.fetch
+        fetch, stage = trainer.cache.fetch, trainer.cache.stage
 
         def cold_fetch(batch):
             drop_cache(path)
             return fetch(batch)
 
+        def cold_stage(batches):
+            drop_cache(path)
+            return stage(batches)
+
         trainer.cache.fetch = cold_fetch  # type: ignore[method-assign]
+        trainer.cache.stage = cold_stage  # type: ignore[method-assign]
     return io_mode
 
 
@@ -307,13 +312,7 @@ def train_ours(store_path: Path, cache: str, args: argparse.Namespace, **tiers: 
             def limited(epoch: int) -> BatchLoader:
                 full = make(epoch)
                 n = args.max_batches
-                return BatchLoader(
-                    full.seed_batches[:n],
-                    full.batch_seeds[:n],
-                    trainer._sample,
-                    trainer._fetch,
-                    cfg.loader.prefetch_batches,
-                )
+                return trainer.loader(full.seed_batches[:n], full.batch_seeds[:n])
 
             trainer.make_loader = limited  # type: ignore[method-assign]
         records = trainer.run()
@@ -368,7 +367,7 @@ def loader_only_ours(store_path: Path, cache: str, args: argparse.Namespace, **t
             seeds = [batch_seed(rep, i) for i in range(len(parts))]
             drop_cache(trainer.store.region("features").path)
             trainer.cache.reset_stats()
-            loader = BatchLoader(parts, seeds, trainer._sample, trainer._fetch, args.prefetch)
+            loader = trainer.loader(parts, seeds)
             t0 = time.perf_counter()
             for _batch in loader:
                 pass

@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--io-engine", help="auto | threads | aio: how disk reads are kept in flight (default auto)"
     )
     t.add_argument(
+        "--lookahead",
+        type=int,
+        help="upcoming batches whose disk rows --cache raw reads in one pass; 0 = off (default 8)",
+    )
+    t.add_argument(
+        "--lookahead-budget", help="most bytes of one lookahead window, e.g. 1GiB (default 1GiB)"
+    )
+    t.add_argument(
         "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
     )
     e = p.add_argument_group("evaluation")
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 _KEYS = {
     "store", "model", "layers", "hidden", "dropout", "norm", "fanouts", "batch_size", "epochs",
     "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
-    "io_queue_depth", "io_engine", "prefetch", "eval", "eval_fanouts", "eval_batch_size",
+    "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval", "eval_fanouts", "eval_batch_size",
     "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
 }  # fmt: skip
 
@@ -181,6 +189,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         io_mode=_pick(values, "io_mode", "auto"),
         io_queue_depth=_pick(values, "io_queue_depth", 64),
         io_engine=_pick(values, "io_engine", "auto"),
+        lookahead_batches=_pick(values, "lookahead", 8),
+        lookahead_budget_bytes=parse_size(
+            _pick(values, "lookahead_budget", "1GiB"), name="--lookahead-budget"
+        ),
     )
     eval_fanouts = values.get("eval_fanouts")
     evaluation = EvalConfig(

@@ -108,6 +108,14 @@ class TierConfig:
     io_engine
         How the I/O scheduler keeps reads in flight (``"auto"``, ``"threads"``
         or ``"aio"``; see :class:`refresh_store.io_scheduler.IOConfig`).
+    lookahead_batches
+        ``"raw"`` reads the disk rows of up to this many upcoming batches in
+        one pass (a lookahead window; 0 or 1 = each batch reads its own).
+        Sorted together, a window's rows coalesce into far fewer and longer
+        reads, and a row two batches need is read once.
+    lookahead_budget_bytes
+        Most bytes of rows one window holds (the loader holds at most two
+        windows); a window takes as many consecutive batches as fit.
     """
 
     cache: str = "raw"
@@ -117,6 +125,8 @@ class TierConfig:
     io_mode: str = "auto"
     io_queue_depth: int = 64
     io_engine: str = "auto"
+    lookahead_batches: int = 8
+    lookahead_budget_bytes: int = 1 << 30  # 1 GiB
 
     def __post_init__(self) -> None:
         from .tiers import CACHE_MODES, POLICIES
@@ -127,9 +137,14 @@ class TierConfig:
             raise ConfigError(
                 f"host_policy must be one of {sorted(POLICIES)}, got {self.host_policy!r}"
             )
-        for name in ("cache_budget_bytes", "host_budget_bytes"):
+        for name in (
+            "cache_budget_bytes",
+            "host_budget_bytes",
+            "lookahead_batches",
+            "lookahead_budget_bytes",
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.io_mode not in ("auto", "direct", "buffered", "mmap"):
             raise ConfigError(

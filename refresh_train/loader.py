@@ -6,6 +6,14 @@
     sample(seeds, batch_seed) -> MiniBatch      (thread "refresh-sample")
     fetch(batch) -> MiniBatch                   (thread "refresh-fetch")
 
+With a ``stage`` hook a third stage sits between them::
+
+    stage(batches) -> None                      (thread "refresh-stage")
+
+It takes sampled batches ``stage_batches`` at a time (a lookahead window)
+and prepares their fetch together, e.g. reads the disk rows of the whole
+window in one pass.
+
 Each stage runs in its own background thread and hands its output to the
 next through a queue of at most ``prefetch_batches`` batches, so that while
 the model computes batch ``i`` the fetch thread reads the features of batch
@@ -35,6 +43,7 @@ __all__ = ["BatchLoader", "LoaderTimes"]
 
 SampleFn = Callable[[np.ndarray, int], MiniBatch]
 FetchFn = Callable[[MiniBatch], MiniBatch]
+StageFn = Callable[[list[MiniBatch]], None]
 
 # How often a blocked worker checks whether the consumer went away.
 _POLL_S = 0.1
@@ -44,12 +53,14 @@ _POLL_S = 0.1
 class LoaderTimes:
     """Seconds spent per stage over one pass.
 
-    ``sample_s`` and ``fetch_s`` are busy times of the stages (in background
-    threads they overlap with compute); ``wait_s`` is the time the consumer
-    spent blocked waiting for the next ready batch (the data stall).
+    ``sample_s``, ``stage_s`` and ``fetch_s`` are busy times of the stages
+    (in background threads they overlap with compute); ``wait_s`` is the
+    time the consumer spent blocked waiting for the next ready batch (the
+    data stall).
     """
 
     sample_s: float = 0.0
+    stage_s: float = 0.0
     fetch_s: float = 0.0
     wait_s: float = 0.0
     batches: int = 0
@@ -80,6 +91,12 @@ class BatchLoader:
         consumer needs) and may move the batch to the device.
     prefetch_batches
         Bound of each inter-stage queue; 0 runs serially in the caller.
+    stage
+        Optional ``stage(batches)``, called once per window of consecutive
+        sampled batches before any of them is fetched.
+    stage_batches
+        Batches per window (the last one may be shorter); with 0 or 1, or
+        no ``stage``, there is no staging stage.
 
     Notes
     -----
@@ -96,6 +113,8 @@ class BatchLoader:
         sample: SampleFn,
         fetch: FetchFn,
         prefetch_batches: int = 4,
+        stage: StageFn | None = None,
+        stage_batches: int = 0,
     ) -> None:
         if len(seed_batches) != len(batch_seeds):
             raise ValueError(
@@ -109,6 +128,8 @@ class BatchLoader:
         self._sample = sample
         self._fetch = fetch
         self.prefetch_batches = int(prefetch_batches)
+        self._stage = stage if stage is not None and stage_batches > 1 else None
+        self.stage_batches = int(stage_batches) if self._stage is not None else 0
         self.times = LoaderTimes()
         self._started = False
 
@@ -141,16 +162,28 @@ class BatchLoader:
         self.times.fetch_s += dt
         return batch
 
+    def _stage_window(self, window: list[MiniBatch]) -> None:
+        if self._stage is None:
+            return
+        t0 = time.perf_counter()
+        self._stage(window)
+        self.times.stage_s += time.perf_counter() - t0
+
     def _serial(self) -> Iterator[MiniBatch]:
-        for i in range(len(self.seed_batches)):
-            batch = self._fetch_one(self._sample_one(i))
-            self.times.batches += 1
-            yield batch
+        step = max(1, self.stage_batches)
+        for lo in range(0, len(self.seed_batches), step):
+            window = [self._sample_one(i) for i in range(lo, min(lo + step, len(self)))]
+            self._stage_window(window)
+            for batch in window:
+                batch = self._fetch_one(batch)
+                self.times.batches += 1
+                yield batch
 
     # --------------------------------------------------------------- pipelined
     def _pipelined(self) -> Iterator[MiniBatch]:
         stop = threading.Event()
         sampled: queue.Queue = queue.Queue(self.prefetch_batches)
+        staged: queue.Queue = queue.Queue(self.prefetch_batches) if self._stage else sampled
         ready: queue.Queue = queue.Queue(self.prefetch_batches)
 
         def put(q: queue.Queue, item: object) -> bool:
@@ -179,9 +212,30 @@ class BatchLoader:
             except BaseException as exc:  # handed to the consumer, which re-raises
                 put(sampled, _Failure(exc))
 
-        def fetcher() -> None:
+        def stager() -> None:
+            window: list[MiniBatch] = []
             while True:
                 item = get(sampled)
+                last = item is _DONE or isinstance(item, _Failure)
+                if not last:
+                    window.append(item)  # type: ignore[arg-type]
+                if window and (last or len(window) == self.stage_batches):
+                    try:
+                        self._stage_window(window)
+                    except BaseException as exc:
+                        put(staged, _Failure(exc))
+                        return
+                    for batch in window:
+                        if not put(staged, batch):
+                            return
+                    window = []
+                if last:
+                    put(staged, item)
+                    return
+
+        def fetcher() -> None:
+            while True:
+                item = get(staged)
                 if item is _DONE or isinstance(item, _Failure):
                     put(ready, item)
                     return
@@ -197,6 +251,8 @@ class BatchLoader:
             threading.Thread(target=sampler, name="refresh-sample", daemon=True),
             threading.Thread(target=fetcher, name="refresh-fetch", daemon=True),
         ]
+        if self._stage is not None:
+            threads.append(threading.Thread(target=stager, name="refresh-stage", daemon=True))
         for t in threads:
             t.start()
         try:

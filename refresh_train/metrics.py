@@ -7,13 +7,17 @@ One record (a flat dict) per epoch. Keys every record has:
 ``epoch_time_s``          wall time of the training pass
 ``sample_s``, ``fetch_s`` busy time of the sampling / fetching stages (run in
                           background threads, so they overlap with compute)
+``stage_s``               the part of ``fetch_s`` spent reading lookahead
+                          windows (``--lookahead``)
 ``data_wait_s``           time compute waited for the next batch
 ``compute_s``             forward + backward + optimiser step
 ``train_loss``            mean cross-entropy over the epoch's seeds
 ``train_acc``             accuracy of the training predictions (with dropout)
 ``valid_acc``/``test_acc`` from evaluation (``None`` on epochs not evaluated)
 ``rows_X``/``bytes_X``    rows and bytes served by tier X (device, host, disk)
-                          for training fetches; ``bytes_X = rows_X * row_bytes``
+                          for training fetches; ``bytes_X = rows_X * row_bytes``;
+                          a row a lookahead window read once counts once on
+                          disk and as a host hit for every later batch using it
 ``disk_bytes_read``       bytes the I/O scheduler asked of the file (alignment
                           and coalescing included); ``disk_reads`` read calls
 ``peak_rss_bytes``        highest resident set size seen during the epoch

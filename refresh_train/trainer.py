@@ -171,8 +171,19 @@ class Trainer:
         """The loader of epoch ``epoch`` (0-based) of this run."""
         cfg = self.config
         parts = list(epoch_batches(self.store.train_idx, cfg.batch_size, cfg.seed, epoch))
-        seeds = [batch_seed(epoch, i) for i in range(len(parts))]
-        return BatchLoader(parts, seeds, self._sample, self._fetch, cfg.loader.prefetch_batches)
+        return self.loader(parts, [batch_seed(epoch, i) for i in range(len(parts))])
+
+    def loader(self, seed_batches: list[np.ndarray], batch_seeds: list[int]) -> BatchLoader:
+        """A training loader over these seed batches (sampling, staging, fetching)."""
+        return BatchLoader(
+            seed_batches,
+            batch_seeds,
+            self._sample,
+            self._fetch,
+            self.config.loader.prefetch_batches,
+            stage=self.cache.stage,
+            stage_batches=self.cache.lookahead_batches(),
+        )
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -230,7 +241,8 @@ class Trainer:
             "epoch": epoch + 1,
             "epoch_time_s": epoch_time,
             "sample_s": times.sample_s,
-            "fetch_s": times.fetch_s,
+            "fetch_s": times.fetch_s + times.stage_s,
+            "stage_s": times.stage_s,
             "data_wait_s": times.wait_s,
             "compute_s": compute_s,
             "batches": times.batches,

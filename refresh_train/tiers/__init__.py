@@ -21,6 +21,10 @@ cache may change in a step:
 
 - :meth:`CacheMode.prune` is handed to the sampler (a historical embedding
   cache stops expanding nodes whose embedding it holds);
+- :meth:`CacheMode.stage` sees windows of :meth:`CacheMode.lookahead_batches`
+  sampled batches before their fetch and may read ahead what they need
+  (``--cache raw`` reads each window's disk rows in one pass, see
+  :mod:`._lookahead`);
 - :meth:`CacheMode.fetch` fills a batch's inputs (raw features, and cached
   embeddings of pruned nodes);
 - :meth:`CacheMode.forward` runs the model on a batch;
@@ -31,7 +35,7 @@ cache may change in a step:
 - :meth:`CacheMode.state_dict` / :meth:`CacheMode.load_state_dict` go into
   checkpoints, so that a resumed run continues with the same cache state.
 
-``prune`` and ``fetch`` run in the loader's background threads, up to
+``prune``, ``stage`` and ``fetch`` run in the loader's background threads, up to
 ``prefetch_batches`` batches ahead of ``forward``/``after_step``.
 """
 
@@ -46,6 +50,7 @@ import torch
 from refresh_store.io_scheduler import IOConfig
 
 from ._base import FeatureTier, check_ids, resolve_device
+from ._lookahead import StagedRows, plan_windows
 from ._policies import ClockPolicy, LruPolicy, ReplacementPolicy, S3FifoPolicy
 from .device import DeviceTier
 from .disk import DiskTier
@@ -62,6 +67,7 @@ __all__ = [
     "DeviceTier",
     "HostTier",
     "DiskTier",
+    "StagedRows",
     "ReplacementPolicy",
     "ClockPolicy",
     "LruPolicy",
@@ -177,6 +183,13 @@ class CacheMode:
         """The sampler's pruning hook, or ``None`` to expand every node."""
         return None
 
+    def lookahead_batches(self) -> int:
+        """Sampled batches the loader hands :meth:`stage` at once; 0 = no staging."""
+        return 0
+
+    def stage(self, batches: list[MiniBatch]) -> None:
+        """Prepare the fetch of ``batches`` (consecutive, in loader order) ahead of it."""
+
     def fetch(self, batch: MiniBatch) -> MiniBatch:
         """Fill ``batch.features`` (rows of ``batch.input_nodes`` on the device)."""
         batch.features = self.tiers.read(batch.input_nodes)
@@ -230,11 +243,15 @@ class CacheMode:
         """Zero the training tiers' counters (the trainer does it every epoch)."""
         self.tiers.reset_stats()
 
-    def describe(self) -> dict[str, Any]:
-        """Sizes of the tiers, for logs."""
+    def _host(self) -> HostTier:
         host = self.tiers.below
         if not isinstance(host, HostTier):
             raise TypeError(f"the tier below the device tier is a {type(host).__name__}")
+        return host
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the tiers, for logs."""
+        host = self._host()
         return {
             "cache": self.name,
             "device_rows": self.tiers.num_cached,
@@ -244,6 +261,10 @@ class CacheMode:
             "host_policy": type(host.policy).name,
             "row_bytes": self.tiers.row_bytes,
             "io_mode": host.below.scheduler.mode,  # type: ignore[union-attr]
+            "lookahead_batches": self.lookahead_batches(),
+            "lookahead_budget_bytes": self.config.lookahead_budget_bytes
+            if self.lookahead_batches()
+            else 0,
         }
 
     def close(self) -> None:
@@ -266,9 +287,45 @@ class NoCache(CacheMode):
 
 
 class RawCache(CacheMode):
-    """``--cache raw``: hottest rows on the device, recent rows on the host, the rest from disk."""
+    """``--cache raw``: hottest rows on the device, recent rows on the host, the rest from disk.
+
+    The rest is read a window of batches at a time: :meth:`stage` reads the
+    union of what up to ``lookahead_batches`` upcoming batches need from
+    disk in one pass (as many consecutive batches as fit
+    ``lookahead_budget_bytes``), and each batch's fetch takes its rows from
+    that window. With ``prefetch_batches`` queued behind it, the loader holds
+    at most two windows at once.
+    """
 
     name = "raw"
+
+    def lookahead_batches(self) -> int:
+        cfg = self.config
+        fits = cfg.lookahead_budget_bytes >= self.tiers.row_bytes
+        return cfg.lookahead_batches if fits and cfg.lookahead_batches > 1 else 0
+
+    def stage(self, batches: list[MiniBatch]) -> None:
+        k = self.tiers.num_cached
+        needs = []
+        for batch in batches:
+            ids = batch.input_nodes.numpy()
+            needs.append(np.unique(ids[ids >= k]).astype(np.int64, copy=False))
+        host = self._host()
+        max_rows = self.config.lookahead_budget_bytes // self.tiers.row_bytes
+        for first, end, ids in plan_windows(needs, max_rows):
+            window = host.stage(ids, end - first)
+            for batch in batches[first:end]:
+                batch.extra["staged"] = window
+
+    def fetch(self, batch: MiniBatch) -> MiniBatch:
+        window: StagedRows | None = batch.extra.pop("staged", None)
+        if window is None:
+            return super().fetch(batch)
+        try:
+            with self._host().staged(window):
+                return super().fetch(batch)
+        finally:
+            window.release()
 
     def _build_tiers(self) -> DeviceTier:
         return build_raw_tiers(

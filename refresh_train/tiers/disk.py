@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -47,13 +49,17 @@ class DiskTier(FeatureTier):
         )
         self.pin = bool(pin)
         self.scheduler = IOScheduler(region, io)
+        # A lookahead window is read from the loader's staging thread while
+        # the fetch thread may read a batch's other misses.
+        self._count_lock = threading.Lock()
 
     def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
         if out is None:
             out = self._batch_rows(len(ids), pin=self.pin)
         if len(ids):
             self.scheduler.gather(ids, out=out.numpy())
-        self._rows += len(ids)
+        with self._count_lock:
+            self._rows += len(ids)
         return out
 
     def _own_stats(self) -> dict[str, float | int]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ._base import FeatureTier, row_words
+from ._base import BufferPool, FeatureTier, row_words
 from ._copy_kernels import put_rows, take_rows
+from ._lookahead import StagedRows
 from ._policies import ReplacementPolicy
 
 __all__ = ["HostTier"]
@@ -21,6 +24,12 @@ class HostTier(FeatureTier):
     Rows it holds are served from RAM; the misses are read from ``below``
     (one call per batch), returned, and admitted into the buffer under
     ``policy`` (misses beyond the capacity in one batch are not admitted).
+
+    It also stages lookahead windows (:meth:`stage`): the rows several
+    upcoming batches need, read from ``below`` in one pass into a buffer of
+    their own (outside ``budget_bytes``; the loader's lookahead budget bounds
+    it). A read inside :meth:`staged` serves the misses of its cache from
+    that window before asking ``below``.
 
     Parameters
     ----------
@@ -71,50 +80,96 @@ class HostTier(FeatureTier):
         # One batch at a time: a hit's slot must not be refilled while it is copied out.
         self._lock = threading.Lock()
         self._admitted = 0
+        self._staged = 0  # rows read into lookahead windows
+        self._from_window = 0  # request positions served from a window
+        self._windows = BufferPool(max_buffers=3)
+        self._local = threading.local()
 
     @property
     def budget_used_bytes(self) -> int:
         """Bytes of the buffer (what the budget pays for)."""
         return self.capacity * self.row_bytes
 
+    def stage(self, ids: NDArray[np.int64], batches: int) -> StagedRows:
+        """Read sorted distinct ``ids`` from ``below`` now, for ``batches`` later reads.
+
+        Rows the cache holds now are left out. Call from the loader's staging
+        thread; the reads of :meth:`staged` batches then take their rows from
+        the returned window.
+        """
+        if self.capacity:
+            with self._lock:
+                ids = ids[self.policy.lookup(ids) < 0]
+        rows = self._windows.rows(len(ids), self.row_shape, self.dtype)
+        if len(ids):
+            self.below._read(ids, rows)  # type: ignore[union-attr]  # set in __init__
+        with self._lock:
+            self._staged += len(ids)
+        return StagedRows(ids, rows, batches)
+
+    @contextmanager
+    def staged(self, window: StagedRows | None) -> Iterator[None]:
+        """Reads of this thread inside the block may take rows from ``window``."""
+        self._local.window = window
+        try:
+            yield
+        finally:
+            self._local.window = None
+
     def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
         below: FeatureTier = self.below  # type: ignore[assignment]  # set in __init__
         if out is None:
             out = self._batch_rows(len(ids), pin=self.pin)
-        if self.capacity == 0:
+        window: StagedRows | None = getattr(self._local, "window", None)
+        if (self.capacity == 0 and window is None) or len(ids) == 0:
             return below._read(ids, out)
         with self._lock:
-            slots = self.policy.lookup(ids)
-            hit = slots >= 0
-            hit_pos = np.flatnonzero(hit)
-            self._rows += len(hit_pos)
-            if len(hit_pos) == len(ids):
-                torch.index_select(self.buffer, 0, torch.from_numpy(slots), out=out)
-                return out
             # Whole-row copies without the GIL (torch's index ops copy per element).
-            buffer_words, out_words = row_words(self.buffer), row_words(out)
-            if len(hit_pos):
-                take_rows(buffer_words, slots[hit_pos], out_words, hit_pos)
-            miss_pos = np.flatnonzero(~hit)
-            miss_ids = ids[miss_pos]
-            if len(hit_pos) == 0:
-                rows = below._read(miss_ids, out)
-            else:
-                rows = below._read(miss_ids, None)
-                put_rows(row_words(rows), out_words, miss_pos)
-            keys, first = np.unique(miss_ids, return_index=True)
-            new_slots = self.policy.admit(keys)
-            ok = new_slots >= 0
-            if ok.any():
-                take_rows(row_words(rows), first[ok], buffer_words, new_slots[ok])
-                self._admitted += int(ok.sum())
+            out_words = row_words(out)
+            miss_pos = np.arange(len(ids))
+            if self.capacity:
+                slots = self.policy.lookup(ids)
+                hit = slots >= 0
+                hit_pos = np.flatnonzero(hit)
+                if len(hit_pos):
+                    take_rows(row_words(self.buffer), slots[hit_pos], out_words, hit_pos)
+                    self._rows += len(hit_pos)
+                miss_pos = np.flatnonzero(~hit)
+            rest = miss_pos
+            if window is not None and window.rows is not None and len(rest):
+                pos, at = window.find(ids[rest])
+                if len(pos):
+                    take_rows(row_words(window.rows), at, out_words, rest[pos])
+                    # A window's rows were counted by the disk tier when it was
+                    # read: only re-uses count here.
+                    self._rows += window.take(at)
+                    self._from_window += len(pos)
+                    keep = np.ones(len(rest), np.bool_)
+                    keep[pos] = False
+                    rest = rest[keep]
+            if len(rest) == len(ids):
+                below._read(ids, out)
+            elif len(rest):
+                put_rows(row_words(below._read(ids[rest], None)), out_words, rest)
+            if self.capacity and len(miss_pos):
+                keys, first = np.unique(ids[miss_pos], return_index=True)
+                new_slots = self.policy.admit(keys)
+                ok = new_slots >= 0
+                if ok.any():
+                    take_rows(out_words, miss_pos[first[ok]], row_words(self.buffer), new_slots[ok])
+                    self._admitted += int(ok.sum())
         return out
 
     def _own_stats(self) -> dict[str, float | int]:
-        return {"host_admitted": self._admitted, "host_capacity_rows": self.capacity}
+        return {
+            "host_admitted": self._admitted,
+            "host_capacity_rows": self.capacity,
+            "host_staged_rows": self._staged,
+            "host_window_rows": self._from_window,
+        }
 
     def _reset_own_stats(self) -> None:
-        self._admitted = 0
+        self._admitted = self._staged = self._from_window = 0
 
     def close(self) -> None:
         """Drop the buffer and close the tiers below."""

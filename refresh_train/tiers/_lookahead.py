@@ -1,0 +1,147 @@
+"""Lookahead windows: the disk rows of several upcoming batches, read in one pass.
+
+The loader samples batches ahead of their fetch. A :class:`StagedRows` holds
+the union of the rows that a *window* of upcoming batches needs from below
+the host tier, read with one scheduler call: sorted, deduplicated and over a
+larger span of the file than one batch, so the I/O scheduler coalesces them
+into far fewer, longer reads, and a row several batches of the window need
+is read once. On the benchmark graph (10M nodes, batch 1024, 6 % of the rows
+per batch) the disk reads of a window of 8 batches were 2,354 per batch
+instead of 170,920, and ran near the disk's sequential rate.
+
+Counting follows the tier contract (the ``rows_*`` of a chain add up to the
+rows requested): the disk tier counts each row of the window once, when the
+window is read; the first batch that takes a row from the window adds
+nothing more, and every later one counts it as a host hit (a re-use from RAM).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numba import njit
+from numpy.typing import NDArray
+
+__all__ = ["StagedRows", "merge_unique", "plan_windows"]
+
+
+@njit(cache=True, nogil=True)
+def _merge_unique(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> int:
+    i = j = n = 0
+    while i < a.shape[0] and j < b.shape[0]:
+        if a[i] < b[j]:
+            out[n] = a[i]
+            i += 1
+        elif b[j] < a[i]:
+            out[n] = b[j]
+            j += 1
+        else:
+            out[n] = a[i]
+            i += 1
+            j += 1
+        n += 1
+    while i < a.shape[0]:
+        out[n] = a[i]
+        i += 1
+        n += 1
+    while j < b.shape[0]:
+        out[n] = b[j]
+        j += 1
+        n += 1
+    return n
+
+
+def merge_unique(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The sorted union of two sorted arrays of distinct ids, in linear time."""
+    out = np.empty(len(a) + len(b), np.int64)
+    return out[: _merge_unique(a, b, out)]
+
+
+def plan_windows(
+    needs: Sequence[NDArray[np.int64]], max_rows: int
+) -> list[tuple[int, int, NDArray[np.int64]]]:
+    """Split consecutive batches into windows whose union fits ``max_rows``.
+
+    Parameters
+    ----------
+    needs
+        Per batch, the sorted distinct ids it needs from below the host tier.
+    max_rows
+        Most rows one window may hold (its byte budget over the row size).
+
+    Returns
+    -------
+    list of ``(first, end, ids)``
+        Batches ``first:end`` form a window reading the sorted distinct
+        ``ids``. A batch that needs more than ``max_rows`` by itself is
+        left out of every window (it reads its rows as it is fetched).
+    """
+    windows: list[tuple[int, int, NDArray[np.int64]]] = []
+    first, union = 0, np.empty(0, np.int64)
+    for i, ids in enumerate(needs):
+        merged = merge_unique(union, ids)
+        if len(merged) <= max_rows:
+            union = merged
+            continue
+        if i > first:
+            windows.append((first, i, union))
+        if len(ids) <= max_rows:
+            first, union = i, ids
+        else:
+            first, union = i + 1, np.empty(0, np.int64)
+    if len(needs) > first:
+        windows.append((first, len(needs), union))
+    return [w for w in windows if len(w[2])]
+
+
+class StagedRows:
+    """One window's rows in host RAM, until every batch of the window took its share.
+
+    Parameters
+    ----------
+    ids
+        Sorted distinct row ids of the window.
+    rows
+        Their rows (``rows[i]`` is row ``ids[i]``), CPU.
+    batches
+        How many batches will take rows from it; after the last one
+        :meth:`release` drops the rows.
+    """
+
+    def __init__(self, ids: NDArray[np.int64], rows: torch.Tensor, batches: int) -> None:
+        self.ids = ids
+        self.rows: torch.Tensor | None = rows
+        self.taken = np.zeros(len(ids), np.bool_)
+        self.pending = int(batches)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def find(self, ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """``(pos, at)``: request positions ``pos`` of ``ids`` that the window holds,
+        at window rows ``at``."""
+        if self.rows is None or len(self.ids) == 0:
+            empty = np.empty(0, np.int64)
+            return empty, empty
+        at = np.searchsorted(self.ids, ids)
+        at[at == len(self.ids)] = 0
+        pos = np.flatnonzero(self.ids[at] == ids)
+        return pos, at[pos]
+
+    def take(self, at: NDArray[np.int64]) -> int:
+        """Mark window rows ``at`` as taken; how many had been taken before."""
+        with self._lock:
+            again = int(np.count_nonzero(self.taken[at]))
+            self.taken[at] = True
+        return again
+
+    def release(self) -> None:
+        """One batch of the window is done; the last one drops the rows."""
+        with self._lock:
+            self.pending -= 1
+            if self.pending <= 0:
+                self.rows = None
