@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="upcoming batches whose disk rows --cache raw reads in one pass; 0 = off (default 8)",
     )
     t.add_argument(
-        "--lookahead-budget", help="most bytes of one lookahead window, e.g. 1GiB (default 1GiB)"
+        "--lookahead-budget", help="most bytes of one lookahead window, e.g. 2GiB (default 2GiB)"
     )
     t.add_argument(
         "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
@@ -191,7 +191,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         io_engine=_pick(values, "io_engine", "auto"),
         lookahead_batches=_pick(values, "lookahead", 8),
         lookahead_budget_bytes=parse_size(
-            _pick(values, "lookahead_budget", "1GiB"), name="--lookahead-budget"
+            _pick(values, "lookahead_budget", "2GiB"), name="--lookahead-budget"
         ),
     )
     eval_fanouts = values.get("eval_fanouts")

@@ -114,8 +114,9 @@ class TierConfig:
         Sorted together, a window's rows coalesce into far fewer and longer
         reads, and a row two batches need is read once.
     lookahead_budget_bytes
-        Most bytes of rows one window holds (the loader holds at most two
-        windows); a window takes as many consecutive batches as fit.
+        Most bytes of rows one window holds; a window takes as many
+        consecutive batches as fit. The loader keeps at most two
+        windows (the one being fetched and the next one).
     """
 
     cache: str = "raw"
@@ -126,7 +127,7 @@ class TierConfig:
     io_queue_depth: int = 64
     io_engine: str = "auto"
     lookahead_batches: int = 8
-    lookahead_budget_bytes: int = 1 << 30  # 1 GiB
+    lookahead_budget_bytes: int = 2 << 30  # 2 GiB
 
     def __post_init__(self) -> None:
         from .tiers import CACHE_MODES, POLICIES

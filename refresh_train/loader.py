@@ -183,7 +183,14 @@ class BatchLoader:
     def _pipelined(self) -> Iterator[MiniBatch]:
         stop = threading.Event()
         sampled: queue.Queue = queue.Queue(self.prefetch_batches)
-        staged: queue.Queue = queue.Queue(self.prefetch_batches) if self._stage else sampled
+        # A whole window fits behind the stager, so it reads the next window
+        # while the fetcher works through this one (sampled batches are small;
+        # their features are not fetched yet). At most two windows are staged
+        # and not yet fetched: what a window holds (its rows) stays bounded.
+        staged: queue.Queue = (
+            queue.Queue(max(self.prefetch_batches, self.stage_batches)) if self._stage else sampled
+        )
+        windows_open = threading.Semaphore(2)
         ready: queue.Queue = queue.Queue(self.prefetch_batches)
 
         def put(q: queue.Queue, item: object) -> bool:
@@ -220,6 +227,9 @@ class BatchLoader:
                 if not last:
                     window.append(item)  # type: ignore[arg-type]
                 if window and (last or len(window) == self.stage_batches):
+                    while not windows_open.acquire(timeout=_POLL_S):
+                        if stop.is_set():
+                            return
                     try:
                         self._stage_window(window)
                     except BaseException as exc:
@@ -244,6 +254,9 @@ class BatchLoader:
                 except BaseException as exc:
                     put(ready, _Failure(exc))
                     return
+                i = out.extra["index"] + 1
+                if self._stage is not None and (i % self.stage_batches == 0 or i == len(self)):
+                    windows_open.release()  # the last batch of its window
                 if not put(ready, out):
                     return
 

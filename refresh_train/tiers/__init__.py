@@ -293,8 +293,8 @@ class RawCache(CacheMode):
     union of what up to ``lookahead_batches`` upcoming batches need from
     disk in one pass (as many consecutive batches as fit
     ``lookahead_budget_bytes``), and each batch's fetch takes its rows from
-    that window. With ``prefetch_batches`` queued behind it, the loader holds
-    at most two windows at once.
+    that window. The loader keeps at most two windows: the one being
+    fetched and the next one, read meanwhile.
     """
 
     name = "raw"

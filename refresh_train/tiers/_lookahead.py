@@ -22,42 +22,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from numba import njit
 from numpy.typing import NDArray
 
+from . import _lookahead_kernels as kernels
+
 __all__ = ["StagedRows", "merge_unique", "plan_windows"]
-
-
-@njit(cache=True, nogil=True)
-def _merge_unique(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> int:
-    i = j = n = 0
-    while i < a.shape[0] and j < b.shape[0]:
-        if a[i] < b[j]:
-            out[n] = a[i]
-            i += 1
-        elif b[j] < a[i]:
-            out[n] = b[j]
-            j += 1
-        else:
-            out[n] = a[i]
-            i += 1
-            j += 1
-        n += 1
-    while i < a.shape[0]:
-        out[n] = a[i]
-        i += 1
-        n += 1
-    while j < b.shape[0]:
-        out[n] = b[j]
-        j += 1
-        n += 1
-    return n
 
 
 def merge_unique(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
     """The sorted union of two sorted arrays of distinct ids, in linear time."""
     out = np.empty(len(a) + len(b), np.int64)
-    return out[: _merge_unique(a, b, out)]
+    return out[: kernels.merge_unique(a, b, out)]
 
 
 def plan_windows(
@@ -124,20 +99,23 @@ class StagedRows:
     def find(self, ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """``(pos, at)``: request positions ``pos`` of ``ids`` that the window holds,
         at window rows ``at``."""
-        if self.rows is None or len(self.ids) == 0:
+        if self.rows is None or len(self.ids) == 0 or len(ids) == 0:
             empty = np.empty(0, np.int64)
             return empty, empty
-        at = np.searchsorted(self.ids, ids)
-        at[at == len(self.ids)] = 0
-        pos = np.flatnonzero(self.ids[at] == ids)
-        return pos, at[pos]
+        pos = np.empty(len(ids), np.int64)
+        at = np.empty(len(ids), np.int64)
+        n = kernels.locate_sorted(self.ids, np.ascontiguousarray(ids, np.int64), pos, at)
+        return pos[:n], at[:n]
 
     def take(self, at: NDArray[np.int64]) -> int:
-        """Mark window rows ``at`` as taken; how many had been taken before."""
+        """Mark window rows ``at`` as taken; how many of them are re-uses.
+
+        A row's first take counts nothing (the disk tier counted the row when
+        the window was read); every later one, a duplicate within ``at``
+        included, is a re-use.
+        """
         with self._lock:
-            again = int(np.count_nonzero(self.taken[at]))
-            self.taken[at] = True
-        return again
+            return int(kernels.mark_taken(self.taken, at))
 
     def release(self) -> None:
         """One batch of the window is done; the last one drops the rows."""

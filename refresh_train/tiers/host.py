@@ -82,7 +82,7 @@ class HostTier(FeatureTier):
         self._admitted = 0
         self._staged = 0  # rows read into lookahead windows
         self._from_window = 0  # request positions served from a window
-        self._windows = BufferPool(max_buffers=3)
+        self._windows = BufferPool(max_buffers=4)
         self._local = threading.local()
 
     @property
@@ -126,27 +126,27 @@ class HostTier(FeatureTier):
         with self._lock:
             # Whole-row copies without the GIL (torch's index ops copy per element).
             out_words = row_words(out)
-            miss_pos = np.arange(len(ids))
+            served = np.zeros(len(ids), np.bool_)
+            # A window's rows were counted by the disk tier when it was read, so
+            # the window serves every row it holds (even one the cache took in
+            # since) and only re-uses count here.
+            if window is not None and window.rows is not None:
+                pos, at = window.find(ids)
+                if len(pos):
+                    take_rows(row_words(window.rows), at, out_words, pos)
+                    self._rows += window.take(at)
+                    self._from_window += len(pos)
+                    served[pos] = True
+            miss_pos = np.empty(0, np.int64)
             if self.capacity:
-                slots = self.policy.lookup(ids)
-                hit = slots >= 0
-                hit_pos = np.flatnonzero(hit)
+                slots = self.policy.lookup(ids)  # records accesses of window rows too
+                hit_pos = np.flatnonzero((slots >= 0) & ~served)
                 if len(hit_pos):
                     take_rows(row_words(self.buffer), slots[hit_pos], out_words, hit_pos)
                     self._rows += len(hit_pos)
-                miss_pos = np.flatnonzero(~hit)
-            rest = miss_pos
-            if window is not None and window.rows is not None and len(rest):
-                pos, at = window.find(ids[rest])
-                if len(pos):
-                    take_rows(row_words(window.rows), at, out_words, rest[pos])
-                    # A window's rows were counted by the disk tier when it was
-                    # read: only re-uses count here.
-                    self._rows += window.take(at)
-                    self._from_window += len(pos)
-                    keep = np.ones(len(rest), np.bool_)
-                    keep[pos] = False
-                    rest = rest[keep]
+                    served[hit_pos] = True
+                miss_pos = np.flatnonzero(slots < 0)  # admitted below, wherever served from
+            rest = np.flatnonzero(~served)
             if len(rest) == len(ids):
                 below._read(ids, out)
             elif len(rest):

@@ -9,6 +9,7 @@ Covers :mod:`refresh_train.tiers._lookahead` (``merge_unique``, ``plan_windows``
 from __future__ import annotations
 
 import threading
+import time
 from functools import reduce
 
 import numpy as np
@@ -217,11 +218,6 @@ def test_an_empty_window_is_harmless(host, store):
     assert host.stats()["rows_disk"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a window row the host cache serves before the window counts twice: once on disk "
-    "at stage time, once as a host hit (host.py HostTier._read looks up the cache first)",
-)
 def test_overlapping_windows_keep_the_chain_contract(store):
     """The pipelined loader stages window k+1 while window k is still being fetched."""
     disk = DiskTier(store.region("features"))
@@ -237,11 +233,6 @@ def test_overlapping_windows_keep_the_chain_contract(store):
         host.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StagedRows.take counts no re-use for a row requested twice in one read, so "
-    "duplicate ids served from a window under-count rows_host (_lookahead.py StagedRows.take)",
-)
 def test_duplicate_ids_in_a_staged_read_are_counted(store):
     disk = DiskTier(store.region("features"))
     host = HostTier(disk, 0, "clock")
@@ -411,6 +402,33 @@ def test_stage_sees_consecutive_windows_before_their_fetches(prefetch):
     assert _refresh_threads() == []
 
 
+@pytest.mark.parametrize("prefetch", [1, 3, 9], ids=["prefetch1", "prefetch3", "prefetch9"])
+def test_at_most_two_windows_are_staged_and_not_fully_fetched(prefetch):
+    """A window's rows live until its last batch is fetched: two windows at most."""
+    fetched: set[int] = set()
+    open_at_stage: list[int] = []
+    lock = threading.Lock()
+    windows: list[list[int]] = []
+
+    def stage(batches):
+        with lock:
+            open_now = sum(1 for w in windows if not set(w) <= fetched)
+            open_at_stage.append(open_now)
+            windows.append([b.batch_seed for b in batches])
+
+    def fetch(batch):
+        with lock:
+            fetched.add(batch.batch_seed)
+        return batch
+
+    parts = [np.array([i]) for i in range(23)]
+    loader = BatchLoader(parts, range(23), _fake_sample, fetch, prefetch, stage, stage_batches=3)
+    for _ in loader:
+        time.sleep(0.002)  # a slow consumer: the stager runs as far ahead as it may
+    assert len(windows) == 8
+    assert max(open_at_stage) == 1  # the window being fetched; the new one makes two
+
+
 @pytest.mark.parametrize("stage_batches", [0, 1])
 def test_no_staging_with_windows_of_one_batch(stage_batches):
     calls = []
@@ -492,7 +510,7 @@ def test_lookahead_flags_reach_the_tier_config(store):
     assert cfg.tiers.lookahead_batches == 3
     assert cfg.tiers.lookahead_budget_bytes == 64 << 20
     default = config_from_args(["--store", str(store.path)]).tiers
-    assert (default.lookahead_batches, default.lookahead_budget_bytes) == (8, 1 << 30)
+    assert (default.lookahead_batches, default.lookahead_budget_bytes) == (8, 2 << 30)
 
 
 def test_lookahead_keys_in_a_toml_file(store, tmp_path):
