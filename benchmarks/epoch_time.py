@@ -496,6 +496,14 @@ def markdown(result: dict[str, Any]) -> str:
             "overlap with compute; (a) runs them in line.",
             "",
         ]
+    la = TierConfig()
+    lines += [
+        f"(c) and the split configuration use the trainer's default lookahead windows: the "
+        f"disk rows of up to {la.lookahead_batches} upcoming batches read in one pass, at most "
+        f"{_gib(la.lookahead_budget_bytes)} GiB per window and two windows at a time "
+        "(`--lookahead`, `--lookahead-budget`); (b) `--cache none` reads each batch alone.",
+        "",
+    ]
     lo = result["loader_only"]
     lines += [
         "## Loader only (sampling + fetching, no model), cold features",

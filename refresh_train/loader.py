@@ -21,7 +21,8 @@ the model computes batch ``i`` the fetch thread reads the features of batch
 thread draws batch ``i+2``. Numba kernels and ``pread`` release the GIL, so
 the stages overlap for real. The bounded queues cap the memory of batches in
 flight. With ``prefetch_batches=0`` both stages run in the caller's thread,
-one batch at a time (the serial path the tests compare against).
+one batch (or, with staging, one window) at a time: the serial path the tests
+compare against.
 
 Batches come out in order and are a pure function of their seeds and batch
 seeds, so the pipelined and the serial path yield identical batches.

@@ -82,7 +82,7 @@ class HostTier(FeatureTier):
         self._admitted = 0
         self._staged = 0  # rows read into lookahead windows
         self._from_window = 0  # request positions served from a window
-        self._windows = BufferPool(max_buffers=4)
+        self._windows = BufferPool(max_buffers=2)  # the loader keeps two windows
         self._local = threading.local()
 
     @property
