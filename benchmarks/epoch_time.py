@@ -384,6 +384,7 @@ def loader_only_ours(store_path: Path, cache: str, args: argparse.Namespace, **t
         "rows_host": stats["rows_host"],
         "rows_disk": stats["rows_disk"],
         "disk_bytes_read": stats["disk_bytes_read"],
+        "disk_reads": stats["disk_reads"],
     }
 
 
@@ -514,8 +515,8 @@ def markdown(result: dict[str, Any]) -> str:
         "machine moved them.",
         "",
         "| loader | batches/s (median) | passes | vs (a) | rows device / host / disk | "
-        "disk read GiB per pass |",
-        "|---|---|---|---|---|---|",
+        "disk read GiB per pass | disk reads per batch |",
+        "|---|---|---|---|---|---|---|",
     ]
     base_rate = lo["baseline"]["batches_per_s"]
     none = lo.get("(b) none", {})
@@ -536,9 +537,10 @@ def markdown(result: dict[str, Any]) -> str:
             if "rows_disk" not in r
             else f"{r['rows_device']:,} / {r['rows_host']:,} / {r['rows_disk']:,}"
         )
+        reads = "-" if "disk_reads" not in r else f"{r['disk_reads'] / r['batches']:,.0f}"
         lines.append(
             f"| {name} | {r['batches_per_s']:.3f} | {runs} | {r['batches_per_s'] / base_rate:.2f}x "
-            f"| {rows} | {_gib(r.get('disk_bytes_read'))} |"
+            f"| {rows} | {_gib(r.get('disk_bytes_read'))} | {reads} |"
         )
     lines += [
         "",
