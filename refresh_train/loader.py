@@ -8,11 +8,13 @@
 
 With a ``stage`` hook a third stage sits between them::
 
-    stage(batches) -> None                      (thread "refresh-stage")
+    stage(batches) -> n                         (thread "refresh-stage")
 
-It takes sampled batches ``stage_batches`` at a time (a lookahead window)
-and prepares their fetch together, e.g. reads the disk rows of the whole
-window in one pass.
+It hands the hook up to ``stage_batches`` sampled batches; the hook prepares
+the fetch of the first ``n`` of them together (a lookahead window, e.g. their
+disk rows read in one pass) and the rest wait for the next call. At most
+two windows are staged and not yet fully fetched, so what windows hold stays
+bounded.
 
 Each stage runs in its own background thread and hands its output to the
 next through a queue of at most ``prefetch_batches`` batches, so that while
@@ -44,7 +46,7 @@ __all__ = ["BatchLoader", "LoaderTimes"]
 
 SampleFn = Callable[[np.ndarray, int], MiniBatch]
 FetchFn = Callable[[MiniBatch], MiniBatch]
-StageFn = Callable[[list[MiniBatch]], None]
+StageFn = Callable[[list[MiniBatch]], "int | None"]
 
 # How often a blocked worker checks whether the consumer went away.
 _POLL_S = 0.1
@@ -73,6 +75,8 @@ class _Failure:
 
 
 _DONE = object()
+# Key of ``MiniBatch.extra`` marking the last batch of a staged window.
+_WINDOW_END = "loader_window_end"
 
 
 class BatchLoader:
@@ -93,11 +97,12 @@ class BatchLoader:
     prefetch_batches
         Bound of each inter-stage queue; 0 runs serially in the caller.
     stage
-        Optional ``stage(batches)``, called once per window of consecutive
-        sampled batches before any of them is fetched.
+        Optional ``stage(batches) -> n``: given the next ``stage_batches``
+        sampled batches (fewer at the end), prepares the first ``n >= 1`` of
+        them as one window before any of them is fetched (``None`` = all).
     stage_batches
-        Batches per window (the last one may be shorter); with 0 or 1, or
-        no ``stage``, there is no staging stage.
+        Most batches per window; with 0 or 1, or no ``stage``, there is no
+        staging stage.
 
     Notes
     -----
@@ -163,22 +168,37 @@ class BatchLoader:
         self.times.fetch_s += dt
         return batch
 
-    def _stage_window(self, window: list[MiniBatch]) -> None:
-        if self._stage is None:
-            return
+    def _stage_window(self, pending: list[MiniBatch]) -> int:
+        """Stage the leading batches of ``pending``; how many (marks the last one)."""
         t0 = time.perf_counter()
-        self._stage(window)
+        n = self._stage(pending)  # type: ignore[misc]  # only called with a stage hook
         self.times.stage_s += time.perf_counter() - t0
+        n = len(pending) if n is None else int(n)
+        if not 1 <= n <= len(pending):
+            raise ValueError(f"stage() must take 1..{len(pending)} batches, it returned {n!r}")
+        pending[n - 1].extra[_WINDOW_END] = True
+        return n
 
     def _serial(self) -> Iterator[MiniBatch]:
-        step = max(1, self.stage_batches)
-        for lo in range(0, len(self.seed_batches), step):
-            window = [self._sample_one(i) for i in range(lo, min(lo + step, len(self)))]
-            self._stage_window(window)
-            for batch in window:
+        if self._stage is None:
+            for i in range(len(self)):
+                batch = self._fetch_one(self._sample_one(i))
+                self.times.batches += 1
+                yield batch
+            return
+        pending: list[MiniBatch] = []
+        i = 0
+        while i < len(self) or pending:
+            while i < len(self) and len(pending) < self.stage_batches:
+                pending.append(self._sample_one(i))
+                i += 1
+            n = self._stage_window(pending)
+            for batch in pending[:n]:
+                batch.extra.pop(_WINDOW_END, None)
                 batch = self._fetch_one(batch)
                 self.times.batches += 1
                 yield batch
+            pending = pending[n:]
 
     # --------------------------------------------------------------- pipelined
     def _pipelined(self) -> Iterator[MiniBatch]:
@@ -221,25 +241,25 @@ class BatchLoader:
                 put(sampled, _Failure(exc))
 
         def stager() -> None:
-            window: list[MiniBatch] = []
+            pending: list[MiniBatch] = []
             while True:
                 item = get(sampled)
                 last = item is _DONE or isinstance(item, _Failure)
                 if not last:
-                    window.append(item)  # type: ignore[arg-type]
-                if window and (last or len(window) == self.stage_batches):
+                    pending.append(item)  # type: ignore[arg-type]
+                while pending and (last or len(pending) == self.stage_batches):
                     while not windows_open.acquire(timeout=_POLL_S):
                         if stop.is_set():
                             return
                     try:
-                        self._stage_window(window)
+                        n = self._stage_window(pending)
                     except BaseException as exc:
                         put(staged, _Failure(exc))
                         return
-                    for batch in window:
+                    for batch in pending[:n]:
                         if not put(staged, batch):
                             return
-                    window = []
+                    pending = pending[n:]
                 if last:
                     put(staged, item)
                     return
@@ -250,14 +270,14 @@ class BatchLoader:
                 if item is _DONE or isinstance(item, _Failure):
                     put(ready, item)
                     return
+                window_end = item.extra.pop(_WINDOW_END, False)  # type: ignore[union-attr]
                 try:
                     out = self._fetch_one(item)  # type: ignore[arg-type]
                 except BaseException as exc:
                     put(ready, _Failure(exc))
                     return
-                i = out.extra["index"] + 1
-                if self._stage is not None and (i % self.stage_batches == 0 or i == len(self)):
-                    windows_open.release()  # the last batch of its window
+                if window_end:
+                    windows_open.release()
                 if not put(ready, out):
                     return
 

@@ -50,7 +50,7 @@ import torch
 from refresh_store.io_scheduler import IOConfig
 
 from ._base import FeatureTier, check_ids, resolve_device
-from ._lookahead import StagedRows, plan_windows
+from ._lookahead import StagedRows, first_window
 from ._policies import ClockPolicy, LruPolicy, ReplacementPolicy, S3FifoPolicy
 from .device import DeviceTier
 from .disk import DiskTier
@@ -187,8 +187,13 @@ class CacheMode:
         """Sampled batches the loader hands :meth:`stage` at once; 0 = no staging."""
         return 0
 
-    def stage(self, batches: list[MiniBatch]) -> None:
-        """Prepare the fetch of ``batches`` (consecutive, in loader order) ahead of it."""
+    def stage(self, batches: list[MiniBatch]) -> int:
+        """Prepare the fetch of the leading ``batches`` (consecutive, in loader order).
+
+        Returns how many of them it took as one window (at least 1); the
+        loader hands the rest to the next call.
+        """
+        return len(batches)
 
     def fetch(self, batch: MiniBatch) -> MiniBatch:
         """Fill ``batch.features`` (rows of ``batch.input_nodes`` on the device)."""
@@ -294,7 +299,8 @@ class RawCache(CacheMode):
     disk in one pass (as many consecutive batches as fit
     ``lookahead_budget_bytes``), and each batch's fetch takes its rows from
     that window. The loader keeps at most two windows: the one being
-    fetched and the next one, read meanwhile.
+    fetched and the next one, read meanwhile; so their rows take at most
+    twice the budget.
     """
 
     name = "raw"
@@ -304,18 +310,24 @@ class RawCache(CacheMode):
         fits = cfg.lookahead_budget_bytes >= self.tiers.row_bytes
         return cfg.lookahead_batches if fits and cfg.lookahead_batches > 1 else 0
 
-    def stage(self, batches: list[MiniBatch]) -> None:
+    def stage(self, batches: list[MiniBatch]) -> int:
         k = self.tiers.num_cached
         needs = []
         for batch in batches:
-            ids = batch.input_nodes.numpy()
-            needs.append(np.unique(ids[ids >= k]).astype(np.int64, copy=False))
-        host = self._host()
-        max_rows = self.config.lookahead_budget_bytes // self.tiers.row_bytes
-        for first, end, ids in plan_windows(needs, max_rows):
-            window = host.stage(ids, end - first)
-            for batch in batches[first:end]:
+            # Kept on the batch: a batch left for the next window is not sorted twice.
+            need = batch.extra.get("lookahead_need")
+            if need is None:
+                ids = batch.input_nodes.numpy()
+                need = np.unique(ids[ids >= k]).astype(np.int64, copy=False)
+                batch.extra["lookahead_need"] = need
+            needs.append(need)
+        n, ids = first_window(needs, self.config.lookahead_budget_bytes // self.tiers.row_bytes)
+        window = self._host().stage(ids, n) if len(ids) else None
+        for batch in batches[:n]:
+            del batch.extra["lookahead_need"]
+            if window is not None:
                 batch.extra["staged"] = window
+        return n
 
     def fetch(self, batch: MiniBatch) -> MiniBatch:
         window: StagedRows | None = batch.extra.pop("staged", None)

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from . import _lookahead_kernels as kernels
 
-__all__ = ["StagedRows", "merge_unique", "plan_windows"]
+__all__ = ["StagedRows", "first_window", "merge_unique"]
 
 
 def merge_unique(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -35,10 +35,10 @@ def merge_unique(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64
     return out[: kernels.merge_unique(a, b, out)]
 
 
-def plan_windows(
+def first_window(
     needs: Sequence[NDArray[np.int64]], max_rows: int
-) -> list[tuple[int, int, NDArray[np.int64]]]:
-    """Split consecutive batches into windows whose union fits ``max_rows``.
+) -> tuple[int, NDArray[np.int64]]:
+    """The leading batches whose union of needs fits ``max_rows``.
 
     Parameters
     ----------
@@ -49,27 +49,19 @@ def plan_windows(
 
     Returns
     -------
-    list of ``(first, end, ids)``
-        Batches ``first:end`` form a window reading the sorted distinct
-        ``ids``. A batch that needs more than ``max_rows`` by itself is
-        left out of every window (it reads its rows as it is fetched).
+    ``(n, ids)``
+        Batches ``[0, n)`` form a window that reads the sorted distinct
+        ``ids`` (``n >= 1`` when ``needs`` is not empty). When the first
+        batch alone needs more than ``max_rows``, ``n`` is 1 and ``ids`` is
+        empty: that batch reads its own rows when it is fetched.
     """
-    windows: list[tuple[int, int, NDArray[np.int64]]] = []
-    first, union = 0, np.empty(0, np.int64)
-    for i, ids in enumerate(needs):
+    union = np.empty(0, np.int64)
+    for n, ids in enumerate(needs):
         merged = merge_unique(union, ids)
-        if len(merged) <= max_rows:
-            union = merged
-            continue
-        if i > first:
-            windows.append((first, i, union))
-        if len(ids) <= max_rows:
-            first, union = i, ids
-        else:
-            first, union = i + 1, np.empty(0, np.int64)
-    if len(needs) > first:
-        windows.append((first, len(needs), union))
-    return [w for w in windows if len(w[2])]
+        if len(merged) > max_rows:
+            return max(n, 1), union
+        union = merged
+    return len(needs), union
 
 
 class StagedRows:

@@ -1,6 +1,6 @@
 """Lookahead windows read the disk rows of several batches at once and change no result.
 
-Covers :mod:`refresh_train.tiers._lookahead` (``merge_unique``, ``plan_windows``,
+Covers :mod:`refresh_train.tiers._lookahead` (``merge_unique``, ``first_window``,
 ``StagedRows``), the host tier's ``stage()``/``staged()``, ``RawCache``'s
 ``stage``/``fetch``, the loader's staging stage, the trainer and the
 ``--lookahead``/``--lookahead-budget`` options.
@@ -27,7 +27,7 @@ from refresh_train.config import ConfigError, LoaderConfig, TierConfig
 from refresh_train.loader import BatchLoader
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches
 from refresh_train.tiers import CACHE_MODES, POLICIES, DiskTier, HostTier, StagedRows
-from refresh_train.tiers._lookahead import merge_unique, plan_windows
+from refresh_train.tiers._lookahead import first_window, merge_unique
 from refresh_train.trainer import Trainer
 
 N = 1200
@@ -60,45 +60,37 @@ def test_merge_unique_equals_union1d(a, b):
     np.testing.assert_array_equal(merge_unique(b, a), got)
 
 
-# ---------------------------------------------------------------- plan_windows
+# ---------------------------------------------------------------- first_window
 @settings(max_examples=200, deadline=None)
 @given(needs=st.lists(_sorted_ids(0, 40, 12), max_size=12), max_rows=st.integers(0, 25))
-def test_plan_windows_properties(needs, max_rows):
-    windows = plan_windows(needs, max_rows)
-    covered = np.zeros(len(needs), np.bool_)
-    prev_end = 0
-    for first, end, ids in windows:
-        assert prev_end <= first < end <= len(needs)  # in order, consecutive, disjoint
-        assert not covered[first:end].any()
-        covered[first:end] = True
-        np.testing.assert_array_equal(ids, _union(needs[first:end]))
-        assert 0 < len(ids) <= max_rows
-        if end < len(needs):
-            # Greedy: the window closes only when the next batch does not fit.
-            assert len(np.union1d(ids, needs[end])) > max_rows
-        prev_end = end
-    for i, need in enumerate(needs):
-        if not covered[i]:
-            # Left out: too big alone, or nothing to read (an empty window is dropped).
-            assert len(need) > max_rows or len(need) == 0, (i, need)
-        if 0 < len(need) <= max_rows:
-            assert covered[i]
+def test_first_window_properties(needs, max_rows):
+    n, ids = first_window(needs, max_rows)
+    if not needs:
+        assert n == 0 and len(ids) == 0
+        return
+    assert 1 <= n <= len(needs)
+    if len(needs[0]) > max_rows:
+        # Too big alone: the batch reads its own rows.
+        assert n == 1 and len(ids) == 0
+        return
+    np.testing.assert_array_equal(ids, _union(needs[:n]))
+    assert len(ids) <= max_rows
+    if n < len(needs):
+        # Greedy: the window closes only when the next batch does not fit.
+        assert len(np.union1d(ids, needs[n])) > max_rows
 
 
-def test_plan_windows_examples():
+def test_first_window_examples():
     a, b, c = np.array([1, 2, 3]), np.array([3, 4]), np.array([9])
-    assert [(f, e, i.tolist()) for f, e, i in plan_windows([a, b, c], 5)] == [
-        (0, 3, [1, 2, 3, 4, 9])
-    ]
-    assert [(f, e, i.tolist()) for f, e, i in plan_windows([a, b, c], 4)] == [
-        (0, 2, [1, 2, 3, 4]),
-        (2, 3, [9]),
-    ]
-    # A batch bigger than the window reads its own rows; the next one starts a new window.
+    n, ids = first_window([a, b, c], 5)
+    assert (n, ids.tolist()) == (3, [1, 2, 3, 4, 9])
+    n, ids = first_window([a, b, c], 4)
+    assert (n, ids.tolist()) == (2, [1, 2, 3, 4])
     big = np.arange(10, 20)
-    assert [(f, e) for f, e, _ in plan_windows([a, big, b, c], 4)] == [(0, 1), (2, 4)]
-    assert plan_windows([], 4) == []
-    assert plan_windows([big], 3) == []
+    assert first_window([a, big, b], 4)[0] == 1
+    n, ids = first_window([big, a], 4)
+    assert (n, len(ids)) == (1, 0)
+    assert first_window([], 4)[0] == 0
 
 
 # ------------------------------------------------------------ HostTier staging
@@ -267,7 +259,7 @@ def test_raw_cache_stage_then_fetch_equals_the_store_and_no_cache(store, host_ro
     try:
         assert cache.lookahead_batches() == 6 and plain.lookahead_batches() == 0
         batches, ref = _sampled(store), _sampled(store)
-        cache.stage(batches)
+        assert cache.stage(batches) == len(batches)  # the default budget holds them all
         windows = [b.extra.get("staged") for b in batches]
         assert all(isinstance(w, StagedRows) for w in windows)
         staged = cache.stats()
@@ -300,10 +292,33 @@ def test_a_budget_below_one_batch_stages_nothing(store):
         batches = _sampled(store, 4)
         # Each batch needs more than 5 rows from below the device tier.
         assert all(int((b.input_nodes >= 100).sum()) > 5 for b in batches)
-        cache.stage(batches)
-        assert all("staged" not in b.extra for b in batches)
+        rest = list(batches)
+        while rest:
+            assert cache.stage(rest) == 1  # each too big alone: no window, one batch taken
+            rest = rest[1:]
+        assert all("staged" not in b.extra and not b.extra for b in batches)
         assert cache.stats()["host_staged_rows"] == 0
         for b in batches:
+            want = _expected(store, b.input_nodes.numpy())
+            assert torch.equal(cache.fetch(b).features, want)
+    finally:
+        cache.close()
+
+
+def test_a_budget_that_holds_two_batches_takes_two_at_a_time(store):
+    batches = _sampled(store, 6)
+    k = 100  # the device tier's rows in _cache
+    needs = [np.unique(b.input_nodes.numpy()[b.input_nodes.numpy() >= k]) for b in batches]
+    budget_rows = len(np.union1d(needs[0], needs[1]))
+    assert len(np.union1d(np.union1d(needs[0], needs[1]), needs[2])) > budget_rows
+    row = store.region("features").row_bytes
+    cache = _cache(store, host_budget_bytes=0, lookahead_budget_bytes=budget_rows * row)
+    try:
+        assert cache.stage(batches) == 2
+        assert batches[0].extra["staged"] is batches[1].extra["staged"]
+        assert len(batches[0].extra["staged"]) == budget_rows
+        assert all("staged" not in b.extra for b in batches[2:])
+        for b in batches[:2]:
             want = _expected(store, b.input_nodes.numpy())
             assert torch.equal(cache.fetch(b).features, want)
     finally:
@@ -427,6 +442,42 @@ def test_at_most_two_windows_are_staged_and_not_fully_fetched(prefetch):
         time.sleep(0.002)  # a slow consumer: the stager runs as far ahead as it may
     assert len(windows) == 8
     assert max(open_at_stage) == 1  # the window being fetched; the new one makes two
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3], ids=["serial", "prefetch1", "prefetch3"])
+def test_a_stage_that_takes_fewer_batches_gets_the_rest_next(prefetch):
+    """The hook may take a prefix (its budget): the rest opens the next window."""
+    calls: list[list[int]] = []
+    fetched: list[int] = []
+    lock = threading.Lock()
+
+    def stage(batches):
+        with lock:
+            calls.append([b.batch_seed for b in batches])
+        return 1 if batches[0].batch_seed % 3 == 0 else min(2, len(batches))
+
+    def fetch(batch):
+        with lock:
+            fetched.append(batch.batch_seed)
+        return batch
+
+    parts = [np.array([i]) for i in range(11)]
+    loader = BatchLoader(parts, range(11), _fake_sample, fetch, prefetch, stage, stage_batches=4)
+    assert [b.batch_seed for b in loader] == list(range(11))
+    assert fetched == list(range(11))
+    firsts = [c[0] for c in calls]
+    assert firsts == [0, 1, 3, 4, 6, 7, 9, 10]  # each call starts where the last window ended
+    assert all(len(c) == min(4, 11 - c[0]) for c in calls)  # handed up to stage_batches
+    assert _refresh_threads() == []
+
+
+@pytest.mark.parametrize("bad", [0, 5])
+def test_a_stage_taking_no_or_too_many_batches_is_an_error(bad):
+    parts = [np.array([i]) for i in range(8)]
+    loader = BatchLoader(parts, range(8), _fake_sample, lambda b: b, 2, lambda bs: bad, 4)
+    with pytest.raises(ValueError, match="stage\\(\\) must take 1..4 batches"):
+        list(loader)
+    assert _refresh_threads() == []
 
 
 @pytest.mark.parametrize("stage_batches", [0, 1])
