@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 _KEYS = {
     "store", "model", "layers", "hidden", "dropout", "norm", "fanouts", "batch_size", "epochs",
     "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
-    "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval", "eval_fanouts", "eval_batch_size",
-    "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
+    "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval",
+    "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
 }  # fmt: skip
 
 

@@ -28,8 +28,8 @@ class HostTier(FeatureTier):
     It also stages lookahead windows (:meth:`stage`): the rows several
     upcoming batches need, read from ``below`` in one pass into a buffer of
     their own (outside ``budget_bytes``; the loader's lookahead budget bounds
-    it). A read inside :meth:`staged` serves the misses of its cache from
-    that window before asking ``below``.
+    it). A read inside :meth:`staged` takes every row the window holds from
+    it, then the cache's hits, and reads the rest from ``below``.
 
     Parameters
     ----------
