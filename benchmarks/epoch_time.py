@@ -306,18 +306,16 @@ def _make_cold(trainer: Trainer) -> str:
     drop_cache(path)
     io_mode = trainer.cache.describe()["io_mode"]
     if io_mode != "direct":
-        fetch, stage = trainer.cache.fetch, trainer.cache.stage
 
-        def cold_fetch(batch):
-            drop_cache(path)
-            return fetch(batch)
+        def evicting(hook):  # fetch and stage both read the feature file
+            def run(arg):
+                drop_cache(path)
+                return hook(arg)
 
-        def cold_stage(batches):
-            drop_cache(path)
-            return stage(batches)
+            return run
 
-        trainer.cache.fetch = cold_fetch  # type: ignore[method-assign]
-        trainer.cache.stage = cold_stage  # type: ignore[method-assign]
+        trainer.cache.fetch = evicting(trainer.cache.fetch)  # type: ignore[method-assign]
+        trainer.cache.stage = evicting(trainer.cache.stage)  # type: ignore[method-assign]
     return io_mode
 
 

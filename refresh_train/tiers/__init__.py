@@ -311,14 +311,12 @@ class RawCache(CacheMode):
         return cfg.lookahead_batches if fits and cfg.lookahead_batches > 1 else 0
 
     def stage(self, batches: list[MiniBatch]) -> int:
-        k = self.tiers.num_cached
         needs = []
         for batch in batches:
             # Kept on the batch: a batch left for the next window is not sorted twice.
             need = batch.extra.get("lookahead_need")
             if need is None:
-                ids = batch.input_nodes.numpy()
-                need = np.unique(ids[ids >= k]).astype(np.int64, copy=False)
+                need = self.tiers.misses(batch.input_nodes.numpy())
                 batch.extra["lookahead_need"] = need
             needs.append(need)
         n, ids = first_window(needs, self.config.lookahead_budget_bytes // self.tiers.row_bytes)

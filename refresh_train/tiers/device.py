@@ -101,6 +101,10 @@ class DeviceTier(FeatureTier):
         """Bytes of the cached rows."""
         return self.num_cached * self.row_bytes
 
+    def misses(self, ids: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The sorted distinct ``ids`` this tier does not hold (what it asks of ``below``)."""
+        return np.unique(ids[ids >= self.num_cached]).astype(np.int64, copy=False)
+
     def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
         if self.stream is None:
             return self._read_on_stream(ids, out)

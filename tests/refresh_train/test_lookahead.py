@@ -417,25 +417,32 @@ def test_stage_sees_consecutive_windows_before_their_fetches(prefetch):
     assert _refresh_threads() == []
 
 
+def _recording_fetch(fetched: list[int], lock: threading.Lock):
+    """A fetch hook that appends each batch's seed to ``fetched``."""
+
+    def fetch(batch):
+        with lock:
+            fetched.append(batch.batch_seed)
+        return batch
+
+    return fetch
+
+
 @pytest.mark.parametrize("prefetch", [1, 3, 9], ids=["prefetch1", "prefetch3", "prefetch9"])
 def test_at_most_two_windows_are_staged_and_not_fully_fetched(prefetch):
     """A window's rows live until its last batch is fetched: two windows at most."""
-    fetched: set[int] = set()
+    fetched: list[int] = []
     open_at_stage: list[int] = []
     lock = threading.Lock()
     windows: list[list[int]] = []
 
     def stage(batches):
         with lock:
-            open_now = sum(1 for w in windows if not set(w) <= fetched)
+            open_now = sum(1 for w in windows if not set(w) <= set(fetched))
             open_at_stage.append(open_now)
             windows.append([b.batch_seed for b in batches])
 
-    def fetch(batch):
-        with lock:
-            fetched.add(batch.batch_seed)
-        return batch
-
+    fetch = _recording_fetch(fetched, lock)
     parts = [np.array([i]) for i in range(23)]
     loader = BatchLoader(parts, range(23), _fake_sample, fetch, prefetch, stage, stage_batches=3)
     for _ in loader:
@@ -456,11 +463,7 @@ def test_a_stage_that_takes_fewer_batches_gets_the_rest_next(prefetch):
             calls.append([b.batch_seed for b in batches])
         return 1 if batches[0].batch_seed % 3 == 0 else min(2, len(batches))
 
-    def fetch(batch):
-        with lock:
-            fetched.append(batch.batch_seed)
-        return batch
-
+    fetch = _recording_fetch(fetched, lock)
     parts = [np.array([i]) for i in range(11)]
     loader = BatchLoader(parts, range(11), _fake_sample, fetch, prefetch, stage, stage_batches=4)
     assert [b.batch_seed for b in loader] == list(range(11))
