@@ -6,8 +6,8 @@ the host tier, read with one scheduler call: sorted, deduplicated and over a
 larger span of the file than one batch, so the I/O scheduler coalesces them
 into far fewer, longer reads, and a row several batches of the window need
 is read once. On the benchmark graph (10M nodes, batch 1024, 6 % of the rows
-per batch) the disk reads of a window of 8 batches were 2,354 per batch
-instead of 170,920, and ran near the disk's sequential rate.
+per batch) the loader made 7,462 disk reads per batch instead of 179,666
+(``benchmarks/results/epoch_time.md``), near the disk's sequential rate.
 
 Counting follows the tier contract (the ``rows_*`` of a chain add up to the
 rows requested): the disk tier counts each row of the window once, when the
