@@ -83,8 +83,8 @@ from refresh_train.evaluate import evaluate  # noqa: E402
 from refresh_train.loader import BatchLoader  # noqa: E402
 from refresh_train.metrics import RssMonitor  # noqa: E402
 from refresh_train.models import build_model  # noqa: E402
+from refresh_train.modes import NoCache  # noqa: E402
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches  # noqa: E402
-from refresh_train.tiers import NoCache  # noqa: E402
 from refresh_train.trainer import Trainer  # noqa: E402
 
 CACHE_DIR = ROOT / "bench_cache" / "epoch_time"

@@ -23,7 +23,8 @@ _EXPORTS = {
     "build_model": "models",
     "NeighborSampler": "sampler",
     "epoch_batches": "sampler",
-    "CACHE_MODES": "tiers",
+    "CACHE_MODES": "modes",
+    "HistoryConfig": "config",
     "Trainer": "trainer",
     "train": "trainer",
 }

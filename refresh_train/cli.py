@@ -4,7 +4,8 @@ Example::
 
     python -m refresh_train --store papers.refresh --model sage --layers 3 \\
         --hidden 256 --fanouts 15,10,5 --batch-size 1024 --epochs 10 --lr 0.003 \\
-        --cache raw --cache-budget 1GiB --host-budget 4GiB --device cpu --seed 0 \\
+        --cache refresh --cache-budget 1GiB --host-budget 4GiB --device cpu --seed 0 \\
+        --staleness 200 --grad-quantile 0.9 \\
         --eval sampled --metrics-out run.jsonl --checkpoint-dir ckpt
 
 ``--config FILE.toml`` reads the same options from a TOML file whose keys are
@@ -26,6 +27,7 @@ from refresh_store.errors import RefreshError
 from .config import (
     ConfigError,
     EvalConfig,
+    HistoryConfig,
     LoaderConfig,
     TierConfig,
     TrainConfig,
@@ -76,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed of everything random (default 0)")
     g.add_argument("--device", help="cpu | cuda (default cpu)")
     t = p.add_argument_group("feature tiers")
-    t.add_argument("--cache", help="none | raw (default raw)")
-    t.add_argument("--cache-budget", help="device tier size, e.g. 1GiB (default 1GiB)")
+    t.add_argument("--cache", help="none | raw | refresh (default raw)")
+    t.add_argument(
+        "--cache-budget",
+        help="device bytes: raw rows (raw), or rows + history table (refresh); e.g. 1GiB",
+    )
     t.add_argument(
         "--host-budget", help="host tier size, e.g. 4GiB; 0 = staging only (default 4GiB)"
     )
@@ -98,6 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
     )
+    h = p.add_argument_group("historical embedding cache (--cache refresh)")
+    h.add_argument(
+        "--hist-layers", help="cached layers l (h^(l) feeds block l), e.g. 2 or 2,1 (default L-1)"
+    )
+    h.add_argument(
+        "--grad-quantile", type=float, help="admit embeddings below this gradient quantile (0.9)"
+    )
+    h.add_argument("--staleness", type=int, help="use an entry for at most N steps (default 200)")
+    h.add_argument("--hist-policy", help="grad+stale | grad | stale | random (default grad+stale)")
+    h.add_argument("--hist-warmup", type=int, help="admit nothing before this step (default 0)")
+    h.add_argument(
+        "--hist-fraction",
+        type=float,
+        help="share of --cache-budget for the table (default: chosen from measurements)",
+    )
+    h.add_argument(
+        "--hist-lag",
+        type=int,
+        help="steps between admission and use (default 2*max(lookahead,2)+2)",
+    )
+    h.add_argument("--hist-dtype", help="float16 | float32: element type of the table (float16)")
+    h.add_argument("--no-hist-count-saved", dest="hist_count_saved", action="store_false",
+                   default=None, help="do not sample unpruned batches to count what pruning saved")  # fmt: skip
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", help="sampled | layerwise (default sampled)")
     e.add_argument("--eval-fanouts", help="fanouts of sampled evaluation (default: --fanouts)")
@@ -123,6 +151,8 @@ _KEYS = {
     "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
     "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval",
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
+    "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_fraction",
+    "hist_lag", "hist_dtype", "hist_count_saved",
 }  # fmt: skip
 
 
@@ -170,8 +200,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     values: dict[str, Any] = {}
     if args.config is not None:
         values = load_toml(args.config)
-        if "no_progress" in values:
-            values["progress"] = not values.pop("no_progress")
+        for flag, key in (("no_progress", "progress"), ("no_hist_count_saved", "hist_count_saved")):
+            if flag in values:
+                values[key] = not values.pop(flag)
         unknown = sorted(set(values) - _KEYS)
         if unknown:
             raise ConfigError(
@@ -193,6 +224,20 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         lookahead_budget_bytes=parse_size(
             _pick(values, "lookahead_budget", "2GiB"), name="--lookahead-budget"
         ),
+    )
+    hist_layers = values.get("hist_layers")
+    if isinstance(hist_layers, int) and not isinstance(hist_layers, bool):
+        hist_layers = (hist_layers,)
+    history = HistoryConfig(
+        layers=None if hist_layers is None else parse_fanouts(hist_layers, name="--hist-layers"),
+        grad_quantile=_pick(values, "grad_quantile", 0.9),
+        staleness_iters=_pick(values, "staleness", 200),
+        policy=_pick(values, "hist_policy", "grad+stale"),
+        warmup_steps=_pick(values, "hist_warmup", 0),
+        fraction=values.get("hist_fraction"),
+        lag_steps=values.get("hist_lag"),
+        dtype=_pick(values, "hist_dtype", "float16"),
+        count_saved=bool(_pick(values, "hist_count_saved", True)),
     )
     eval_fanouts = values.get("eval_fanouts")
     evaluation = EvalConfig(
@@ -219,6 +264,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         device=_pick(values, "device", "cpu"),
         seed=_pick(values, "seed", 0),
         tiers=tiers,
+        history=history,
         loader=LoaderConfig(prefetch_batches=_pick(values, "prefetch", 2)),
         eval=evaluation,
         metrics_out=values.get("metrics_out"),

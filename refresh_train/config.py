@@ -2,7 +2,8 @@
 
 The command line and TOML files only fill these dataclasses; every subsystem
 reads its own part (:class:`TierConfig` for the feature tiers,
-:class:`LoaderConfig` for pipelining, :class:`EvalConfig` for evaluation).
+:class:`HistoryConfig` for the historical embedding cache, :class:`LoaderConfig`
+for pipelining, :class:`EvalConfig` for evaluation).
 Sizes are bytes and are named ``*_bytes``; at the edges they may be written
 ``"2GiB"``, ``"512MiB"``, ``"1.5GB"`` or a plain integer.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "TierConfig",
     "LoaderConfig",
     "EvalConfig",
+    "HistoryConfig",
     "TrainConfig",
     "parse_size",
     "parse_fanouts",
@@ -88,11 +90,13 @@ class TierConfig:
     Attributes
     ----------
     cache
-        Name of the cache mode in :data:`refresh_train.tiers.CACHE_MODES`:
+        Name of the cache mode in :data:`refresh_train.modes.CACHE_MODES`:
         ``"none"`` reads every row from disk, ``"raw"`` adds the device tier
-        (hottest rows, a prefix of the reordered ids) and the host tier.
+        (hottest rows, a prefix of the reordered ids) and the host tier,
+        ``"refresh"`` adds the historical embedding cache (:class:`HistoryConfig`).
     cache_budget_bytes
-        Bytes of the device tier (ignored by ``"none"``).
+        Bytes of the device: the device tier's rows for ``"raw"``; rows and
+        the history table together for ``"refresh"`` (ignored by ``"none"``).
     host_budget_bytes
         Bytes of the host tier's cache; 0 keeps only transfer staging.
     host_policy
@@ -130,7 +134,8 @@ class TierConfig:
     lookahead_budget_bytes: int = 2 << 30  # 2 GiB
 
     def __post_init__(self) -> None:
-        from .tiers import CACHE_MODES, POLICIES
+        from .modes import CACHE_MODES
+        from .tiers import POLICIES
 
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {sorted(CACHE_MODES)}, got {self.cache!r}")
@@ -159,6 +164,114 @@ class TierConfig:
 
         if self.io_engine not in ENGINES:
             raise ConfigError(f"io_engine must be one of {ENGINES}, got {self.io_engine!r}")
+
+
+#: Admission policies of the history table (``--hist-policy``); see
+#: :mod:`refresh_train.history.policy`.
+HIST_POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
+HIST_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The historical embedding cache of ``--cache refresh``.
+
+    Attributes
+    ----------
+    layers
+        Cached layers ``l`` (the table holds ``h^(l)``, the input of block
+        ``l``), each in ``1 .. num_layers-1``; ``None`` = ``(num_layers-1,)``,
+        the embedding that feeds the output layer (the published choice).
+    grad_quantile
+        Gradient criterion: of the embeddings a step computed at a cached
+        layer, those whose loss-gradient L2 norm is below this quantile of
+        the step's norms are admitted (``q = 0.9`` published).
+    staleness_iters
+        An entry admitted at step ``j`` is used only by steps ``i`` with
+        ``i - j <= staleness_iters`` (``t = 200`` published); 0 or anything
+        below ``lag_steps`` means nothing is ever used.
+    policy
+        ``"grad+stale"`` (both criteria, the default), ``"grad"`` (no
+        staleness bound), ``"stale"`` (admit every computed embedding) or
+        ``"random"`` (a random ``grad_quantile`` share; an ablation).
+    warmup_steps
+        No admission before this global step (embeddings of a fresh model
+        change fastest).
+    fraction
+        Share of ``cache_budget_bytes`` given to the history table; ``None``
+        chooses it from the measured bytes saved per byte of each side and
+        re-evaluates it after every epoch.
+    lag_steps
+        The state a batch's pruning sees is the table after the admissions
+        of steps ``<= i - lag_steps`` for the batch trained at step ``i``
+        (sampling runs ahead of training); ``None`` = ``2 * max(lookahead, 2)
+        + 2``, enough for the loader to keep its lookahead windows full.
+    dtype
+        Element type of the table (``"float16"`` halves its bytes per entry).
+    count_saved
+        Also sample each batch without pruning to count exactly the nodes and
+        raw rows pruning saved (``nodes_pruned``, ``rows_saved``; they also
+        steer the automatic split). Costs one more sampling per batch.
+    """
+
+    layers: tuple[int, ...] | None = None
+    grad_quantile: float = 0.9
+    staleness_iters: int = 200
+    policy: str = "grad+stale"
+    warmup_steps: int = 0
+    fraction: float | None = None
+    lag_steps: int | None = None
+    dtype: str = "float16"
+    count_saved: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            layers = self.layers
+            if isinstance(layers, str):
+                layers = parse_fanouts(layers, name="hist_layers")
+            if (
+                not isinstance(layers, (tuple, list))
+                or not layers
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers)
+            ):
+                raise ConfigError(
+                    f"hist_layers must list layers >= 1 like '2' or '2,1', got {self.layers!r}"
+                )
+            object.__setattr__(self, "layers", tuple(sorted(set(layers), reverse=True)))
+        q = self.grad_quantile
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
+            raise ConfigError(f"grad_quantile must be in (0, 1], got {q!r}")
+        for name in ("staleness_iters", "warmup_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.lag_steps is not None and (
+            not isinstance(self.lag_steps, int)
+            or isinstance(self.lag_steps, bool)
+            or self.lag_steps < 1
+        ):
+            raise ConfigError(f"lag_steps must be an integer >= 1, got {self.lag_steps!r}")
+        if self.policy not in HIST_POLICY_NAMES:
+            raise ConfigError(
+                f"hist_policy must be one of {HIST_POLICY_NAMES}, got {self.policy!r}"
+            )
+        f = self.fraction
+        if f is not None and (
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0
+        ):
+            raise ConfigError(f"hist_fraction must be in [0, 1], got {f!r}")
+        if self.dtype not in HIST_DTYPES:
+            raise ConfigError(f"hist_dtype must be one of {HIST_DTYPES}, got {self.dtype!r}")
+
+    def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The cached layers of a ``num_layers``-layer model (highest first)."""
+        return self.layers if self.layers is not None else (num_layers - 1,)
+
+    def resolved_lag(self, lookahead_batches: int) -> int:
+        """:attr:`lag_steps`, or its default for a loader staging this many batches."""
+        if self.lag_steps is not None:
+            return self.lag_steps
+        return 2 * max(lookahead_batches, 2) + 2
 
 
 @dataclass(frozen=True)
@@ -242,6 +355,9 @@ class TrainConfig:
         ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` also accepted).
     seed
         Seed of everything random: model init, dropout, batch order, sampling.
+    tiers, history, loader, eval
+        Settings of the feature tiers, the historical embedding cache (used by
+        ``tiers.cache == "refresh"``), the pipelined loader and evaluation.
     metrics_out
         JSON-lines file, one line per epoch (appended on resume).
     checkpoint_dir
@@ -265,6 +381,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     tiers: TierConfig = field(default_factory=TierConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics_out: str | None = None
@@ -305,6 +422,18 @@ class TrainConfig:
             raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        layers = self.history.resolved_layers(self.layers)
+        bad = [v for v in layers if not 1 <= v < self.layers]
+        if bad:
+            raise ConfigError(
+                f"hist_layers {bad[0]!r} is not a hidden layer of a {self.layers}-layer model; "
+                f"choose from 1..{self.layers - 1} (the input of block l)"
+            )
+        if self.tiers.cache == "refresh" and (self.model == "mlp" or self.layers < 2):
+            raise ConfigError(
+                "--cache refresh caches the hidden embeddings of a GNN: use --model sage, gcn "
+                "or gat with --layers >= 2, or --cache raw"
+            )
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("resume needs checkpoint_dir: say where the checkpoint is")
 

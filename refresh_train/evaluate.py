@@ -16,7 +16,7 @@ number of nodes. Only the last layer is restricted to the target nodes.
 Each node is computed once per layer, so the cost is linear in the graph.
 
 Both read raw features through an exact tier chain with its own counters
-(:meth:`refresh_train.tiers.CacheMode.eval_tiers`): evaluation never uses a
+(:meth:`refresh_train.modes.CacheMode.eval_tiers`): evaluation never uses a
 cache that could change its result. Accuracy comes from
 ``ogb.nodeproppred.Evaluator``.
 """

@@ -28,6 +28,13 @@ compare against.
 
 Batches come out in order and are a pure function of their seeds and batch
 seeds, so the pipelined and the serial path yield identical batches.
+
+``max_ahead=m`` bounds the run-ahead itself: batch ``i`` is sampled only
+once the consumer has finished batch ``i - m`` (asked for the batch after
+it). A sampler whose output depends on what training did (the historical
+embedding cache prunes with the table the steps so far filled) then sees
+the same state at prefetch 0 as at any depth, whatever the threads' timing.
+Windows are capped at ``m`` batches so that the bound cannot stall them.
 """
 
 from __future__ import annotations
@@ -103,6 +110,9 @@ class BatchLoader:
     stage_batches
         Most batches per window; with 0 or 1, or no ``stage``, there is no
         staging stage.
+    max_ahead
+        Sample batch ``i`` only after the consumer has finished batch
+        ``i - max_ahead`` (``None`` = no bound beyond the queues).
 
     Notes
     -----
@@ -121,6 +131,7 @@ class BatchLoader:
         prefetch_batches: int = 4,
         stage: StageFn | None = None,
         stage_batches: int = 0,
+        max_ahead: int | None = None,
     ) -> None:
         if len(seed_batches) != len(batch_seeds):
             raise ValueError(
@@ -129,15 +140,23 @@ class BatchLoader:
             )
         if prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches!r}")
+        if max_ahead is not None and max_ahead < 1:
+            raise ValueError(f"max_ahead must be >= 1 or None, got {max_ahead!r}")
         self.seed_batches = list(seed_batches)
         self.batch_seeds = [int(s) for s in batch_seeds]
         self._sample = sample
         self._fetch = fetch
         self.prefetch_batches = int(prefetch_batches)
+        self.max_ahead = max_ahead
+        if max_ahead is not None:
+            stage_batches = min(stage_batches, max_ahead)
         self._stage = stage if stage is not None and stage_batches > 1 else None
         self.stage_batches = int(stage_batches) if self._stage is not None else 0
         self.times = LoaderTimes()
         self._started = False
+        # Batches the consumer has finished (it asked for the one after them).
+        self._finished = 0
+        self._progress = threading.Condition()
 
     def __len__(self) -> int:
         return len(self.seed_batches)
@@ -179,17 +198,27 @@ class BatchLoader:
         pending[n - 1].extra[_WINDOW_END] = True
         return n
 
+    def _may_sample(self, i: int) -> bool:
+        return self.max_ahead is None or self._finished >= i - self.max_ahead + 1
+
+    def _finish_one(self) -> None:
+        with self._progress:
+            self._finished += 1
+            self._progress.notify_all()
+
     def _serial(self) -> Iterator[MiniBatch]:
         if self._stage is None:
             for i in range(len(self)):
                 batch = self._fetch_one(self._sample_one(i))
                 self.times.batches += 1
                 yield batch
+                self._finish_one()
             return
         pending: list[MiniBatch] = []
         i = 0
         while i < len(self) or pending:
-            while i < len(self) and len(pending) < self.stage_batches:
+            # Never empty: with nothing pending, i == finished, which may be sampled.
+            while i < len(self) and len(pending) < self.stage_batches and self._may_sample(i):
                 pending.append(self._sample_one(i))
                 i += 1
             n = self._stage_window(pending)
@@ -198,6 +227,7 @@ class BatchLoader:
                 batch = self._fetch_one(batch)
                 self.times.batches += 1
                 yield batch
+                self._finish_one()
             pending = pending[n:]
 
     # --------------------------------------------------------------- pipelined
@@ -231,10 +261,18 @@ class BatchLoader:
                     continue
             return _DONE
 
+        def wait_turn(i: int) -> bool:
+            with self._progress:
+                while not self._may_sample(i):
+                    if stop.is_set():
+                        return False
+                    self._progress.wait(_POLL_S)
+            return not stop.is_set()
+
         def sampler() -> None:
             try:
                 for i in range(len(self.seed_batches)):
-                    if stop.is_set() or not put(sampled, self._sample_one(i)):
+                    if not wait_turn(i) or not put(sampled, self._sample_one(i)):
                         return
                 put(sampled, _DONE)
             except BaseException as exc:  # handed to the consumer, which re-raises
@@ -300,6 +338,7 @@ class BatchLoader:
                     raise item.exc
                 self.times.batches += 1
                 yield item  # type: ignore[misc]
+                self._finish_one()
         finally:
             stop.set()
             for t in threads:

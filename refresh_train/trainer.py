@@ -8,9 +8,9 @@ layer-wise), one metrics record (see :mod:`refresh_train.metrics`), the table
 of all epochs so far, and an atomic checkpoint.
 
 Everything that depends on ``--cache`` goes through the
-:class:`~refresh_train.tiers.CacheMode` hooks (``prune``, ``fetch``,
-``forward``, ``after_step``, ``eval_tiers``), so a new cache mode needs no
-change here.
+:class:`~refresh_train.modes.CacheMode` hooks (``sample``, ``max_ahead``,
+``stage``, ``fetch``, ``forward``, ``after_step``, ``end_epoch``,
+``eval_tiers``), so a new cache mode needs no change here.
 
 Library use::
 
@@ -40,9 +40,9 @@ from .evaluate import evaluate
 from .loader import BatchLoader
 from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model
+from .modes import CACHE_MODES
 from .sampler import NeighborSampler, batch_seed, epoch_batches
-from .tiers import CACHE_MODES
-from .tiers._base import resolve_device
+from .tiers import resolve_device
 
 __all__ = ["Trainer", "train", "RESUME_KEYS"]
 
@@ -110,14 +110,16 @@ class Trainer:
         # The MLP reads only its seeds' features: sampling neighbours would be wasted I/O.
         self.fanouts = (0,) * config.layers if config.model == "mlp" else config.fanouts
         self.eval_fanouts = config.eval.fanouts or self.fanouts
-        self.cache = CACHE_MODES[config.tiers.cache](store, config.tiers, self.device)
-        self.sampler = NeighborSampler(
-            store.indptr,
-            store.indices,
-            list(self.fanouts),
+        self.cache = CACHE_MODES[config.tiers.cache](
+            store,
+            config.tiers,
+            self.device,
+            dims=self.model.dims,
+            history=config.history,
             seed=config.seed,
-            prune=self.cache.prune(),
-            in_memory="auto",
+        )
+        self.sampler = NeighborSampler(
+            store.indptr, store.indices, list(self.fanouts), seed=config.seed, in_memory="auto"
         )
         self.labels = np.asarray(store.labels, dtype=np.int64)
         self.records: list[dict[str, Any]] = []
@@ -157,8 +159,18 @@ class Trainer:
         self.cache.load_state_dict(state["extra"].get("cache", {}))
 
     # ------------------------------------------------------------------ stages
-    def _sample(self, seeds: np.ndarray, bseed: int) -> MiniBatch:
-        return self.sampler.sample(seeds, bseed)
+    def _sampling(self, batch_seeds: list[int], first_step: int):
+        """The loader's sample function for batches trained at steps ``first_step, ...``."""
+        calls = iter(enumerate(batch_seeds))
+
+        def sample(seeds: np.ndarray, bseed: int) -> MiniBatch:
+            # The loader samples its batches once each, in order, from one thread.
+            i, expected = next(calls)
+            if bseed != expected:
+                raise RuntimeError(f"batch {i} sampled out of order (batch seed {bseed})")
+            return self.cache.sample(self.sampler, seeds, bseed, first_step + i)
+
+        return sample
 
     def _fetch(self, batch: MiniBatch) -> MiniBatch:
         batch = self.cache.fetch(batch)
@@ -174,15 +186,16 @@ class Trainer:
         return self.loader(parts, [batch_seed(epoch, i) for i in range(len(parts))])
 
     def loader(self, seed_batches: list[np.ndarray], batch_seeds: list[int]) -> BatchLoader:
-        """A training loader over these seed batches (sampling, staging, fetching)."""
+        """A training loader over these seed batches, trained from the current step on."""
         return BatchLoader(
             seed_batches,
             batch_seeds,
-            self._sample,
+            self._sampling(list(batch_seeds), self.step),
             self._fetch,
             self.config.loader.prefetch_batches,
             stage=self.cache.stage,
             stage_batches=self.cache.lookahead_batches(),
+            max_ahead=self.cache.max_ahead(),
         )
 
     # ------------------------------------------------------------------ epochs
@@ -236,6 +249,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         epoch_time = time.perf_counter() - t_epoch
         stats = self.cache.stats()
+        self.cache.end_epoch()
         times = loader.times
         return {
             "epoch": epoch + 1,

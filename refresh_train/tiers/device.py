@@ -81,20 +81,45 @@ class DeviceTier(FeatureTier):
                 )
             self.cache = shared_cache
             return
+        self.cache = self._alloc_rows(k)
+        self._load(source, 0, k)
+
+    def _alloc_rows(self, k: int) -> torch.Tensor:
         if self.device.type == "cpu":
             # Through numpy, which asks for huge pages: random rows of a large
             # cache then miss the TLB far less often.
-            self.cache = torch.from_numpy(np.empty((k, *self.row_shape), self.dtype))
-        else:
-            self.cache = self._empty(k)
-        if k:
-            if source is None or len(source) < k:
-                raise ValueError(f"source must hold at least {k} rows to load the device tier")
-            step = max(1, _LOAD_PIECE_BYTES // max(1, self.row_bytes))
-            for lo in range(0, k, step):
-                hi = min(k, lo + step)
-                piece = torch.from_numpy(np.array(source[lo:hi]))  # a writable copy
-                self.cache[lo:hi].copy_(piece)
+            return torch.from_numpy(np.empty((k, *self.row_shape), self.dtype))
+        return self._empty(k)
+
+    def _load(self, source: np.ndarray | None, lo: int, hi: int) -> None:
+        """Copy rows ``[lo, hi)`` of ``source`` into the cache, a piece at a time."""
+        if hi <= lo:
+            return
+        if source is None or len(source) < hi:
+            raise ValueError(f"source must hold at least {hi} rows to load the device tier")
+        step = max(1, _LOAD_PIECE_BYTES // max(1, self.row_bytes))
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            piece = torch.from_numpy(np.array(source[a:b]))  # a writable copy
+            self.cache[a:b].copy_(piece)
+
+    def resize(self, num_rows_cached: int, source: np.ndarray) -> None:
+        """Hold rows ``[0, num_rows_cached)`` from now on (rows kept are not read again).
+
+        Not safe while reads are in flight; tiers sharing this cache
+        (``shared_cache``) must be rebuilt.
+        """
+        k = int(num_rows_cached)
+        if not 0 <= k <= self.num_rows:
+            raise ValueError(f"num_rows_cached must be in [0, {self.num_rows}], got {k!r}")
+        if k == self.num_cached:
+            return
+        old, keep = self.cache, min(k, self.num_cached)
+        self.cache = self._alloc_rows(k)
+        self.cache[:keep].copy_(old[:keep])
+        del old
+        self.num_cached = k
+        self._load(source, keep, k)
 
     @property
     def budget_used_bytes(self) -> int:

@@ -10,8 +10,8 @@ from _planted import planted_store
 from refresh_train.config import EvalConfig, TierConfig
 from refresh_train.evaluate import accuracy, evaluate, predict_layerwise, predict_sampled
 from refresh_train.models import build_model
+from refresh_train.modes import CACHE_MODES
 from refresh_train.sampler import NeighborSampler
-from refresh_train.tiers import CACHE_MODES
 
 
 @pytest.fixture(scope="module")

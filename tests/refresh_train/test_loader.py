@@ -12,8 +12,8 @@ from _planted import planted_store
 
 from refresh_train.config import TierConfig
 from refresh_train.loader import BatchLoader
+from refresh_train.modes import CACHE_MODES
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches
-from refresh_train.tiers import CACHE_MODES
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ from refresh_train.batch import MiniBatch
 from refresh_train.cli import config_from_args, main
 from refresh_train.config import ConfigError, LoaderConfig, TierConfig
 from refresh_train.loader import BatchLoader
+from refresh_train.modes import CACHE_MODES
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches
-from refresh_train.tiers import CACHE_MODES, POLICIES, DiskTier, HostTier, StagedRows
+from refresh_train.tiers import POLICIES, DiskTier, HostTier, StagedRows
 from refresh_train.tiers._lookahead import first_window, merge_unique
 from refresh_train.trainer import Trainer
 

@@ -142,19 +142,25 @@ def test_every_model_trains(store, model):
 def test_a_registered_cache_mode_gets_every_hook(store, tmp_path):
     """The hook point the historical cache uses: a new --cache name, no trainer change."""
     from refresh_train.checkpoint import load_checkpoint
-    from refresh_train.tiers import CACHE_MODES, RawCache, register_cache_mode
+    from refresh_train.modes import CACHE_MODES, RawCache, register_cache_mode
 
-    calls = {"prune": 0, "fetch": 0, "forward": 0, "after_step": [], "loaded": None}
+    calls = {"prune": 0, "sample": [], "fetch": 0, "forward": 0, "after_step": [], "loaded": None}
+    calls["end_epoch"] = 0
 
     class Counting(RawCache):
         name = "counting-test"
 
-        def prune(self):
+        def sample(self, sampler, seeds, batch_seed, step):
+            calls["sample"].append(step)
+
             def hook(layer, ids):
                 calls["prune"] += 1
                 return np.zeros(len(ids), dtype=bool)  # expand everything
 
-            return hook
+            return sampler.sample(seeds, batch_seed, prune=hook)
+
+        def end_epoch(self):
+            calls["end_epoch"] += 1
 
         def fetch(self, batch):
             calls["fetch"] += 1
@@ -181,10 +187,13 @@ def test_a_registered_cache_mode_gets_every_hook(store, tmp_path):
         n = records[0]["batches"]
         assert calls["fetch"] == calls["forward"] == n
         assert calls["after_step"] == list(range(n))
+        assert calls["sample"] == list(range(n))  # each batch knows the step it trains at
         assert calls["prune"] == n * (cfg.layers - 1)  # blocks 1..L-1 of every batch
+        assert calls["end_epoch"] == 1
         assert load_checkpoint(tmp_path)["extra"]["cache"]["steps_seen"].item() == n
         train(cfg.replace(epochs=2, resume=True))
         assert calls["loaded"]["steps_seen"].item() == n
         assert calls["after_step"][n:] == list(range(n, 2 * n))
+        assert calls["sample"][n:] == list(range(n, 2 * n))
     finally:
         CACHE_MODES.pop("counting-test", None)

@@ -1,0 +1,210 @@
+"""The contract of a cache mode: the hooks a training step goes through."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from refresh_store.io_scheduler import IOConfig
+
+from ..tiers import DeviceTier, FeatureTier, HostTier, build_raw_tiers, resolve_device
+
+if TYPE_CHECKING:
+    from refresh_store.store import Store
+
+    from ..batch import MiniBatch
+    from ..config import HistoryConfig, TierConfig
+    from ..sampler import NeighborSampler
+
+__all__ = ["CacheMode"]
+
+
+class CacheMode:
+    """What ``--cache NAME`` selects: how a step's inputs are sampled, fetched and used.
+
+    The base class is the exact raw-feature path over a device -> host ->
+    disk chain; subclasses override the hooks they change. See
+    :mod:`refresh_train.modes` for when each hook runs.
+
+    Parameters
+    ----------
+    store
+        The open store.
+    config
+        Tier settings (budgets, policy, I/O).
+    device
+        Compute device.
+    dims
+        The model's widths ``[in_dim, hidden, ..., out_dim]`` (``BlockGNN.dims``);
+        modes that cache embeddings need them.
+    history
+        Settings of the historical embedding cache (modes that have one).
+    seed
+        The run's seed.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        store: Store,
+        config: TierConfig,
+        device: torch.device,
+        *,
+        dims: Sequence[int] | None = None,
+        history: HistoryConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.device = resolve_device(device)
+        self.dims = tuple(dims) if dims is not None else None
+        self.history_config = history
+        self.seed = int(seed)
+        self.io = IOConfig(
+            mode=config.io_mode, queue_depth=config.io_queue_depth, engine=config.io_engine
+        )
+        self.tiers: DeviceTier = self._build_tiers()
+        self._eval_tiers: DeviceTier | None = None
+
+    def _build_tiers(self) -> DeviceTier:
+        raise NotImplementedError
+
+    # ---- hooks -------------------------------------------------------------
+    def sample(
+        self, sampler: NeighborSampler, seeds: np.ndarray, batch_seed: int, step: int
+    ) -> MiniBatch:
+        """Sample the batch that global step ``step`` trains on.
+
+        Called from one thread, in step order, at most :meth:`max_ahead`
+        steps before step ``step - max_ahead()`` has finished.
+        """
+        return sampler.sample(seeds, batch_seed)
+
+    def max_ahead(self) -> int | None:
+        """How far sampling may run ahead of training, in batches (``None`` = no bound).
+
+        With ``m``, batch ``i`` is sampled only after step ``i - m`` has
+        finished (its :meth:`after_step` included), so the state a batch's
+        sampling sees is fixed whatever the threads' timing.
+        """
+        return None
+
+    def lookahead_batches(self) -> int:
+        """Sampled batches the loader hands :meth:`stage` at once; 0 = no staging."""
+        return 0
+
+    def stage(self, batches: list[MiniBatch]) -> int:
+        """Prepare the fetch of the leading ``batches`` (consecutive, in loader order).
+
+        Returns how many of them it took as one window (at least 1); the
+        loader hands the rest to the next call.
+        """
+        return len(batches)
+
+    def fetch(self, batch: MiniBatch) -> MiniBatch:
+        """Fill ``batch.features`` (rows of ``batch.input_nodes`` on the device)."""
+        batch.features = self.tiers.read(batch.input_nodes)
+        return batch
+
+    def forward(self, model: torch.nn.Module, batch: MiniBatch) -> torch.Tensor:
+        """Logits of the batch's seeds."""
+        return model(batch, self._inputs(batch))
+
+    @staticmethod
+    def _inputs(batch: MiniBatch) -> torch.Tensor:
+        x = batch.features
+        if x is None:
+            raise RuntimeError("forward() got a batch without features: fetch() fills them")
+        if not x.is_floating_point() or x.dtype != torch.float32:
+            x = x.float()
+        return x
+
+    def after_step(self, batch: MiniBatch, logits: torch.Tensor, step: int) -> None:
+        """Called after the optimiser step of global step ``step``."""
+
+    def end_epoch(self) -> None:
+        """Called after each epoch's training pass (no loader runs then)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a resume for results to match (saved in checkpoints).
+
+        The raw tiers hold none: their contents change counters, never results.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    # ---- evaluation and bookkeeping ----------------------------------------
+    def eval_tiers(self) -> FeatureTier:
+        """An exact feature path for evaluation with its own counters.
+
+        Shares the device tier's rows (no second copy); no host caching, so
+        evaluation leaves the training tiers' state untouched.
+        """
+        if self._eval_tiers is None:
+            self._eval_tiers = build_raw_tiers(
+                self.store,
+                device=self.device,
+                cache_budget_bytes=0,
+                host_budget_bytes=0,
+                io=self.io,
+                shared_cache=self.tiers.cache,
+            )
+        return self._eval_tiers
+
+    def _drop_eval_tiers(self) -> None:
+        if self._eval_tiers is not None:
+            self._eval_tiers.close()
+            self._eval_tiers = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the training pass since the last :meth:`reset_stats`.
+
+        The tiers' rows and bytes, ``memory_access_bytes`` (raw-feature bytes
+        moved onto the device from the host and disk tiers), and how the
+        device budget is split (``cache_split_raw_bytes``,
+        ``cache_split_hist_bytes``).
+        """
+        out = dict(self.tiers.stats())
+        out["memory_access_bytes"] = int(out.get("bytes_host", 0)) + int(out.get("bytes_disk", 0))
+        out["cache_split_raw_bytes"] = self.tiers.budget_used_bytes
+        out["cache_split_hist_bytes"] = 0
+        return out
+
+    def reset_stats(self) -> None:
+        """Zero the training counters (the trainer does it every epoch)."""
+        self.tiers.reset_stats()
+
+    def _host(self) -> HostTier:
+        host = self.tiers.below
+        if not isinstance(host, HostTier):
+            raise TypeError(f"the tier below the device tier is a {type(host).__name__}")
+        return host
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the tiers, for logs."""
+        host = self._host()
+        return {
+            "cache": self.name,
+            "device_rows": self.tiers.num_cached,
+            "device_bytes": self.tiers.budget_used_bytes,
+            "host_rows": host.capacity,
+            "host_bytes": host.budget_used_bytes,
+            "host_policy": type(host.policy).name,
+            "row_bytes": self.tiers.row_bytes,
+            "io_mode": host.below.scheduler.mode,  # type: ignore[union-attr]
+            "lookahead_batches": self.lookahead_batches(),
+            "lookahead_budget_bytes": self.config.lookahead_budget_bytes
+            if self.lookahead_batches()
+            else 0,
+        }
+
+    def close(self) -> None:
+        """Release tiers, buffers and files."""
+        self.tiers.close()
+        self._drop_eval_tiers()
