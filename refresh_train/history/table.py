@@ -117,11 +117,19 @@ class HistoryTable:
 
     # ----------------------------------------------------------------- writes
     def commit(self, layer: int, ids: NDArray[np.int64], emb: torch.Tensor, step: int) -> None:
-        """Store ``emb`` (rows of the distinct ``ids``, all ``< rows``) computed at ``step``."""
+        """Store ``emb`` (rows of the distinct ``ids``) computed at ``step``.
+
+        Ids the table does not hold (``>= rows``: it shrank since they were
+        admitted) are dropped.
+        """
+        if len(ids) and int(ids.min()) < 0:
+            raise IndexError(f"node ids must be >= 0, got {int(ids.min())!r}")
+        inside = ids < self.rows
+        if not inside.all():
+            ids = ids[inside]
+            emb = emb[torch.from_numpy(inside).to(emb.device)]
         if len(ids) == 0:
             return
-        if int(ids.max()) >= self.rows or int(ids.min()) < 0:
-            raise IndexError(f"node ids must lie in [0, {self.rows}) to enter the table")
         self.birth[layer][ids] = step
         index = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
         self.emb[layer].index_copy_(0, index.to(self.device, non_blocking=True), emb.to(self.dtype))
