@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--hist-lag",
         type=int,
-        help="steps between admission and use (default 2*max(lookahead,2)+2)",
+        help="steps between admission and use (default max(lookahead,2)+2)",
     )
     h.add_argument("--hist-dtype", help="float16 | float32: element type of the table (float16)")
     h.add_argument("--no-hist-count-saved", dest="hist_count_saved", action="store_false",

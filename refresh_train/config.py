@@ -204,8 +204,10 @@ class HistoryConfig:
     lag_steps
         The state a batch's pruning sees is the table after the admissions
         of steps ``<= i - lag_steps`` for the batch trained at step ``i``
-        (sampling runs ahead of training); ``None`` = ``2 * max(lookahead, 2)
-        + 2``, enough for the loader to keep its lookahead windows full.
+        (sampling runs ahead of training); ``None`` = ``max(lookahead, 2) + 2``:
+        a lookahead window of batches is sampled before any of them trains,
+        and the next one is read while the last two batches of the current
+        one train.
     dtype
         Element type of the table (``"float16"`` halves its bytes per entry).
     count_saved
@@ -271,7 +273,7 @@ class HistoryConfig:
         """:attr:`lag_steps`, or its default for a loader staging this many batches."""
         if self.lag_steps is not None:
             return self.lag_steps
-        return 2 * max(lookahead_batches, 2) + 2
+        return max(lookahead_batches, 2) + 2
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ one step towards raw rows when ``raw_gain`` exceeds ``hist_loss`` by the
 margin, or towards the table when ``hist_gain`` exceeds ``raw_loss`` by
 the margin. Every count is deterministic for a seed, so the split is too.
 The table keeps at least one move's share while the split is automatic,
-so that its side can still be measured. (Hits near the table's end are
+so that its side can still be measured, and no decision is taken while
+less than :data:`WARM_SHARE` of its last band holds usable entries. (Hits near the table's end are
 valued at the average rows per hit, which favours the table a little:
 colder nodes have smaller sub-trees.)
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BudgetSplit", "SplitCounters", "INITIAL_HIST_FRACTION"]
+__all__ = ["BudgetSplit", "SplitCounters", "INITIAL_HIST_FRACTION", "WARM_SHARE"]
 
 #: Share of the budget the table starts with when the split is automatic.
 #: On a 1M-node power-law graph, treating the top-degree nodes' embeddings
@@ -39,6 +40,11 @@ __all__ = ["BudgetSplit", "SplitCounters", "INITIAL_HIST_FRACTION"]
 #: rows left 26-28 % of the no-cache traffic, against 34 % all embeddings
 #: and 50 % all raw rows (the project's own measurement).
 INITIAL_HIST_FRACTION = 0.25
+
+#: No decision until this share of the table's last band holds usable
+#: entries: a table still filling up (the first steps, a warm-up) would be
+#: judged by rows it has not had the chance to use.
+WARM_SHARE = 0.5
 
 
 @dataclass
@@ -53,6 +59,7 @@ class SplitCounters:
     above_lookups: int = 0
     hits: int = 0
     rows_saved_off_device: int = 0
+    band_live_share: float = 1.0  # usable entries among the last band's rows at the end
 
     def rows_per_hit(self) -> float:
         """Raw rows beyond the device tier that one hit saved, on average."""
@@ -118,7 +125,7 @@ class BudgetSplit:
 
     def decide(self, c: SplitCounters) -> bool:
         """Move the split one step if the epoch's counters say so; whether it moved."""
-        if not self.automatic or c.steps == 0:
+        if not self.automatic or c.steps == 0 or c.band_live_share < WARM_SHARE:
             return False
         step = self.step_fraction
         new = self.hist_fraction

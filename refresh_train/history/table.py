@@ -110,29 +110,51 @@ class HistoryTable:
         index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
         return self.emb[layer].index_select(0, index.to(self.device, non_blocking=True))
 
-    def live(self, step: int, staleness_iters: float) -> int:
-        """Entries (all layers) usable at ``step``."""
+    def live(self, step: int, staleness_iters: float, lo: int = 0, hi: int | None = None) -> int:
+        """Entries of nodes ``[lo, hi)`` (all layers) usable at ``step``."""
         limit = staleness_iters if np.isfinite(staleness_iters) else -EMPTY // 2
-        return sum(int(np.count_nonzero(step - b <= limit)) for b in self.birth.values())
+        return sum(int(np.count_nonzero(step - b[lo:hi] <= limit)) for b in self.birth.values())
 
     # ----------------------------------------------------------------- writes
-    def commit(self, layer: int, ids: NDArray[np.int64], emb: torch.Tensor, step: int) -> None:
-        """Store ``emb`` (rows of the distinct ``ids``) computed at ``step``.
+    def commit(
+        self, layer: int, ids: NDArray[np.int64], emb: torch.Tensor | None, step: int
+    ) -> None:
+        """Make the embeddings of the distinct ``ids`` computed at ``step`` usable.
 
-        Ids the table does not hold (``>= rows``: it shrank since they were
-        admitted) are dropped.
+        ``emb`` holds their rows; ``None`` means :meth:`write` already put
+        them in place. Ids the table does not hold (``>= rows``: it shrank
+        since they were admitted) are dropped.
         """
         if len(ids) and int(ids.min()) < 0:
             raise IndexError(f"node ids must be >= 0, got {int(ids.min())!r}")
         inside = ids < self.rows
         if not inside.all():
             ids = ids[inside]
-            emb = emb[torch.from_numpy(inside).to(emb.device)]
+            if emb is not None:
+                emb = emb[torch.from_numpy(inside).to(emb.device)]
         if len(ids) == 0:
             return
+        if emb is not None:
+            self.write(layer, ids, emb)
         self.birth[layer][ids] = step
+
+    def write(self, layer: int, ids: NDArray[np.int64], emb: torch.Tensor) -> None:
+        """Put ``emb`` in the rows of ``ids`` (all ``< rows``) without changing their birth.
+
+        Only for rows no batch may read: empty, or :meth:`expired_for_good`.
+        """
         index = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
         self.emb[layer].index_copy_(0, index.to(self.device, non_blocking=True), emb.to(self.dtype))
+
+    def expired_for_good(
+        self, layer: int, ids: NDArray[np.int64], step: int, staleness_iters: float
+    ) -> NDArray[np.bool_]:
+        """Which rows of ``ids`` no step after ``step`` may use (empty or too old)."""
+        birth = self.birth[layer][ids]
+        free = birth == EMPTY
+        if np.isfinite(staleness_iters):
+            free |= birth + staleness_iters <= step
+        return free
 
     def resize(self, rows: int) -> None:
         """Hold nodes ``[0, rows)`` from now on, keeping the entries of the nodes that stay."""

@@ -19,8 +19,11 @@ How a step goes
    embeddings (:meth:`refresh_train.batch.Block.assemble`) and keeps the
    freshly computed embeddings of the cached layers with their gradients.
 4. **After the step**: the admission policy picks which fresh embeddings
-   to keep (the gradient criterion by default); they are queued with their
-   step and written in step 1 of the batch ``lag`` steps later.
+   to keep (the gradient criterion by default). An embedding whose row no
+   later step may use (empty, or older than the staleness bound for every
+   step to come) is written into its row at once; one that replaces a
+   still-usable entry waits in a queue. Either way the entry becomes usable
+   only in step 1 of the batch ``lag`` steps later, when its birth is set.
 
 Why it is exact under the pipelined loader
 ------------------------------------------
@@ -42,11 +45,11 @@ Bytes
 ``cache_budget_bytes`` is shared: :class:`~refresh_train.history.BudgetSplit`
 gives ``raw_bytes`` to the device tier's rows (``K`` hottest) and
 ``hist_bytes`` to the table (``H`` hottest nodes per cached layer), which
-include the queue of admissions not yet written: at most ``admit_cap``
-entries per step for ``lag`` steps, with ``admit_cap`` sized so that the
-queue takes :data:`PENDING_SHARE` of ``hist_bytes``. When a step has more
-candidates than ``admit_cap``, the hottest (lowest ids: highest degree,
-most often sampled) are admitted.
+include the queue of admissions that replace a usable entry: at most
+``admit_cap`` entries per step for ``lag`` steps, with ``admit_cap`` sized
+so that the queue takes :data:`PENDING_SHARE` of ``hist_bytes``. When a step
+has more such candidates than ``admit_cap``, the hottest (lowest ids: highest
+degree, most often sampled) are queued.
 """
 
 from __future__ import annotations
@@ -74,8 +77,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RefreshCache", "PENDING_SHARE"]
 
-#: Share of the table's bytes reserved for admissions still in the queue.
-PENDING_SHARE = 0.2
+#: Share of the table's bytes reserved for admissions that replace a usable
+#: entry and so wait in the queue (an admission to an empty or expired row
+#: is written in place at once).
+PENDING_SHARE = 0.1
 
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -87,7 +92,7 @@ class _Admission:
     step: int
     layer: int
     ids: np.ndarray  # int64 [n]
-    emb: torch.Tensor  # [n, width] on the device, table dtype
+    emb: torch.Tensor | None  # [n, width] on the device in the table dtype; None = in place
     ready: torch.cuda.Event | None = None
 
 
@@ -216,7 +221,7 @@ class RefreshCache(RawCache):
         c.hits[layer] += len(hit)
         c.age_sum += int((step - self.table.birth[layer][hit]).sum())
         h = self.table.rows
-        band = max(1, self.split.band_bytes() // (self.table.row_bytes * len(self.hist_layers)))
+        band = self._band_rows()
         others = ids[num_seeds:]
         s = c.split
         s.hits += len(hit)
@@ -224,6 +229,10 @@ class RefreshCache(RawCache):
         s.band_lookups += int(np.count_nonzero((others >= h - band) & (others < h)))
         s.above_lookups += int(np.count_nonzero((others >= h) & (others < h + band)))
         return rows
+
+    def _band_rows(self) -> int:
+        """Nodes per cached layer that one move of the split adds or takes away."""
+        return max(1, self.split.band_bytes() // (self.table.row_bytes * len(self.hist_layers)))
 
     def _count_saved(
         self, sampler: NeighborSampler, seeds: np.ndarray, batch_seed: int, batch: MiniBatch
@@ -281,9 +290,7 @@ class RefreshCache(RawCache):
                     for v in fresh
                 }
             for v, h in fresh.items():
-                rec = self._admit(batch, v, h, step, in_flight[v])
-                if rec is not None:
-                    records.append(rec)
+                records += self._admit(batch, v, h, step, in_flight[v])
         self._counters.split.steps += 1
         with self._lock:
             self._pending.extend(records)
@@ -291,7 +298,7 @@ class RefreshCache(RawCache):
 
     def _admit(
         self, batch: MiniBatch, layer: int, h: torch.Tensor, step: int, in_flight: np.ndarray
-    ) -> _Admission | None:
+    ) -> list[_Admission]:
         n = h.shape[0]
         norms = None
         if self.policy.needs_grad:
@@ -299,25 +306,33 @@ class RefreshCache(RawCache):
             norms = torch.linalg.vector_norm(grad.float(), dim=1)
         pos = self.policy.select(norms, n, step, layer)
         ids = batch.layer_nodes[layer - 1][:n].numpy()[pos]
-        # Only the table's nodes, and not one whose admission is still queued.
+        # Only the table's nodes, and not one whose admission is still queued
+        # (its birth is then stable: only this thread queues admissions).
         keep = (ids < self.table.rows) & ~np.isin(ids, in_flight)
         pos, ids = pos[keep], ids[keep]
-        if len(ids) > self.admit_cap:
-            hottest = np.sort(np.argsort(ids, kind="stable")[: self.admit_cap])
-            pos, ids = pos[hottest], ids[hottest]
-        if len(ids) == 0:
-            return None
-        index = torch.from_numpy(pos).to(h.device, non_blocking=True)
-        emb = h.detach().index_select(0, index).to(self.table.dtype)
-        if not torch.isfinite(emb).all():
-            finite = torch.isfinite(emb).all(dim=1).cpu().numpy()
-            emb, ids = emb[torch.from_numpy(finite).to(emb.device)], ids[finite]
+        emb = h.detach()[torch.from_numpy(pos).to(h.device)].to(self.table.dtype)
+        finite = torch.isfinite(emb).all(dim=1).cpu().numpy()
+        # A row no later step may use can take the embedding now; the sampling
+        # thread reads a row only once its birth says it is usable.
+        free = self.table.expired_for_good(layer, ids, step, self.staleness)
+        direct, queued = free & finite, np.flatnonzero(~free & finite)
+        if len(queued) > self.admit_cap:  # replacing a usable entry takes queue room
+            queued = queued[np.argsort(ids[queued], kind="stable")[: self.admit_cap]]
+            queued.sort()
         ready = None
         if self.stream is not None:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(self.device))
-        self._counters.admitted += len(ids)
-        return _Admission(step, layer, np.ascontiguousarray(ids, dtype=np.int64), emb, ready)
+        out = []
+        if direct.any():
+            mine = ids[direct]
+            self.table.write(layer, mine, emb[torch.from_numpy(direct).to(emb.device)])
+            out.append(_Admission(step, layer, mine, None, ready))
+        if len(queued):
+            index = torch.from_numpy(queued).to(emb.device)
+            out.append(_Admission(step, layer, ids[queued], emb[index], ready))
+        self._counters.admitted += sum(len(a.ids) for a in out)
+        return out
 
     def _commit_through(self, last_step: int) -> None:
         """Write every queued admission of steps ``<= last_step`` (sampling thread)."""
@@ -334,10 +349,17 @@ class RefreshCache(RawCache):
         for rec in due:
             if rec.ready is not None and self.stream is not None:
                 self.stream.wait_event(rec.ready)
-                rec.emb.record_stream(self.stream)
+                if rec.emb is not None:
+                    rec.emb.record_stream(self.stream)
             self.table.commit(rec.layer, rec.ids, rec.emb, rec.step)
 
     def end_epoch(self) -> None:
+        h = self.table.rows
+        band = self._band_rows()
+        if h:
+            lo = max(0, h - band)
+            live = self.table.live(self._steps_done, self.staleness, lo, h)
+            self._counters.split.band_live_share = live / ((h - lo) * len(self.hist_layers))
         if self.split.decide(self._counters.split):
             self._apply_split()
         self._counters.split = SplitCounters()
@@ -405,7 +427,10 @@ class RefreshCache(RawCache):
                     "step": a.step,
                     "layer": a.layer,
                     "ids": torch.from_numpy(a.ids.copy()),
-                    "emb": a.emb.cpu(),
+                    "in_place": a.emb is None,
+                    # In-place rows are not yet usable, so the table's own
+                    # state leaves them out: they travel with their record.
+                    "emb": (self.table.gather(a.layer, a.ids) if a.emb is None else a.emb).cpu(),
                 }
                 for a in self._pending
             ]
@@ -422,13 +447,13 @@ class RefreshCache(RawCache):
         self.split.load_state_dict(state["split"])
         self._apply_split()
         self.table.load_state_dict(state["table"])
-        self._pending = deque(
-            _Admission(
-                int(a["step"]),
-                int(a["layer"]),
-                a["ids"].numpy().astype(np.int64),
-                a["emb"].to(self.device, self.table.dtype),
-            )
-            for a in state["pending"]
-        )
+        self._pending = deque()
+        for a in state["pending"]:
+            ids = a["ids"].numpy().astype(np.int64)
+            emb = a["emb"].to(self.device, self.table.dtype)
+            if a["in_place"]:
+                inside = ids < self.table.rows
+                self.table.write(int(a["layer"]), ids[inside], emb[torch.from_numpy(inside)])
+                emb = None
+            self._pending.append(_Admission(int(a["step"]), int(a["layer"]), ids, emb))
         self._steps_done = int(state["steps_done"])
