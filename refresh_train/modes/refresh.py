@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from ..history import BudgetSplit, HistoryTable, SplitCounters, make_policy
+from ..history.cover import uncovered_rank
 from .raw import RawCache
 
 if TYPE_CHECKING:
@@ -99,14 +100,14 @@ class _Admission:
 class _Counters:
     """Per-epoch counters; each field is written by one thread only."""
 
-    def __init__(self, layers: Sequence[int]) -> None:
+    def __init__(self, layers: Sequence[int], grid: int) -> None:
         self.lookups = dict.fromkeys(layers, 0)
         self.hits = dict.fromkeys(layers, 0)
         self.age_sum = 0
         self.admitted = 0
         self.nodes_pruned = 0
         self.rows_saved = 0
-        self.split = SplitCounters()
+        self.split = SplitCounters(grid)
 
 
 class RefreshCache(RawCache):
@@ -151,21 +152,32 @@ class RefreshCache(RawCache):
         )
         self.admit_cap = 0
         self._size_table()
+        sizes = [self._sizes(f) for f in self.split.candidates()]
+        self._cand_k = np.array([k for k, _, _ in sizes], dtype=np.int64)
+        self._cand_h = np.array([h for _, h, _ in sizes], dtype=np.int64)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._pending: deque[_Admission] = deque()
         self._lock = threading.Lock()
         self._steps_done = 0  # steps whose after_step ran (the next step's number)
-        self._counters = _Counters(self.hist_layers)
+        self._counters = _Counters(self.hist_layers, self.split.grid)
 
     # ------------------------------------------------------------- sizes
     def _raw_budget_bytes(self) -> int:
         return self.split.raw_bytes
 
+    def _sizes(self, fraction: float) -> tuple[int, int, int]:
+        """``(K, H, admit_cap)`` when the table gets ``fraction`` of the budget."""
+        n = self.store.num_nodes
+        hist = self.split.hist_bytes_at(fraction)
+        k = min(n, (self.split.budget_bytes - hist) // self.tiers.row_bytes)
+        total = hist // self.table.row_bytes
+        cap = int(PENDING_SHARE * total) // self.lag
+        h = min(n, (total - self.lag * cap) // len(self.hist_layers))
+        return k, h, cap
+
     def _size_table(self) -> None:
-        total = self.split.hist_bytes // self.table.row_bytes
-        self.admit_cap = int(PENDING_SHARE * total) // self.lag
-        rows = (total - self.lag * self.admit_cap) // len(self.hist_layers)
-        self.table.resize(min(rows, self.store.num_nodes))
+        _, h, self.admit_cap = self._sizes(self.split.hist_fraction)
+        self.table.resize(h)
 
     def device_bytes(self) -> dict[str, int]:
         """Most device bytes each structure may hold (their sum is within the budget)."""
@@ -220,45 +232,28 @@ class RefreshCache(RawCache):
         c.lookups[layer] += max(0, len(ids) - num_seeds)
         c.hits[layer] += len(hit)
         c.age_sum += int((step - self.table.birth[layer][hit]).sum())
-        h = self.table.rows
-        band = self._band_rows()
-        others = ids[num_seeds:]
-        s = c.split
-        s.hits += len(hit)
-        s.band_hits += int(np.count_nonzero(hit >= h - band))
-        s.band_lookups += int(np.count_nonzero((others >= h - band) & (others < h)))
-        s.above_lookups += int(np.count_nonzero((others >= h) & (others < h + band)))
+        c.split.hits += len(hit)
+        c.split.eligible += int(np.count_nonzero(ids[num_seeds:] < self.table.rows))
         return rows
-
-    def _band_rows(self) -> int:
-        """Nodes per cached layer that one move of the split adds or takes away."""
-        return max(1, self.split.band_bytes() // (self.table.row_bytes * len(self.hist_layers)))
 
     def _count_saved(
         self, sampler: NeighborSampler, seeds: np.ndarray, batch_seed: int, batch: MiniBatch
     ) -> None:
         # The same draws without pruning (sampling is a pure function of the
-        # seeds and batch seed), so the difference is exactly what pruning saved.
-        if not any(b.cached_pos is not None for b in batch.blocks):
-            return
-        full = sampler.sample(seeds, batch_seed)
+        # seeds and batch seed), so the difference is exactly what pruning
+        # saved; the automatic split weighs every candidate on it.
+        pruned = any(b.cached_pos is not None for b in batch.blocks)
+        full = sampler.sample(seeds, batch_seed) if pruned else batch
         c = self._counters
         c.nodes_pruned += sum(len(a) - len(b) for a, b in zip(full.layer_nodes, batch.layer_nodes))
         c.rows_saved += len(full.input_nodes) - len(batch.input_nodes)
-        k = self.tiers.num_cached
-        c.split.rows_saved_off_device += int(
-            np.count_nonzero(full.input_nodes.numpy() >= k)
-            - np.count_nonzero(batch.input_nodes.numpy() >= k)
-        )
-
-    def fetch(self, batch: MiniBatch) -> MiniBatch:
-        ids = batch.input_nodes.numpy()
-        k = self.tiers.num_cached
-        band = self.split.band_bytes() // self.tiers.row_bytes
-        s = self._counters.split
-        s.raw_gain_rows += int(np.count_nonzero((ids >= k) & (ids < k + band)))
-        s.raw_loss_rows += int(np.count_nonzero((ids >= k - band) & (ids < k)))
-        return super().fetch(batch)
+        if self.split.automatic:
+            rows = full.input_nodes.numpy()
+            rank = uncovered_rank(full, len(seeds), self.hist_layers)
+            for i, (k, h) in enumerate(zip(self._cand_k, self._cand_h)):
+                beyond = rows >= k
+                c.split.noprune[i] += int(np.count_nonzero(beyond))
+                c.split.ideal[i] += int(np.count_nonzero(beyond & (rank >= h)))
 
     def forward(self, model: torch.nn.Module, batch: MiniBatch) -> torch.Tensor:
         x = self._inputs(batch)
@@ -291,7 +286,6 @@ class RefreshCache(RawCache):
                 }
             for v, h in fresh.items():
                 records += self._admit(batch, v, h, step, in_flight[v])
-        self._counters.split.steps += 1
         with self._lock:
             self._pending.extend(records)
             self._steps_done = step + 1
@@ -354,15 +348,9 @@ class RefreshCache(RawCache):
             self.table.commit(rec.layer, rec.ids, rec.emb, rec.step)
 
     def end_epoch(self) -> None:
-        h = self.table.rows
-        band = self._band_rows()
-        if h:
-            lo = max(0, h - band)
-            live = self.table.live(self._steps_done, self.staleness, lo, h)
-            self._counters.split.band_live_share = live / ((h - lo) * len(self.hist_layers))
         if self.split.decide(self._counters.split):
             self._apply_split()
-        self._counters.split = SplitCounters()
+        self._counters.split = SplitCounters(self.split.grid)
 
     def _apply_split(self) -> None:
         # The side that shrinks goes first, so the two together stay within
@@ -402,7 +390,7 @@ class RefreshCache(RawCache):
     def reset_stats(self) -> None:
         super().reset_stats()
         split = self._counters.split
-        self._counters = _Counters(self.hist_layers)
+        self._counters = _Counters(self.hist_layers, self.split.grid)
         self._counters.split = split  # the split's counters span the epoch: end_epoch resets them
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,649 @@
+"""Memory access volume, accuracy and epoch time of ``--cache none | raw | refresh``.
+
+The paper's figure of merit is the raw-feature traffic of training: bytes
+moved onto the device from the host and the disk per epoch (the trainer's
+``memory_access_bytes``). This benchmark trains the same model, seeds and
+epochs with every cache mode at device budgets of 1, 5, 10 and 20 % of the
+feature bytes and reports, per run, that traffic, the epoch time and the
+final test accuracy, in the paper's regime: a large graph, few labelled
+nodes, one batch touching a few percent of the rows.
+
+Datasets (generated, then converted; cached under ``bench_cache/memory_access``):
+
+* ``papers``: the ogbn-papers100M layout, 2M nodes, power-law degrees,
+  1 % of nodes labelled, 128 float32 features; batch 128 touches about 4 %
+  of the rows (a batch of 1024 touches under 1 % of the real graph's).
+* ``products``: an ogbn-products-sized graph (2,449,029 nodes, 100 float32
+  features, 47 classes), split as the real one but with 10 % of the nodes in
+  a split (about 20K training nodes) so that every run fits the CPU time.
+
+Sections (``--sections``):
+
+``grid``     3-layer SAGE, every mode at every budget, 3 seeds, both datasets
+``models``   GCN and GAT at 10 %, every mode, both datasets
+``policies`` each ``--hist-policy`` at 10 % on ``papers`` (and ``--hist-layers 2,1``)
+``sweeps``   ``--grad-quantile`` and ``--staleness`` at 10 % on ``papers``
+``ideal``    what a perfect history cache would leave: the sampler alone, with
+             the table's nodes always cached (an upper bound on any policy)
+``loader``   loader-only passes (sampling + fetching, no model) from a cold
+             SSD at 10 % on ``papers``, refresh with the table a training run left
+
+Equal memory for all: every run has the same device budget (``--cache-budget``)
+for feature data, host budget 0 and no lookahead windows (``--lookahead 0``),
+so the RAM each configuration holds for feature data is its device budget
+(recorded per run as ``feature_ram_bytes``) plus one batch in flight per
+loader stage; ``none`` holds none of it. Disk reads are O_DIRECT and the
+feature file is evicted from the page cache before every run, so every run
+starts cold. Byte counts are exact and deterministic per seed; times come
+from a shared 2-core machine and are noisy (medians of epochs).
+
+Usage::
+
+    python benchmarks/memory_access.py                    # everything (hours on 2 cores)
+    python benchmarks/memory_access.py --sections grid,ideal
+    python benchmarks/memory_access.py --quick --out /tmp/ma.json   # a few minutes
+
+Finished runs are kept in ``--out`` and skipped when the command is run
+again with the same settings (``--fresh`` reruns them). Results: ``--out``
+(JSON records) and the same name with ``.md`` (tables) and ``_*.png`` (plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _common import drop_cache  # noqa: E402
+
+from refresh_store.convert import convert  # noqa: E402
+from refresh_store.store import Store, open_store  # noqa: E402
+from refresh_store.synthetic import make_dataset  # noqa: E402
+from refresh_train.config import (  # noqa: E402
+    EvalConfig,
+    HistoryConfig,
+    LoaderConfig,
+    TierConfig,
+    TrainConfig,
+)
+from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches  # noqa: E402
+from refresh_train.trainer import Trainer  # noqa: E402
+
+CACHE_DIR = ROOT / "bench_cache" / "memory_access"
+MODES = ("none", "raw", "refresh")
+POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
+
+
+# ------------------------------------------------------------------ datasets
+def dataset_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """What each dataset is generated with."""
+    if args.quick:
+        return {
+            "papers": dict(layout="papers100m", nodes=200_000, labelled=0.02, classes=32,
+                           avg_degree=10.0),
+            "products": dict(layout="ogbn", nodes=150_000, labelled=0.1, classes=47,
+                             avg_degree=25.0),
+        }  # fmt: skip
+    return {
+        "papers": dict(layout="papers100m", nodes=args.papers_nodes, labelled=0.01, classes=32,
+                       avg_degree=10.0),
+        "products": dict(layout="ogbn", nodes=args.products_nodes, labelled=0.1, classes=47,
+                         avg_degree=25.0),
+    }  # fmt: skip
+
+
+def ensure_store(name: str, spec: dict[str, Any], data_dir: Path) -> Path:
+    """Generate and convert a dataset once; reuse it afterwards."""
+    key = "_".join(f"{k}{v}" for k, v in sorted(spec.items()))
+    dst = data_dir / f"{name}_{key}" / "store"
+    if (dst / "zarr.json").exists():
+        try:
+            open_store(dst)
+            return dst
+        except Exception:  # a damaged cache: rebuild it
+            pass
+    src_root = data_dir / f"{name}_{key}" / "src"
+    print(f"generating {name} ({spec['nodes']:,} nodes) ...", flush=True)
+    src = make_dataset(
+        spec["layout"],
+        spec["nodes"],
+        src_root,
+        seed=0,
+        num_classes=spec["classes"],
+        avg_degree=spec["avg_degree"],
+        labelled_fraction=spec["labelled"],
+        progress=False,
+        overwrite=True,
+    )
+    convert(src, dst, progress=False, overwrite=True)
+    return dst
+
+
+def feature_bytes(store: Store) -> int:
+    return store.num_nodes * store.region("features").row_bytes
+
+
+# ------------------------------------------------------------------ one run
+def run_config(
+    store_path: Path, *, mode: str, budget_frac: float, seed: int, model: str, args, **hist: Any
+) -> TrainConfig:
+    store = open_store(store_path)
+    budget = int(budget_frac * feature_bytes(store)) if mode != "none" else 0
+    return TrainConfig(
+        store=str(store_path),
+        model=model,
+        layers=3,
+        hidden=args.hidden,
+        fanouts=(15, 10, 5),
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=seed,
+        tiers=TierConfig(
+            cache=mode, cache_budget_bytes=budget, host_budget_bytes=0, lookahead_batches=0
+        ),
+        history=HistoryConfig(**hist),
+        loader=LoaderConfig(prefetch_batches=2),
+        eval=EvalConfig(mode="sampled", batch_size=2048, every_epochs=args.epochs),
+        progress=False,
+    )
+
+
+def train_run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train from a cold page cache; the run's record."""
+    drop_cache(str(open_store(cfg.store).region("features").path))
+    t0 = time.perf_counter()
+    with Trainer(cfg) as trainer:
+        records = trainer.run()
+        describe = trainer.cache.describe()
+        device_bytes = getattr(trainer.cache, "device_bytes", lambda: {})()
+    wall = time.perf_counter() - t0
+    last = records[-1]
+    per_epoch = [r["memory_access_bytes"] for r in records]
+    keep = (
+        "hist_hits hist_lookups nodes_pruned rows_saved hist_occupancy hist_mean_age_of_hits "
+        "hist_admitted cache_split_raw_bytes cache_split_hist_bytes hit_rate_device"
+    ).split()
+    return {
+        "memory_access_bytes": float(np.mean(per_epoch)),
+        "memory_access_bytes_per_epoch": per_epoch,
+        "memory_access_bytes_last": per_epoch[-1],
+        "epoch_time_s": statistics.median(r["epoch_time_s"] for r in records),
+        "epoch_times_s": [r["epoch_time_s"] for r in records],
+        "compute_s": statistics.median(r["compute_s"] for r in records),
+        "train_loss": [r["train_loss"] for r in records],
+        "test_acc": last["test_acc"],
+        "valid_acc": last["valid_acc"],
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in records),
+        "feature_ram_bytes": cfg.tiers.cache_budget_bytes,
+        "device_bytes": device_bytes,
+        "describe": describe,
+        "last_epoch": {k: last.get(k) for k in keep},
+        "wall_s": wall,
+    }
+
+
+# ------------------------------------------------------------------ ideal bound
+def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 8) -> dict[str, Any]:
+    """Rows a perfect cache would still fetch, as a share of ``none``'s.
+
+    The sampler alone, on the first ``batches`` batches of epoch 0: the
+    device tier holds the hottest ``K`` rows and the table the hottest ``H``
+    nodes of the cached layers, always usable (no staleness, no lag, no
+    admission rule); seeds are never pruned. Every split in steps of 1/8 is
+    tried; the best is reported.
+    """
+    store = open_store(store_path)
+    n, row = store.num_nodes, store.region("features").row_bytes
+    budget = budget_frac * n * row
+    emb = args.hidden * 2  # float16 entries
+    sampler = NeighborSampler(store.indptr, store.indices, [15, 10, 5], seed=0, in_memory="auto")
+    parts = list(epoch_batches(store.train_idx, args.batch_size, 0, 0))[:batches]
+
+    def rows_beyond(k: int, h: int, layers: tuple[int, ...]) -> float:
+        total = 0
+        for i, seeds in enumerate(parts):
+
+            def prune(layer, ids, _b=len(seeds)):
+                m = (ids < h) & (layer in layers)
+                m[:_b] = False
+                return m
+
+            mb = sampler.sample(seeds, batch_seed(0, i), prune=prune)
+            total += int(np.count_nonzero(mb.input_nodes.numpy() >= k))
+        return total / len(parts)
+
+    base = rows_beyond(0, 0, ())
+    out: dict[str, Any] = {"rows_per_batch_none": base, "rows_share_of_graph": base / n}
+    for layers in ((2,), (2, 1)):
+        best = None
+        for eighths in range(9):
+            hf = eighths / 8
+            h = int(budget * hf / emb / len(layers))
+            k = int(budget * (1 - hf) / row)
+            share = rows_beyond(k, h, layers) / base
+            if best is None or share < best[1]:
+                best = (hf, share)
+        key = "l" + "".join(map(str, layers))
+        out[f"ideal_{key}_share"], out[f"ideal_{key}_hist_fraction"] = best[1], best[0]
+    out["raw_only_share"] = rows_beyond(int(budget / row), 0, ()) / base
+    sampler.close()
+    return out
+
+
+# ------------------------------------------------------------------ loader-only
+def loader_only(store_path: Path, mode: str, args, passes: int = 3) -> dict[str, Any]:
+    """Batches/s of sampling + fetching with no model, from a cold SSD.
+
+    Refresh first trains ``args.epochs`` epochs so that its table holds what
+    training leaves; each pass then walks the next epoch's batches and
+    advances the steps without admitting anything.
+    """
+    cfg = run_config(store_path, mode=mode, budget_frac=0.10, seed=0, model="sage", args=args)
+    out = []
+    with Trainer(cfg) as trainer:
+        if mode == "refresh":
+            trainer.run()
+        path = str(trainer.store.region("features").path)
+        for p in range(passes):
+            drop_cache(path)
+            loader = trainer.make_loader(args.epochs + p)
+            t0 = time.perf_counter()
+            n = 0
+            for batch in loader:
+                trainer.cache.after_step(batch, None, trainer.step)  # type: ignore[arg-type]
+                trainer.step += 1
+                n += 1
+            out.append(n / (time.perf_counter() - t0))
+    return {"batches_per_s": statistics.median(out), "passes": out}
+
+
+# ------------------------------------------------------------------ plan
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every run of the chosen sections, as keyword sets for :func:`run_config`."""
+    runs: list[dict[str, Any]] = []
+    datasets = ["papers", "products"]
+    budgets = args.budgets
+    seeds = args.seeds
+    if "grid" in args.sections:
+        for ds in datasets:
+            for seed in seeds:
+                runs.append(dict(section="grid", dataset=ds, mode="none", budget_frac=0.0,
+                                 seed=seed, model="sage"))  # fmt: skip
+                for b in budgets:
+                    for mode in ("raw", "refresh"):
+                        runs.append(dict(section="grid", dataset=ds, mode=mode, budget_frac=b,
+                                         seed=seed, model="sage"))  # fmt: skip
+    if "models" in args.sections:
+        for ds in datasets:
+            for model in ("gcn", "gat"):
+                for mode in MODES:
+                    runs.append(dict(section="models", dataset=ds, mode=mode, model=model,
+                                     budget_frac=0.0 if mode == "none" else 0.10, seed=seeds[0]))  # fmt: skip
+    if "policies" in args.sections:
+        for policy in POLICY_NAMES[1:]:
+            runs.append(dict(section="policies", dataset="papers", mode="refresh", model="sage",
+                             budget_frac=0.10, seed=seeds[0], policy=policy))  # fmt: skip
+        runs.append(dict(section="policies", dataset="papers", mode="refresh", model="sage",
+                         budget_frac=0.10, seed=seeds[0], layers=(2, 1)))  # fmt: skip
+    if "sweeps" in args.sections:
+        for q in args.quantiles:
+            if q != 0.9:
+                runs.append(dict(section="sweeps", dataset="papers", mode="refresh", model="sage",
+                                 budget_frac=0.10, seed=seeds[0], grad_quantile=q))  # fmt: skip
+        for t in args.staleness:
+            if t != 200:
+                runs.append(dict(section="sweeps", dataset="papers", mode="refresh", model="sage",
+                                 budget_frac=0.10, seed=seeds[0], staleness_iters=t))  # fmt: skip
+    return runs
+
+
+def run_key(run: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in sorted(run.items()) if k != "section"}, sort_keys=True)
+
+
+# ------------------------------------------------------------------ report
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _mb(x: float) -> str:
+    return f"{x / 2**20:,.0f}"
+
+
+def _acc(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.pstdev(values):.2f}"
+
+
+def _select(records, **kw):
+    return [r for r in records if all(r.get(k) == v for k, v in kw.items())]
+
+
+def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str, Any]:
+    """Shares of ``none``'s traffic and accuracy spreads per (dataset, model, mode, budget)."""
+    out: dict[str, Any] = {}
+    for r in records:
+        key = (r["dataset"], r["model"], r["mode"], r["budget_frac"], r["section"],
+               r.get("policy"), r.get("grad_quantile"), r.get("staleness_iters"),
+               tuple(r["layers"]) if r.get("layers") else None)  # fmt: skip
+        out.setdefault(key, []).append(r)
+    rows = []
+    for key, rs in out.items():
+        ds, model, mode, b = key[:4]
+        nones = _select(records, dataset=ds, model=model, mode="none")
+        none_bytes = statistics.mean(n["memory_access_bytes"] for n in nones) if nones else None
+        none_acc = statistics.mean(n["test_acc"] for n in nones) if nones else None
+        mean_bytes = statistics.mean(r["memory_access_bytes"] for r in rs)
+        acc = [r["test_acc"] for r in rs]
+        rows.append({
+            "dataset": ds, "model": model, "mode": mode, "budget_frac": b, "section": key[4],
+            "policy": key[5], "grad_quantile": key[6], "staleness_iters": key[7],
+            "layers": key[8], "runs": len(rs),
+            "memory_access_bytes": mean_bytes,
+            "share_of_none": mean_bytes / none_bytes if none_bytes else None,
+            "test_acc_mean": statistics.mean(acc),
+            "test_acc_std": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
+            "acc_minus_none_points": 100 * (statistics.mean(acc) - none_acc) if none_acc is not None else None,
+            "epoch_time_s": statistics.median(r["epoch_time_s"] for r in rs),
+            "hist_fraction_end": (rs[0]["last_epoch"].get("cache_split_hist_bytes") or 0)
+            / max(1, rs[0]["feature_ram_bytes"]),
+        })  # fmt: skip
+    return {"rows": rows, "ideal": ideal}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    rows = s["rows"]
+    lines = [
+        "# Memory access volume: `none`, `raw`, `refresh`",
+        "",
+        f"Machine: {result['machine']}; load average {result['load_start']} at the start, "
+        f"{result['load_end']} at the end. Settings: {result['settings']}.",
+        "",
+        "Memory access = raw-feature bytes moved onto the device from the host and disk tiers",
+        "per epoch (mean over the run's epochs, the first included). Share = that of `none`",
+        "on the same dataset and model; accuracy = final sampled test accuracy, mean ± std",
+        "over seeds.",
+        "",
+    ]
+    for ds in ("papers", "products"):
+        grid = [r for r in rows if r["section"] == "grid" and r["dataset"] == ds]
+        if not grid:
+            continue
+        lines += [f"## SAGE on `{ds}`", "",
+                  "| budget | mode | MiB/epoch | share of none | test acc % | vs none (points) | epoch s | table share at end |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in sorted(grid, key=lambda r: (r["budget_frac"], MODES.index(r["mode"]))):
+            acc = f"{100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f}"
+            diff = (
+                "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
+            )
+            table = "-" if r["mode"] != "refresh" else f"{100 * r['hist_fraction_end']:.0f} %"
+            lines.append(
+                f"| {100 * r['budget_frac']:.0f} % | {r['mode']} | {_mb(r['memory_access_bytes'])} | "
+                f"{_pct(r['share_of_none'])} | {acc} | {diff} | {r['epoch_time_s']:.1f} | {table} |"
+            )
+        ideal = s["ideal"].get(ds, {})
+        if ideal:
+            lines += ["", "What a perfect history cache would leave (the sampler alone, the table's",
+                      "nodes always usable; best split of the budget):", "",
+                      "| budget | raw rows only | ideal, layer 2 | ideal, layers 2+1 |", "|---:|---:|---:|---:|"]  # fmt: skip
+            for b, v in sorted(ideal.items()):
+                lines.append(
+                    f"| {100 * float(b):.0f} % | {_pct(v['raw_only_share'])} | "
+                    f"{_pct(v['ideal_l2_share'])} (table {100 * v['ideal_l2_hist_fraction']:.0f} %) | "
+                    f"{_pct(v['ideal_l21_share'])} (table {100 * v['ideal_l21_hist_fraction']:.0f} %) |"
+                )
+        lines.append("")
+    other = [r for r in rows if r["section"] in ("models", "policies", "sweeps")]
+    if other:
+        lines += ["## Models, policies and sweeps (10 % budget)", "",
+                  "| section | dataset | model | mode | variant | share of none | test acc % | vs none (points) |",
+                  "|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+        for r in other:
+            variant = (
+                ", ".join(
+                    f"{k}={r[k]}"
+                    for k in ("policy", "grad_quantile", "staleness_iters", "layers")
+                    if r[k] is not None
+                )
+                or "default"
+            )
+            diff = (
+                "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
+            )
+            lines.append(
+                f"| {r['section']} | {r['dataset']} | {r['model']} | {r['mode']} | {variant} | "
+                f"{_pct(r['share_of_none'])} | {100 * r['test_acc_mean']:.2f} | {diff} |"
+            )
+        lines.append("")
+    lo = result.get("loader_only")
+    if lo:
+        lines += ["## Loader only (sampling + fetching, no model), cold SSD, 10 % on `papers`", "",
+                  "| mode | batches/s | vs none |", "|---|---:|---:|"]  # fmt: skip
+        base = lo.get("none", {}).get("batches_per_s")
+        for mode in MODES:
+            if mode in lo:
+                v = lo[mode]["batches_per_s"]
+                lines.append(
+                    f"| {mode} | {v:.2f} | {v / base:.2f}x |"
+                    if base
+                    else f"| {mode} | {v:.2f} | - |"
+                )
+        lines.append("")
+    lines += ["## Targets", "", "| target | result |", "|---|---|"]
+    lines += [f"| {t['target']} | {t['result']} |" for t in targets(result)]
+    return "\n".join(lines) + "\n"
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, str]]:
+    rows = result["summary"]["rows"]
+    out = []
+    for ds in ("papers", "products"):
+        grid = [r for r in rows if r["section"] == "grid" and r["dataset"] == ds]
+        if not grid:
+            continue
+        for b in sorted({r["budget_frac"] for r in grid if r["budget_frac"]}):
+            ref = _select(grid, mode="refresh", budget_frac=b)
+            raw = _select(grid, mode="raw", budget_frac=b)
+            if not ref or not raw:
+                continue
+            ref, raw = ref[0], raw[0]
+            met_none = ref["share_of_none"] <= 0.30
+            met_raw = ref["memory_access_bytes"] <= 0.5 * raw["memory_access_bytes"]
+            out.append({
+                "target": f"`{ds}` {100 * b:.0f} %: refresh <= 30 % of none's bytes and <= half of raw's",
+                "result": f"{_pct(ref['share_of_none'])} of none ({'met' if met_none else 'not met'}), "
+                f"{ref['memory_access_bytes'] / raw['memory_access_bytes']:.2f}x raw's "
+                f"({'met' if met_raw else 'not met'})",
+            })  # fmt: skip
+    accs = [r for r in rows if r["mode"] != "none" and r["acc_minus_none_points"] is not None
+            and r["section"] in ("grid", "models")]  # fmt: skip
+    if accs:
+        worst = min(accs, key=lambda r: r["acc_minus_none_points"])
+        ok = all(abs(r["acc_minus_none_points"]) <= 0.5 for r in accs)
+        out.append({
+            "target": "test accuracy within 0.5 point of none (every dataset, model, budget)",
+            "result": f"{'met' if ok else 'not met'}: largest change "
+            f"{worst['acc_minus_none_points']:+.2f} points ({worst['dataset']}, {worst['model']}, "
+            f"{worst['mode']}, {100 * worst['budget_frac']:.0f} %)",
+        })  # fmt: skip
+    return out
+
+
+def plots(result: dict[str, Any], out: Path) -> list[str]:
+    """Bytes per epoch against budget per mode/dataset; accuracy against staleness."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    rows = result["summary"]["rows"]
+    files = []
+    grid = [r for r in rows if r["section"] == "grid"]
+    if grid:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, ds in zip(axes, ("papers", "products")):
+            for mode in ("raw", "refresh"):
+                pts = sorted((r["budget_frac"], r["share_of_none"]) for r in grid
+                             if r["dataset"] == ds and r["mode"] == mode)  # fmt: skip
+                if pts:
+                    ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=mode)
+            ideal = result["summary"]["ideal"].get(ds, {})
+            if ideal:
+                pts = sorted((float(b), v["ideal_l2_share"]) for b, v in ideal.items())
+                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "k--",
+                        label="ideal history cache (layer 2)")  # fmt: skip
+            ax.axhline(100, color="grey", lw=0.8)
+            ax.set_title(f"SAGE on {ds}")
+            ax.set_xlabel("device budget, % of feature bytes")
+            ax.set_ylabel("memory access per epoch, % of none")
+            ax.set_ylim(0, 105)
+            ax.legend()
+        fig.tight_layout()
+        path = out.with_name(out.stem + "_bytes.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(str(path))
+    stale = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "refresh"
+             and r["budget_frac"] == 0.10 and r["model"] == "sage"
+             and r["section"] in ("grid", "sweeps") and r["policy"] is None
+             and r["grad_quantile"] is None and r["layers"] is None]  # fmt: skip
+    if len(stale) > 1:
+        pts = sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
+                      r["test_acc_mean"], r["share_of_none"]) for r in stale)  # fmt: skip
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label="test accuracy %")
+        ax2 = ax.twinx()
+        ax2.plot([p[0] for p in pts], [100 * p[2] for p in pts], "s--", color="C1",
+                 label="memory access, % of none")  # fmt: skip
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("--staleness (steps)")
+        ax.set_ylabel("test accuracy %")
+        ax2.set_ylabel("memory access, % of none")
+        ax.set_title("refresh, 10 % budget, papers")
+        fig.legend(loc="lower center")
+        fig.tight_layout()
+        path = out.with_name(out.stem + "_staleness.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(str(path))
+    return files
+
+
+# ------------------------------------------------------------------ main
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", default="grid,models,policies,sweeps,ideal,loader")
+    p.add_argument("--budgets", default="0.01,0.05,0.10,0.20")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--quantiles", default="0.5,0.7,0.9,1.0")
+    p.add_argument("--staleness", default="0,20,50,200,1000")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--papers-nodes", type=int, default=2_000_000)
+    p.add_argument("--products-nodes", type=int, default=2_449_029)
+    p.add_argument("--quick", action="store_true", help="small graphs, 10 % only, 1 seed, 2 epochs")
+    p.add_argument("--fresh", action="store_true", help="rerun runs already in --out")
+    p.add_argument("--data-dir", default=str(CACHE_DIR))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory_access.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sections, args.budgets, args.seeds, args.epochs = "grid,ideal", "0.10", "0", 2
+        args.hidden = 64
+    args.sections = set(args.sections.split(","))
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.quantiles = [float(q) for q in args.quantiles.split(",")]
+    args.staleness = [int(t) for t in args.staleness.split(",")]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = (f"SAGE/GCN/GAT 3 layers, hidden {args.hidden}, fanouts 15,10,5, batch "
+                f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, host budget 0, "
+                "lookahead 0, prefetch 2, history defaults unless stated")  # fmt: skip
+    previous: dict[str, Any] = {}
+    if out.exists() and not args.fresh:
+        old = json.loads(out.read_text())
+        if old.get("settings") == settings:
+            previous = {run_key(r["run"]): r for r in old.get("records", [])}
+    result: dict[str, Any] = {
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
+        "settings": settings,
+        "load_start": _load(),
+        "datasets": dataset_specs(args),
+        "records": [],
+    }
+
+    def save() -> None:
+        result["load_end"] = _load()
+        result["summary"] = summarize(result["records"], result.get("ideal_raw", {}))
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str))
+        os.replace(tmp, out)
+
+    stores = {
+        ds: ensure_store(ds, spec, Path(args.data_dir)) for ds, spec in result["datasets"].items()
+    }
+    if "ideal" in args.sections:
+        result["ideal_raw"] = {
+            ds: {str(b): ideal_bound(path, b, args) for b in args.budgets}
+            for ds, path in stores.items()
+        }
+        save()
+    runs = plan(args)
+    for i, run in enumerate(runs):
+        key = run_key(run)
+        if key in previous:
+            result["records"].append(previous[key])
+            continue
+        hist = {
+            k: run[k] for k in ("policy", "grad_quantile", "staleness_iters", "layers") if k in run
+        }
+        cfg = run_config(stores[run["dataset"]], mode=run["mode"], budget_frac=run["budget_frac"],
+                         seed=run["seed"], model=run["model"], args=args, **hist)  # fmt: skip
+        print(f"[{i + 1}/{len(runs)}] {run}", flush=True)
+        rec = train_run(cfg)
+        rec.update({k: v for k, v in run.items()})
+        rec["run"] = run
+        result["records"].append(rec)
+        print(f"    {rec['memory_access_bytes'] / 2**20:,.0f} MiB/epoch, acc {rec['test_acc']:.4f}, "
+              f"{rec['epoch_time_s']:.1f} s/epoch", flush=True)  # fmt: skip
+        save()
+    if "loader" in args.sections:
+        result["loader_only"] = {m: loader_only(stores["papers"], m, args) for m in MODES}
+    save()
+    md = markdown(result)
+    out.with_suffix(".md").write_text(md)
+    files = plots(result, out)
+    print(md)
+    for f in files:
+        print("plot:", f)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
