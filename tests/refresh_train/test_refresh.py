@@ -977,6 +977,64 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
     assert_same_outcome(full, resumed, keys)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: resuming with other --hist-layers than the checkpoint's raises a bare "
+    "ValueError from history/table.py HistoryTable.load_state_dict (via "
+    "RefreshCache.load_state_dict), not a CheckpointError: main() prints a traceback and "
+    "exits 1 instead of one line and status 2",
+)
+def test_resuming_with_other_hist_layers_is_reported_in_one_line(store, tmp_path, capsys):
+    argv = (
+        f"--store {store.path} --cache refresh --fanouts 3,3,3 --hidden 16 --batch-size 64 "
+        f"--cache-budget 16KiB --host-budget 0 --lookahead 0 --hist-lag 2 --no-progress "
+        f"--eval-batch-size 512 --checkpoint-dir {tmp_path / 'ck'}"
+    ).split()
+    assert main([*argv, "--epochs", "1", "--hist-layers", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--hist-layers", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("refresh-train: error:") and "hist" in err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: modes/refresh.py RefreshCache.load_state_dict sizes the table from the "
+    "checkpoint (HistoryTable.load_state_dict resizes to the saved rows) after _apply_split "
+    "sized it for the current --cache-budget, so resuming with a smaller budget keeps the "
+    "old table and the device holds more than the budget",
+)
+def test_resuming_with_a_smaller_budget_keeps_within_it(store, tmp_path):
+    cfg = _config(store, epochs=1, checkpoint_dir=str(tmp_path), history=_hist(fraction=0.5))
+    with Trainer(cfg) as t:
+        t.run()
+        assert t.cache.table.rows > 0
+    row = store.region("features").row_bytes
+    small = TierConfig(cache="refresh", cache_budget_bytes=50 * row, host_budget_bytes=0)
+    with Trainer(cfg.replace(epochs=2, resume=True, tiers=small)) as t:
+        _assert_within_budget(t.cache, small.cache_budget_bytes)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: modes/refresh.py RefreshCache.load_state_dict returns early on the empty "
+    "cache state of a --cache raw/none checkpoint and leaves _steps_done at 0 while the "
+    "trainer goes on at its step N, so the first sample raises RuntimeError ('a batch was "
+    "sampled before step N-lag had finished') instead of training or saying no in one line",
+)
+def test_resuming_a_raw_checkpoint_with_refresh_trains_or_says_why(store, tmp_path, capsys):
+    argv = (
+        f"--store {store.path} --fanouts 3,3 --hidden 16 --batch-size 64 --host-budget 0 "
+        f"--cache-budget 16KiB --lookahead 0 --hist-lag 2 --no-progress --eval-batch-size 512 "
+        f"--checkpoint-dir {tmp_path / 'ck'}"
+    ).split()
+    assert main([*argv, "--epochs", "1", "--cache", "raw"]) == 0
+    capsys.readouterr()
+    status = main([*argv, "--epochs", "2", "--cache", "refresh", "--resume"])
+    err = capsys.readouterr().err
+    assert status == 0 or (status == 2 and err.count("\n") == 1)
+
+
 # ------------------------------------------------------------- evaluation
 @pytest.mark.parametrize("mode", ["sampled", "layerwise"])
 def test_evaluation_never_reads_the_history(store, monkeypatch, mode):
