@@ -77,6 +77,7 @@ from refresh_train.config import (  # noqa: E402
     TierConfig,
     TrainConfig,
 )
+from refresh_train.history.cover import uncovered_rank  # noqa: E402
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches  # noqa: E402
 from refresh_train.trainer import Trainer  # noqa: E402
 
@@ -195,14 +196,15 @@ def train_run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ ideal bound
-def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 8) -> dict[str, Any]:
-    """Rows a perfect cache would still fetch, as a share of ``none``'s.
+def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 16) -> dict[str, Any]:
+    """Rows a perfect history cache would still fetch, as a share of ``none``'s.
 
     The sampler alone, on the first ``batches`` batches of epoch 0: the
     device tier holds the hottest ``K`` rows and the table the hottest ``H``
     nodes of the cached layers, always usable (no staleness, no lag, no
-    admission rule); seeds are never pruned. Every split in steps of 1/8 is
-    tried; the best is reported.
+    admission rule); seeds are never pruned. Every split in steps of 1/16 is
+    tried (:func:`refresh_train.history.cover.uncovered_rank` answers all at
+    once); the best is reported.
     """
     store = open_store(store_path)
     n, row = store.num_nodes, store.region("features").row_bytes
@@ -210,35 +212,29 @@ def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 8) ->
     emb = args.hidden * 2  # float16 entries
     sampler = NeighborSampler(store.indptr, store.indices, [15, 10, 5], seed=0, in_memory="auto")
     parts = list(epoch_batches(store.train_idx, args.batch_size, 0, 0))[:batches]
-
-    def rows_beyond(k: int, h: int, layers: tuple[int, ...]) -> float:
-        total = 0
-        for i, seeds in enumerate(parts):
-
-            def prune(layer, ids, _b=len(seeds)):
-                m = (ids < h) & (layer in layers)
-                m[:_b] = False
-                return m
-
-            mb = sampler.sample(seeds, batch_seed(0, i), prune=prune)
-            total += int(np.count_nonzero(mb.input_nodes.numpy() >= k))
-        return total / len(parts)
-
-    base = rows_beyond(0, 0, ())
-    out: dict[str, Any] = {"rows_per_batch_none": base, "rows_share_of_graph": base / n}
+    full = [sampler.sample(seeds, batch_seed(0, i)) for i, seeds in enumerate(parts)]
+    sampler.close()
+    base = sum(len(b.input_nodes) for b in full)
+    out: dict[str, Any] = {
+        "rows_per_batch_none": base / len(full),
+        "rows_share_of_graph": base / len(full) / n,
+        "raw_only_share": sum(int((b.input_nodes >= int(budget / row)).sum()) for b in full) / base,
+    }
     for layers in ((2,), (2, 1)):
+        ranks = [uncovered_rank(b, len(p), layers) for b, p in zip(full, parts)]
         best = None
-        for eighths in range(9):
-            hf = eighths / 8
+        for i in range(17):
+            hf = i / 16
             h = int(budget * hf / emb / len(layers))
             k = int(budget * (1 - hf) / row)
-            share = rows_beyond(k, h, layers) / base
-            if best is None or share < best[1]:
-                best = (hf, share)
+            left = sum(
+                int(np.count_nonzero((b.input_nodes.numpy() >= k) & (r >= h)))
+                for b, r in zip(full, ranks)
+            )
+            if best is None or left / base < best[1]:
+                best = (hf, left / base)
         key = "l" + "".join(map(str, layers))
         out[f"ideal_{key}_share"], out[f"ideal_{key}_hist_fraction"] = best[1], best[0]
-    out["raw_only_share"] = rows_beyond(int(budget / row), 0, ()) / base
-    sampler.close()
     return out
 
 

@@ -424,17 +424,17 @@ class TrainConfig:
             raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
-        layers = self.history.resolved_layers(self.layers)
+        if self.tiers.cache == "refresh" and (self.model == "mlp" or self.layers < 2):
+            raise ConfigError(
+                "--cache refresh caches the hidden embeddings of a GNN: use --model sage, gcn "
+                "or gat with --layers >= 2, or --cache raw"
+            )
+        layers = self.history.resolved_layers(self.layers) if self.tiers.cache == "refresh" else ()
         bad = [v for v in layers if not 1 <= v < self.layers]
         if bad:
             raise ConfigError(
                 f"hist_layers {bad[0]!r} is not a hidden layer of a {self.layers}-layer model; "
                 f"choose from 1..{self.layers - 1} (the input of block l)"
-            )
-        if self.tiers.cache == "refresh" and (self.model == "mlp" or self.layers < 2):
-            raise ConfigError(
-                "--cache refresh caches the hidden embeddings of a GNN: use --model sage, gcn "
-                "or gat with --layers >= 2, or --cache raw"
             )
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("resume needs checkpoint_dir: say where the checkpoint is")

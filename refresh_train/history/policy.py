@@ -25,6 +25,8 @@ admission is a function of the run's seed and the step.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import ClassVar
 
 import numpy as np
@@ -56,7 +58,8 @@ class AdmissionPolicy:
         self.seed = int(seed)
 
     def _count(self, n: int) -> int:
-        return int(np.floor(self.quantile * n))
+        # floor(q * n) with q as written (0.7 * 90 is 62.99... in binary floating point).
+        return math.floor(Fraction(repr(self.quantile)) * n)
 
     def select(
         self, norms: torch.Tensor | None, n: int, step: int, layer: int

@@ -121,7 +121,7 @@ class BudgetSplit:
         cand = self.candidates()
         now = int(np.argmin(np.abs(cand - self.hist_fraction)))
         best = int(np.argmin(pred))  # the first of equals: the smallest table
-        if best == now or pred[best] > (1 - self.margin) * pred[now]:
+        if best == now or not pred[best] < (1 - self.margin) * pred[now]:
             return False
         self.hist_fraction = float(cand[best])
         self.moves.append(self.hist_fraction)

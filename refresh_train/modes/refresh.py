@@ -19,11 +19,11 @@ How a step goes
    embeddings (:meth:`refresh_train.batch.Block.assemble`) and keeps the
    freshly computed embeddings of the cached layers with their gradients.
 4. **After the step**: the admission policy picks which fresh embeddings
-   to keep (the gradient criterion by default). An embedding whose row no
-   later step may use (empty, or older than the staleness bound for every
-   step to come) is written into its row at once; one that replaces a
-   still-usable entry waits in a queue. Either way the entry becomes usable
-   only in step 1 of the batch ``lag`` steps later, when its birth is set.
+   to keep (the gradient criterion by default). Of those, the ones whose
+   row no later step may use (empty, or older than the staleness bound for
+   every step to come) are written into their rows at once; a usable entry
+   is never overwritten, it expires. A written entry becomes usable when
+   the batch ``lag`` steps later is sampled, which sets its birth.
 
 Why it is exact under the pipelined loader
 ------------------------------------------
@@ -43,13 +43,10 @@ batch's copies before its forward pass.
 Bytes
 -----
 ``cache_budget_bytes`` is shared: :class:`~refresh_train.history.BudgetSplit`
-gives ``raw_bytes`` to the device tier's rows (``K`` hottest) and
-``hist_bytes`` to the table (``H`` hottest nodes per cached layer), which
-include the queue of admissions that replace a usable entry: at most
-``admit_cap`` entries per step for ``lag`` steps, with ``admit_cap`` sized
-so that the queue takes :data:`PENDING_SHARE` of ``hist_bytes``. When a step
-has more such candidates than ``admit_cap``, the hottest (lowest ids: highest
-degree, most often sampled) are queued.
+gives ``raw_bytes`` to the device tier's rows (the ``K`` hottest) and
+``hist_bytes`` to the table (the ``H`` hottest nodes of each cached layer).
+Admissions need no room of their own: they are written into rows no batch
+will read before their birth is set.
 """
 
 from __future__ import annotations
@@ -65,8 +62,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError
 from ..history import BudgetSplit, HistoryTable, SplitCounters, make_policy
 from ..history.cover import uncovered_rank
+from ..history.table import EMPTY
 from .raw import RawCache
 
 if TYPE_CHECKING:
@@ -76,25 +75,19 @@ if TYPE_CHECKING:
     from ..config import HistoryConfig, TierConfig
     from ..sampler import NeighborSampler
 
-__all__ = ["RefreshCache", "PENDING_SHARE"]
-
-#: Share of the table's bytes reserved for admissions that replace a usable
-#: entry and so wait in the queue (an admission to an empty or expired row
-#: is written in place at once).
-PENDING_SHARE = 0.1
+__all__ = ["RefreshCache"]
 
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass
 class _Admission:
-    """Fresh embeddings of one layer admitted at one step, waiting to be written."""
+    """Nodes of one layer whose rows step ``step`` wrote, not yet usable."""
 
     step: int
     layer: int
     ids: np.ndarray  # int64 [n]
-    emb: torch.Tensor | None  # [n, width] on the device in the table dtype; None = in place
-    ready: torch.cuda.Event | None = None
+    ready: torch.cuda.Event | None = None  # the writes, on the compute stream
 
 
 class _Counters:
@@ -150,13 +143,14 @@ class RefreshCache(RawCache):
         self.table = HistoryTable(
             self.hist_layers, widths.pop(), 0, _TORCH_DTYPES[hc.dtype], self.device
         )
-        self.admit_cap = 0
+        self._pending: deque[_Admission] = deque()
         self._size_table()
         sizes = [self._sizes(f) for f in self.split.candidates()]
-        self._cand_k = np.array([k for k, _, _ in sizes], dtype=np.int64)
-        self._cand_h = np.array([h for _, h, _ in sizes], dtype=np.int64)
+        self._cand_k = np.array([k for k, _ in sizes], dtype=np.int64)
+        self._cand_h = np.array([h for _, h in sizes], dtype=np.int64)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._pending: deque[_Admission] = deque()
+        # (step, layer, ids) admitted in the last lag steps (main thread only).
+        self._recent: deque[tuple[int, int, np.ndarray]] = deque()
         self._lock = threading.Lock()
         self._steps_done = 0  # steps whose after_step ran (the next step's number)
         self._counters = _Counters(self.hist_layers, self.split.grid)
@@ -165,32 +159,21 @@ class RefreshCache(RawCache):
     def _raw_budget_bytes(self) -> int:
         return self.split.raw_bytes
 
-    def _sizes(self, fraction: float) -> tuple[int, int, int]:
-        """``(K, H, admit_cap)`` when the table gets ``fraction`` of the budget."""
+    def _sizes(self, fraction: float) -> tuple[int, int]:
+        """``(K, H)``: raw rows and table nodes per layer when the table gets ``fraction``."""
         n = self.store.num_nodes
         hist = self.split.hist_bytes_at(fraction)
         k = min(n, (self.split.budget_bytes - hist) // self.tiers.row_bytes)
-        total = hist // self.table.row_bytes
-        cap = int(PENDING_SHARE * total) // self.lag
-        h = min(n, (total - self.lag * cap) // len(self.hist_layers))
-        return k, h, cap
-
-    def _size_table(self) -> None:
-        _, h, self.admit_cap = self._sizes(self.split.hist_fraction)
-        self.table.resize(h)
+        h = min(n, hist // (self.table.row_bytes * len(self.hist_layers)))
+        return k, h
 
     def device_bytes(self) -> dict[str, int]:
-        """Most device bytes each structure may hold (their sum is within the budget)."""
-        return {
-            "raw_rows": self.tiers.budget_used_bytes,
-            "table": self.table.nbytes,
-            "pending": self.lag * self.admit_cap * self.table.row_bytes,
-        }
+        """Device bytes of the raw rows and of the table (their sum is within the budget)."""
+        return {"raw_rows": self.tiers.budget_used_bytes, "table": self.table.nbytes}
 
     def _admitting(self, step: int) -> bool:
         return (
-            self.admit_cap > 0
-            and self.table.rows > 0
+            self.table.rows > 0
             and step >= self.history_config.warmup_steps  # type: ignore[union-attr]
             and self.staleness >= self.lag  # else no entry would ever be used
         )
@@ -232,8 +215,13 @@ class RefreshCache(RawCache):
         c.lookups[layer] += max(0, len(ids) - num_seeds)
         c.hits[layer] += len(hit)
         c.age_sum += int((step - self.table.birth[layer][hit]).sum())
+        # The usable share counts lookups of table nodes that hold an entry,
+        # usable or not: how often an admitted node can be served, which is
+        # what a larger table's nodes would see once admitted.
+        others = ids[num_seeds:]
+        held = others[others < self.table.rows]
         c.split.hits += len(hit)
-        c.split.eligible += int(np.count_nonzero(ids[num_seeds:] < self.table.rows))
+        c.split.eligible += int(np.count_nonzero(self.table.birth[layer][held] != EMPTY))
         return rows
 
     def _count_saved(
@@ -277,15 +265,19 @@ class RefreshCache(RawCache):
 
     def after_step(self, batch: MiniBatch, logits: torch.Tensor, step: int) -> None:
         fresh: dict[int, torch.Tensor] | None = batch.extra.pop("hist_fresh", None)
-        records = []
+        # Admissions of steps j <= step - lag are written by now (batch j + lag,
+        # trained at or before this step, was sampled after them); later ones
+        # may or may not be, depending on how far sampling ran ahead, so they
+        # count as in flight whatever the timing.
+        while self._recent and self._recent[0][0] <= step - self.lag:
+            self._recent.popleft()
+        records: list[_Admission] = []
         if fresh is not None:
-            with self._lock:
-                in_flight = {
-                    v: np.concatenate([a.ids for a in self._pending if a.layer == v] or [[]])
-                    for v in fresh
-                }
             for v, h in fresh.items():
-                records += self._admit(batch, v, h, step, in_flight[v])
+                in_flight = [ids for _, layer, ids in self._recent if layer == v]
+                mine = self._admit(batch, v, h, step, np.concatenate(in_flight or [[]]))
+                self._recent.extend((step, v, a.ids) for a in mine)
+                records += mine
         with self._lock:
             self._pending.extend(records)
             self._steps_done = step + 1
@@ -300,36 +292,29 @@ class RefreshCache(RawCache):
             norms = torch.linalg.vector_norm(grad.float(), dim=1)
         pos = self.policy.select(norms, n, step, layer)
         ids = batch.layer_nodes[layer - 1][:n].numpy()[pos]
-        # Only the table's nodes, and not one whose admission is still queued
-        # (its birth is then stable: only this thread queues admissions).
+        # Only the table's nodes, and not one admitted in the last lag steps:
+        # every other node's birth is final now (see after_step). A usable
+        # entry is left to expire, so the row taken is one no later step may
+        # use, and no batch sampled from now on reads it before its birth is set.
         keep = (ids < self.table.rows) & ~np.isin(ids, in_flight)
+        keep[keep] = self.table.expired_for_good(layer, ids[keep], step, self.staleness)
         pos, ids = pos[keep], ids[keep]
+        if len(ids) == 0:
+            return []
         emb = h.detach()[torch.from_numpy(pos).to(h.device)].to(self.table.dtype)
         finite = torch.isfinite(emb).all(dim=1).cpu().numpy()
-        # A row no later step may use can take the embedding now; the sampling
-        # thread reads a row only once its birth says it is usable.
-        free = self.table.expired_for_good(layer, ids, step, self.staleness)
-        direct, queued = free & finite, np.flatnonzero(~free & finite)
-        if len(queued) > self.admit_cap:  # replacing a usable entry takes queue room
-            queued = queued[np.argsort(ids[queued], kind="stable")[: self.admit_cap]]
-            queued.sort()
+        if not finite.all():
+            emb, ids = emb[torch.from_numpy(finite).to(emb.device)], ids[finite]
+        self.table.write(layer, ids, emb)
         ready = None
         if self.stream is not None:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(self.device))
-        out = []
-        if direct.any():
-            mine = ids[direct]
-            self.table.write(layer, mine, emb[torch.from_numpy(direct).to(emb.device)])
-            out.append(_Admission(step, layer, mine, None, ready))
-        if len(queued):
-            index = torch.from_numpy(queued).to(emb.device)
-            out.append(_Admission(step, layer, ids[queued], emb[index], ready))
-        self._counters.admitted += sum(len(a.ids) for a in out)
-        return out
+        self._counters.admitted += len(ids)
+        return [_Admission(step, layer, ids, ready)]
 
     def _commit_through(self, last_step: int) -> None:
-        """Write every queued admission of steps ``<= last_step`` (sampling thread)."""
+        """Make the admissions of steps ``<= last_step`` usable (sampling thread)."""
         with self._lock:
             if self._steps_done <= last_step:
                 raise RuntimeError(
@@ -343,9 +328,7 @@ class RefreshCache(RawCache):
         for rec in due:
             if rec.ready is not None and self.stream is not None:
                 self.stream.wait_event(rec.ready)
-                if rec.emb is not None:
-                    rec.emb.record_stream(self.stream)
-            self.table.commit(rec.layer, rec.ids, rec.emb, rec.step)
+            self.table.commit(rec.layer, rec.ids, None, rec.step)
 
     def end_epoch(self) -> None:
         if self.split.decide(self._counters.split):
@@ -361,6 +344,14 @@ class RefreshCache(RawCache):
         self.tiers.resize(k, self.store.features)
         self._drop_eval_tiers()  # they share the device tier's rows
         self._size_table()
+
+    def _size_table(self) -> None:
+        _, h = self._sizes(self.split.hist_fraction)
+        self.table.resize(h)
+        # Admissions of nodes beyond a smaller table lost their rows with it.
+        for i, a in enumerate(self._pending):
+            if (a.ids >= h).any():
+                self._pending[i] = _Admission(a.step, a.layer, a.ids[a.ids < h], a.ready)
 
     # ------------------------------------------------------------- counters
     def stats(self) -> dict[str, Any]:
@@ -399,7 +390,6 @@ class RefreshCache(RawCache):
             hist_layers=list(self.hist_layers),
             hist_policy=self.policy.name,
             hist_rows=self.table.rows,
-            hist_admit_cap=self.admit_cap,
             hist_lag_steps=self.lag,
             hist_fraction=self.split.hist_fraction,
             hist_split="automatic" if self.split.automatic else "fixed",
@@ -415,10 +405,9 @@ class RefreshCache(RawCache):
                     "step": a.step,
                     "layer": a.layer,
                     "ids": torch.from_numpy(a.ids.copy()),
-                    "in_place": a.emb is None,
-                    # In-place rows are not yet usable, so the table's own
-                    # state leaves them out: they travel with their record.
-                    "emb": (self.table.gather(a.layer, a.ids) if a.emb is None else a.emb).cpu(),
+                    # Rows not yet usable: the table's own state leaves them
+                    # out, so they travel with their admission.
+                    "emb": self.table.gather(a.layer, a.ids).cpu(),
                 }
                 for a in self._pending
             ]
@@ -430,18 +419,28 @@ class RefreshCache(RawCache):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state:
-            return
+        if not state or "table" not in state:
+            raise CheckpointError(
+                "the checkpoint was not written by a --cache refresh run, so it holds no history "
+                "table; resume it with the --cache it was written with"
+            )
+        saved = sorted(int(k[len("layer") :]) for k in state["table"] if k.startswith("layer"))
+        if saved != sorted(self.hist_layers):
+            raise CheckpointError(
+                f"the checkpoint's history table caches layers {saved!r}, this run "
+                f"{sorted(self.hist_layers)!r}; resume with the same --hist-layers"
+            )
         self.split.load_state_dict(state["split"])
         self._apply_split()
         self.table.load_state_dict(state["table"])
         self._pending = deque()
         for a in state["pending"]:
             ids = a["ids"].numpy().astype(np.int64)
-            emb = a["emb"].to(self.device, self.table.dtype)
-            if a["in_place"]:
-                inside = ids < self.table.rows
-                self.table.write(int(a["layer"]), ids[inside], emb[torch.from_numpy(inside)])
-                emb = None
-            self._pending.append(_Admission(int(a["step"]), int(a["layer"]), ids, emb))
+            inside = ids < self.table.rows
+            emb = a["emb"].to(self.device, self.table.dtype)[torch.from_numpy(inside)]
+            self.table.write(int(a["layer"]), ids[inside], emb)
+            self._pending.append(_Admission(int(a["step"]), int(a["layer"]), ids[inside]))
+        # Sized for this run's budget, which may differ from the checkpoint's.
+        self._size_table()
+        self._recent = deque((a.step, a.layer, a.ids) for a in self._pending)
         self._steps_done = int(state["steps_done"])

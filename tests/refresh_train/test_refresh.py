@@ -36,6 +36,7 @@ from refresh_train.config import (
 )
 from refresh_train.evaluate import evaluate
 from refresh_train.history import INITIAL_HIST_FRACTION, SplitCounters
+from refresh_train.history.table import EMPTY
 from refresh_train.metrics import read_jsonl
 from refresh_train.modes import CACHE_MODES, NoCache, RefreshCache
 from refresh_train.sampler import NeighborSampler, num_batches
@@ -325,6 +326,7 @@ class Recorder:
     fetched: list[np.ndarray] = field(default_factory=list)
     pruning_checked: int = 0
     saved: dict[int, tuple[int, int]] = field(default_factory=dict)
+    sampled: list[tuple[np.ndarray, int]] = field(default_factory=list)
 
     def install(self, monkeypatch, cls=RefreshCache) -> Recorder:
         sample, fetch, after_step = cls.sample, cls.fetch, cls.after_step
@@ -351,6 +353,7 @@ class Recorder:
 
     # sampling thread; the table changes only in this thread, at the next sample
     def _on_sample(self, mode, sampler, seeds, batch_seed, step, batch) -> None:
+        self.sampled.append((np.array(seeds).copy(), batch_seed))
         cached: dict[int, set[int]] = {}
         n = len(seeds)
         for layer in mode.hist_layers:
@@ -374,10 +377,11 @@ class Recorder:
         fresh = batch.extra.get("hist_fresh")
         if fresh is None:
             return None
-        with mode._lock:
-            queued = {
-                v: {int(u) for a in mode._pending if a.layer == v for u in a.ids} for v in fresh
-            }
+        # Nodes admitted in the last lag steps are in flight, whatever the timing.
+        queued = {
+            v: {u for (layer, u, j) in self.admitted if layer == v and step - mode.lag < j < step}
+            for v in fresh
+        }
         expected = {}
         for layer, h in fresh.items():
             nodes = batch.layer_nodes[layer - 1][: h.shape[0]].numpy()
@@ -406,25 +410,29 @@ class Recorder:
         ids = nodes[pos]
         keep = (ids < mode.table.rows) & ~np.isin(ids, list(queued))
         pos, ids = pos[keep], ids[keep]
-        if len(ids) > mode.admit_cap:
+        # Only rows no later step may use are written: a usable entry expires.
+        birth = mode.table.birth[layer][ids]
+        free = (birth == EMPTY) | (birth + mode.staleness <= step)
+        if not free.all():
             self.capped_steps += 1
-            hottest = np.isin(ids, np.sort(ids)[: mode.admit_cap])
-            pos, ids = pos[hottest], ids[hottest]
+        pos, ids = pos[free], ids[free]
         return pos, ids
 
     def _after_admission(self, mode, step, expected) -> None:
         with mode._lock:
             new = [a for a in mode._pending if a.step == step]
         for a in new:
-            emb = a.emb.detach().cpu()
+            emb = mode.table.gather(a.layer, a.ids).cpu()  # written at once, usable later
             for i, v in enumerate(a.ids.tolist()):
                 self.admitted[(a.layer, v, step)] = emb[i]
         if not expected:
             return
-        got = {a.layer: a.ids.tolist() for a in new}
+        got = {}
+        for a in new:
+            got[a.layer] = sorted(got.get(a.layer, []) + a.ids.tolist())
         for layer, (_pos, ids) in expected.items():
             self.admission_checks += 1
-            if got.get(layer, []) != ids.tolist():
+            if got.get(layer, []) != sorted(ids.tolist()):
                 self.mismatches.append(f"step {step} layer {layer}: {got.get(layer)} != {ids}")
 
 
@@ -567,14 +575,14 @@ def test_the_served_check_catches_admissions_made_visible_eagerly(store, monkeyp
 
 
 def test_admission_follows_the_quantile_rule(store, monkeypatch):
-    """floor(q n) smallest gradient norms, of the table's nodes not already queued,
-    at most admit_cap of them (the hottest), with the embeddings computed."""
+    """floor(q n) smallest gradient norms, of the table's nodes not admitted in the
+    last lag steps whose rows no later step may use, with the embeddings computed."""
     rec = Recorder(check_admission=True, compare_pruning=False).install(monkeypatch)
     history = _hist(grad_quantile=0.5, staleness_iters=10, fraction=0.3, lag_steps=3)
     _train(_config(store, history=history))
     assert rec.admission_checks == 2 * num_batches(NUM_NODES // 2, BATCH)
     assert rec.mismatches == []
-    assert 0 < rec.capped_steps < rec.admission_checks, "the cap never or always bound"
+    assert 0 < rec.capped_steps < rec.admission_checks, "usable entries never or always skipped"
     for key, emb in rec.admitted.items():
         assert torch.equal(emb, rec.fresh[key]), key
 
@@ -630,14 +638,18 @@ def _assert_within_budget(mode: RefreshCache, budget: int) -> None:
     assert parts["table"] == mode.table.nbytes
     assert parts["raw_rows"] == mode.tiers.num_cached * mode.tiers.row_bytes
     assert parts["raw_rows"] <= mode.split.raw_bytes
-    assert parts["table"] + parts["pending"] <= mode.split.hist_bytes
+    assert parts["table"] <= mode.split.hist_bytes
     assert mode.table.rows <= mode.store.num_nodes
 
 
 def test_device_bytes_never_exceed_the_budget(budget_stores):
-    raw_wins = SplitCounters(steps=1, raw_gain_rows=10**9)
-    table_wins = SplitCounters(steps=1, band_hits=1, band_lookups=1, above_lookups=10**9, hits=1)
-    table_wins.rows_saved_off_device = 10
+    def counters(noprune, ideal):
+        c = SplitCounters(16)
+        c.noprune[:], c.ideal[:], c.hits, c.eligible = noprune, ideal, 1, 1
+        return c
+
+    raw_wins = counters(np.arange(17) + 1, np.arange(17) + 1)  # the smallest table wins
+    table_wins = counters(np.full(17, 100), 100 - np.arange(17))  # the largest table wins
     checked = 0
     for store in budget_stores:
         for budget in (0, 1, 100, 1000, 4096, 12_345, 100_000):
@@ -655,8 +667,8 @@ def test_device_bytes_never_exceed_the_budget(budget_stores):
                         _assert_within_budget(mode, budget)
                         if fraction is None:
                             # Walk the split to both ends through end_epoch.
-                            for counters in [raw_wins] * 6 + [table_wins] * 16:
-                                mode._counters.split = counters
+                            for c in [raw_wins] * 2 + [table_wins] * 2:
+                                mode._counters.split = c
                                 mode.end_epoch()
                                 _assert_within_budget(mode, budget)
                             assert mode.split.hist_fraction == 1.0
@@ -666,18 +678,13 @@ def test_device_bytes_never_exceed_the_budget(budget_stores):
     assert checked == 3 * 7 * 5 * 3
 
 
-def _queue_bytes(mode: RefreshCache) -> int:
-    with mode._lock:
-        return sum(a.emb.numel() * a.emb.element_size() for a in mode._pending)
-
-
 def _track_device_bytes(monkeypatch) -> list[tuple[str, int, int]]:
     """(where, bytes the device holds, budget) after every step and every end_epoch."""
     seen: list[tuple[str, int, int]] = []
     after_step, end_epoch = RefreshCache.after_step, RefreshCache.end_epoch
 
     def held(mode):
-        return mode.tiers.budget_used_bytes + mode.table.nbytes + _queue_bytes(mode)
+        return mode.tiers.budget_used_bytes + mode.table.nbytes
 
     def tracked_after_step(mode, batch, logits, step):
         after_step(mode, batch, logits, step)
@@ -701,13 +708,6 @@ def test_raw_rows_table_and_queued_admissions_fit_the_budget_in_a_run(store, mon
     assert over == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modes/refresh.py RefreshCache._size_table reserves lag * admit_cap queued "
-    "entries in all, but _admit caps each cached layer separately, so with two cached "
-    "layers the queue holds up to 2 * lag * admit_cap entries and the device holds more "
-    "than --cache-budget",
-)
 def test_two_cached_layers_keep_their_queue_within_the_budget(store, monkeypatch):
     seen = _track_device_bytes(monkeypatch)
     history = _hist(layers=(2, 1), lag_steps=3, fraction=0.5)
@@ -715,12 +715,6 @@ def test_two_cached_layers_keep_their_queue_within_the_budget(store, monkeypatch
     assert [s for s in seen if s[1] > s[2]] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modes/refresh.py RefreshCache._apply_split shrinks the table and admit_cap "
-    "when the automatic split moves towards raw rows, but keeps the queued admissions sized "
-    "by the old admit_cap, so raw rows + table + queue exceed --cache-budget until they drain",
-)
 def test_the_queue_fits_the_budget_after_the_split_moves(store, monkeypatch):
     seen = _track_device_bytes(monkeypatch)
     for rows in (100, 200, 400):
@@ -873,13 +867,6 @@ def _sleepy(monkeypatch, seed: int) -> None:
         pytest.param(
             3,
             id="lag3",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: modes/refresh.py RefreshCache.after_step excludes from admission "
-                "the nodes whose admission is still in the queue, and what is still queued "
-                "depends on how far the sampling thread has run ahead (it commits steps "
-                "<= j - lag when sampling batch j), so admissions and results depend on timing",
-            ),
         ),
     ],
 )
@@ -899,12 +886,6 @@ def test_results_do_not_depend_on_loader_timing(store, monkeypatch, lag):
         assert ahead.late == 0, "sampling never got as far ahead as the test wanted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modes/refresh.py RefreshCache.after_step: the admission of step i excludes "
-    "nodes still queued, and which are still queued depends on how many batches were "
-    "sampled before step i (commits happen at sampling); two legal orders differ",
-)
 def test_admissions_do_not_depend_on_how_far_sampling_ran_ahead(store):
     """Drives the hooks by hand in two orders the loader allows (max_ahead = lag)."""
 
@@ -940,17 +921,24 @@ def _cache_state(mode: RefreshCache) -> dict:
     return {
         "fraction": mode.split.hist_fraction,
         "rows": mode.table.rows,
-        "admit_cap": mode.admit_cap,
         "device_rows": mode.tiers.num_cached,
         "steps_done": mode._steps_done,
         "birth": {v: b.copy() for v, b in mode.table.birth.items()},
         "emb": {v: e.detach().cpu().clone() for v, e in mode.table.emb.items()},
-        "pending": [(a.step, a.layer, a.ids.tolist(), a.emb.detach().cpu()) for a in mode._pending],
+        "pending": [
+            (
+                a.step,
+                a.layer,
+                a.ids.tolist(),
+                mode.table.gather(a.layer, a.ids).cpu(),
+            )
+            for a in mode._pending
+        ],
     }
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
-    cfg = _config(store, epochs=3, budget_rows=100, history=_hist(lag_steps=3, staleness_iters=10))
+    cfg = _config(store, epochs=3, budget_rows=200, history=_hist(lag_steps=3, staleness_iters=10))
     full = _train(cfg.replace(checkpoint_dir=str(tmp_path / "full")))
     ckpt = tmp_path / "part"
     with Trainer(cfg.replace(epochs=2, checkpoint_dir=str(ckpt))) as t:
@@ -962,7 +950,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
     assert set(payload["extra"]["cache"]) >= {"table", "pending", "split"}
     with Trainer(cfg.replace(checkpoint_dir=str(ckpt), resume=True)) as t:
         restored = _cache_state(t.cache)
-        for key in ("fraction", "rows", "admit_cap", "device_rows", "steps_done"):
+        for key in ("fraction", "rows", "device_rows", "steps_done"):
             assert restored[key] == saved[key], key
         for v in saved["birth"]:
             assert np.array_equal(restored["birth"][v], saved["birth"][v])
@@ -977,13 +965,6 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
     assert_same_outcome(full, resumed, keys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resuming with other --hist-layers than the checkpoint's raises a bare "
-    "ValueError from history/table.py HistoryTable.load_state_dict (via "
-    "RefreshCache.load_state_dict), not a CheckpointError: main() prints a traceback and "
-    "exits 1 instead of one line and status 2",
-)
 def test_resuming_with_other_hist_layers_is_reported_in_one_line(store, tmp_path, capsys):
     argv = (
         f"--store {store.path} --cache refresh --fanouts 3,3,3 --hidden 16 --batch-size 64 "
@@ -997,13 +978,6 @@ def test_resuming_with_other_hist_layers_is_reported_in_one_line(store, tmp_path
     assert err.count("\n") == 1 and err.startswith("refresh-train: error:") and "hist" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modes/refresh.py RefreshCache.load_state_dict sizes the table from the "
-    "checkpoint (HistoryTable.load_state_dict resizes to the saved rows) after _apply_split "
-    "sized it for the current --cache-budget, so resuming with a smaller budget keeps the "
-    "old table and the device holds more than the budget",
-)
 def test_resuming_with_a_smaller_budget_keeps_within_it(store, tmp_path):
     cfg = _config(store, epochs=1, checkpoint_dir=str(tmp_path), history=_hist(fraction=0.5))
     with Trainer(cfg) as t:
@@ -1015,13 +989,6 @@ def test_resuming_with_a_smaller_budget_keeps_within_it(store, tmp_path):
         _assert_within_budget(t.cache, small.cache_budget_bytes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modes/refresh.py RefreshCache.load_state_dict returns early on the empty "
-    "cache state of a --cache raw/none checkpoint and leaves _steps_done at 0 while the "
-    "trainer goes on at its step N, so the first sample raises RuntimeError ('a batch was "
-    "sampled before step N-lag had finished') instead of training or saying no in one line",
-)
 def test_resuming_a_raw_checkpoint_with_refresh_trains_or_says_why(store, tmp_path, capsys):
     argv = (
         f"--store {store.path} --fanouts 3,3 --hidden 16 --batch-size 64 --host-budget 0 "
@@ -1081,19 +1048,28 @@ def test_the_automatic_split_follows_its_counters_and_describe(store, monkeypatc
     end_epoch = RefreshCache.end_epoch
 
     def spy_end_epoch(mode):
-        decided.append(SplitCounters(**vars(mode._counters.split)))
+        c = mode._counters.split
+        copy = SplitCounters(c.grid)
+        copy.noprune[:], copy.ideal[:], copy.hits, copy.eligible = (
+            c.noprune,
+            c.ideal,
+            c.hits,
+            c.eligible,
+        )
+        decided.append(copy)
         end_epoch(mode)
 
     monkeypatch.setattr(RefreshCache, "end_epoch", spy_end_epoch)
-    cfg = _config(store, budget_rows=100, epochs=4, history=_hist(lag_steps=2))
+    cfg = _config(store, budget_rows=400, epochs=3, history=_hist(lag_steps=2))
     budget = cfg.tiers.cache_budget_bytes
     moves = 0
     with Trainer(cfg) as t:
         mode = t.cache
-        step = mode.split.step_fraction
+        sampler = NeighborSampler(store.indptr, store.indices, list(cfg.fanouts), seed=cfg.seed)
+        cand = mode.split.candidates()
         for epoch in range(cfg.epochs):
             before = mode.describe()
-            rec.fetched.clear()
+            rec.sampled.clear()
             record = t.train_epoch(epoch)
             after = mode.describe()
             assert record["cache_split_raw_bytes"] == before["device_bytes_raw_rows"]
@@ -1101,27 +1077,37 @@ def test_the_automatic_split_follows_its_counters_and_describe(store, monkeypatc
             assert record["hist_rows"] == before["hist_rows"]
             assert record["cache_split_raw_bytes"] + record["cache_split_hist_bytes"] <= budget
             assert sum(v for k, v in after.items() if k.startswith("device_bytes_")) <= budget
-            # The counters the decision used are what the epoch's batches measured.
+            # The counts the decision used are what every candidate would have
+            # fetched: recounted by sampling each batch with that table always usable.
             c = decided[-1]
-            k, band = before["device_rows"], mode.split.band_bytes() // before["row_bytes"]
-            ids = np.concatenate(rec.fetched)
-            assert c.raw_gain_rows == np.count_nonzero((ids >= k) & (ids < k + band))
-            assert c.raw_loss_rows == np.count_nonzero((ids >= k - band) & (ids < k))
-            assert c.hits == record["hist_hits"] and c.steps == record["batches"]
+            assert c.hits == record["hist_hits"]
+            for i in (0, 4, 8, 12, 16):
+                k, h = mode._sizes(cand[i])
+                noprune = ideal = 0
+                for seeds, bseed in rec.sampled:
+
+                    def prune(layer, ids, _s=seeds, _h=h):
+                        _n = len(_s)
+                        m = (ids < _h) & (layer in mode.hist_layers)
+                        m[:_n] = False
+                        return m
+
+                    noprune += int((sampler.sample(seeds, bseed).input_nodes >= k).sum())
+                    pruned = sampler.sample(seeds, bseed, prune=prune)
+                    ideal += int((pruned.input_nodes >= k).sum())
+                assert (c.noprune[i], c.ideal[i]) == (noprune, ideal), i
             # ... and the split moved as the rule says, the table and the tier with it.
-            delta = round(after["hist_fraction"] - before["hist_fraction"], 9)
-            if c.raw_gain_rows > 1.1 * c.hist_loss_rows() and before["hist_fraction"] >= 2 * step:
-                assert delta == -step
-                assert after["device_rows"] > before["device_rows"]
-                assert after["hist_rows"] < before["hist_rows"]
-            elif c.hist_gain_rows() > 1.1 * c.raw_loss_rows and before["hist_fraction"] + step <= 1:
-                assert delta == step
-                assert after["device_rows"] < before["device_rows"]
-                assert after["hist_rows"] > before["hist_rows"]
+            pred = c.predicted()
+            now = int(np.argmin(np.abs(cand - before["hist_fraction"])))
+            best = int(np.argmin(pred))
+            if best != now and pred[best] < (1 - mode.split.margin) * pred[now]:
+                assert after["hist_fraction"] == cand[best]
+                grew = cand[best] > before["hist_fraction"]
+                assert (after["hist_rows"] > before["hist_rows"]) == grew
+                assert (after["device_rows"] < before["device_rows"]) == grew
+                moves += 1
             else:
-                assert delta == 0 and after == before
-            assert step <= after["hist_fraction"] <= 1
-            moves += delta != 0
+                assert after == before
     assert moves >= 1, "the split never moved: the test proves nothing"
 
 
@@ -1162,7 +1148,7 @@ def test_history_defaults(store):
     assert h == HistoryConfig()
     assert (h.grad_quantile, h.staleness_iters, h.policy) == (0.9, 200, "grad+stale")
     assert (h.warmup_steps, h.fraction, h.dtype, h.count_saved) == (0, None, "float16", True)
-    assert h.resolved_layers(3) == (2,) and h.resolved_lag(8) == 18 and h.resolved_lag(0) == 6
+    assert h.resolved_layers(3) == (2,) and h.resolved_lag(8) == 10 and h.resolved_lag(0) == 4
 
 
 @pytest.mark.parametrize("spelling", ["dash", "underscore"])
@@ -1256,12 +1242,6 @@ def test_a_bad_toml_history_value_is_reported(store, tmp_path):
         config_from_args(["--config", str(toml)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config.py TrainConfig.__post_init__ checks the history's default layer "
-    "(layers - 1 = 0) for every cache mode, so a 1-layer model is rejected even with "
-    "--cache none/raw ('hist_layers 0 is not a hidden layer of a 1-layer model')",
-)
 def test_one_layer_models_without_refresh_still_configure(store):
     TrainConfig(store=str(store.path), layers=1, fanouts=(5,), tiers=TierConfig(cache="raw"))
     config_from_args(f"--store {store.path} --model mlp --layers 1 --fanouts 5".split())
