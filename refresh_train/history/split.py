@@ -15,12 +15,15 @@ sampled once more without pruning:
   is needed while some path from a seed reaches it through no such node
   (see :func:`~refresh_train.history.cover.uncovered_rank`);
 
-and the share ``usable`` of lookups of table nodes that found a usable
-entry (staleness, lag and admission make it less than 1). The traffic
-predicted for ``f`` is ``noprune - usable * (noprune - ideal)``. After the
-epoch the split moves to the candidate with the least predicted traffic
-when that is at least ``margin`` below the current one's. Every count is
-deterministic for a seed, so the split is too.
+and the share ``usable`` of lookups of table nodes holding an entry that
+found it usable (staleness, lag and admission make it less than 1). The
+traffic predicted for ``f`` is ``noprune - usable * (noprune - ideal)``.
+After each epoch the split moves to the candidate with the least predicted
+traffic when that is at least ``margin`` below the current one's. The
+counts carry over from epoch to epoch at half weight (entries admitted
+together expire together, so one epoch's usable share swings with the
+staleness cycle). Every count is deterministic for a seed, so the split is
+too.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class SplitCounters:
         self.noprune = np.zeros(self.grid + 1, dtype=np.int64)
         self.ideal = np.zeros(self.grid + 1, dtype=np.int64)
 
+    def decayed(self, weight: float) -> SplitCounters:
+        """Fresh counters starting from these at ``weight`` (for the next epoch)."""
+        out = SplitCounters(self.grid)
+        out.noprune[:] = np.round(self.noprune * weight)
+        out.ideal[:] = np.round(self.ideal * weight)
+        out.eligible = round(self.eligible * weight)
+        out.hits = round(self.hits * weight)
+        return out
+
     @property
     def usable(self) -> float:
         """Share of table-node lookups that found a usable entry."""
@@ -76,12 +88,15 @@ class BudgetSplit:
         Candidate shares are ``i / grid``.
     margin
         Relative gain in predicted traffic a move needs.
+    carry
+        Weight of the previous epochs' counts in the next decision.
     """
 
     budget_bytes: int
     fixed_fraction: float | None = None
     grid: int = 16
-    margin: float = 0.02
+    margin: float = 0.05
+    carry: float = 0.5
     hist_fraction: float = field(init=False)
     moves: list[float] = field(default_factory=list, init=False)
 

@@ -331,9 +331,10 @@ class RefreshCache(RawCache):
             self.table.commit(rec.layer, rec.ids, None, rec.step)
 
     def end_epoch(self) -> None:
-        if self.split.decide(self._counters.split):
+        counts = self._counters.split
+        if self.split.decide(counts):
             self._apply_split()
-        self._counters.split = SplitCounters(self.split.grid)
+        self._counters.split = counts.decayed(self.split.carry)
 
     def _apply_split(self) -> None:
         # The side that shrinks goes first, so the two together stay within
