@@ -54,8 +54,29 @@ run, and where in doubt it errs in the baseline's favour:
 Defaults and measurements
 -------------------------
 ``DEFAULT_NUM_WORKERS`` is the fastest of 0, 1 and 2 workers measured on this
-project's 2-vCPU development machine (shared with other jobs while measuring).
-(Provisional: 1, until the comparison below is measured.)
+project's 2-vCPU development machine, **shared with other people's jobs while
+measuring** (1-minute load average 4.7-17.0 on 2 cores during the runs, 9.5
+at the start and 11.5 at the end), so single figures moved by up to 50 %.
+Generated papers100M-layout store of 200K nodes (4.0M CSC entries, 128 x
+float32 features: 100 MB, so warm and cold differ little here), GraphSAGE
+3x256, fanouts 15,10,5, batch 512, 6 batches per epoch (about 80K nodes per
+batch), one epoch per run, warm features, the configurations interleaved in
+each of 3 repeats; seconds per epoch, median (and the 3 runs):
+
+=============  =======================  =======================  =======================
+trim_to_layer  0 workers               1 worker                2 workers
+=============  =======================  =======================  =======================
+on             43.5 (43.5, 46.7, 37.6)  38.0 (38.0, 33.8, 40.1)  36.5 (36.5, 27.5, 38.9)
+off            71.3 (54.0, 84.9, 71.3)  72.3 (67.6, 83.5, 72.3)  72.8 (70.4, 83.5, 72.8)
+=============  =======================  =======================  =======================
+
+Loader only (sampling + gather, no model), 6 batches of 512, batches/s,
+median of 3 passes: warm 1.69 / 3.78 / 3.35 and cold 1.04 / 2.17 / 4.31 with
+0 / 1 / 2 workers. Trimming cut the epoch by 39-50 % whatever the workers
+(FINDINGS.md: 82 -> 39 s for a PyG-style epoch); workers hide the sampling
+(4-10 s of waiting in a 0-worker epoch here, under 2 s with workers), and
+the compute on 2 cores dominates, so 1 and 2 workers are within the noise
+for training while 2 load cold batches fastest: the default is 2.
 
 Usage
 -----
@@ -116,7 +137,7 @@ __all__ = [
 ]
 
 #: Fastest worker count measured on the 2-vCPU machine (see the module docstring).
-DEFAULT_NUM_WORKERS = 1
+DEFAULT_NUM_WORKERS = 2
 FEATURE_MODES = ("warm", "cold")
 MODELS = ("sage", "gcn", "gat")
 _EVAL_STREAM = 0x5EED_E7A1  # batch seeds of evaluation, apart from training's (epoch, i)
