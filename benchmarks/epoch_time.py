@@ -7,8 +7,11 @@ seed and number of epochs in three configurations:
     (``benchmarks/_pyg_baseline.py``): ``NeighborLoader``'s hierarchical
     sampling (re-done in plain torch: ``NeighborLoader`` needs pyg-lib or
     torch-sparse, which do not install here), PyG's own
-    ``torch_geometric.nn.models.GraphSAGE`` with ``trim_to_layer`` (each layer
-    computes only the nodes it must), a ``torch.utils.data.DataLoader`` whose
+    ``torch_geometric.nn.models.GraphSAGE`` run hop-trimmed so each layer
+    computes only the nodes the next one reads (``--baseline-trim dst``;
+    ``layer`` is PyG's ``trim_to_layer`` through ``BasicGNN.forward``, which
+    still computes the outermost hop at every layer: about 3x the compute
+    per batch here), a ``torch.utils.data.DataLoader`` whose
     ``--baseline-workers`` workers sample and gather from a ``numpy.memmap``
     of the feature file, persistent. It runs with cold features (evicted
     around every gather: features larger than RAM) and, when the feature file
@@ -177,6 +180,7 @@ def train_baseline(store: Store, args: argparse.Namespace, features: str) -> lis
         lr=args.lr,
         seed=args.seed,
         model="sage",
+        trim=args.baseline_trim,
         num_workers=args.baseline_workers,
         features=features,
         max_batches=args.max_batches,
@@ -571,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
         help="DataLoader workers of (a) (default: the fastest measured on 2 cores)",
     )
     p.add_argument(
+        "--baseline-trim",
+        choices=pyg_baseline.TRIM_MODES,
+        default="dst",
+        help="how (a)'s model skips work (see benchmarks/_pyg_baseline.py; default: the strongest)",
+    )
+    p.add_argument(
         "--baseline-features",
         choices=("auto", "both", "warm", "cold"),
         default="auto",
@@ -595,7 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = int(args.cache_fraction * feature_bytes)
     modes = baseline_modes(store, args)
     baseline_kind = pyg_baseline.describe(
-        model="sage", trim=True, num_workers=args.baseline_workers, features=" and ".join(modes)
+        model="sage",
+        trim=args.baseline_trim,
+        num_workers=args.baseline_workers,
+        features=" and ".join(modes),
     )["baseline"] + (
         " (NeighborLoader itself is importable here but not used, so the sampler is the same "
         "everywhere)"
@@ -620,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             "loader_batches": args.loader_batches,
             "repeats": args.repeats,
             "baseline_workers": args.baseline_workers,
+            "baseline_trim": args.baseline_trim,
             "baseline_features": modes,
         },
         "dataset": {

@@ -114,16 +114,32 @@ def test_sampler_rejects_bad_seeds():
 
 
 @pytest.mark.parametrize("model", ["sage", "gat"])
-def test_trim_to_layer_keeps_the_seeds_logits(model, one_torch_thread):
+def test_trimming_keeps_the_seeds_logits(model, one_torch_thread):
     indptr, indices = tiny_graph()
     data = pb.HierarchicalSampler(indptr, indices, [4, 3, 2], seed=1).sample(np.arange(0, 60, 3), 0)
     x = torch.randn(data.num_nodes, 12, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     net = pb.pyg_model(model, 12, 16, 5, 3).eval()
-    trimmed = pb._forward(net, data, x, trim=True)
-    full = pb._forward(net, data, x, trim=False)
-    assert trimmed.shape == (data.batch_size, 5)
-    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
+    full = pb._forward(net, data, x, trim="none")
+    assert full.shape == (data.batch_size, 5)
+    for trim in ("layer", "dst"):  # PyG's trim_to_layer, and outputs cut to what is read
+        torch.testing.assert_close(pb._forward(net, data, x, trim=trim), full, rtol=1e-5, atol=1e-5)
+
+
+def test_dst_trimming_trains_like_the_full_forward(one_torch_thread):
+    # Same gradients, so dropout aside the two train the same model.
+    indptr, indices = tiny_graph()
+    data = pb.HierarchicalSampler(indptr, indices, [4, 3, 2], seed=1).sample(np.arange(0, 60, 3), 0)
+    x = torch.randn(data.num_nodes, 12, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = pb.pyg_model("sage", 12, 16, 5, 3, dropout=0.0)
+    grads = []
+    for trim in ("dst", "none"):
+        net.zero_grad()
+        pb._forward(net, data, x, trim=trim).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_trim_to_layer_changes_only_gcn_normalisation(one_torch_thread):
@@ -137,7 +153,7 @@ def test_trim_to_layer_changes_only_gcn_normalisation(one_torch_thread):
     torch.manual_seed(0)
     net = GCN(12, 16, 3, 5, normalize=False).eval()
     torch.testing.assert_close(
-        pb._forward(net, data, x, trim=True), pb._forward(net, data, x, trim=False)
+        pb._forward(net, data, x, trim="layer"), pb._forward(net, data, x, trim="none")
     )
 
 
@@ -191,7 +207,7 @@ def test_train_and_loader_records(tiny_store, features, workers, one_torch_threa
     assert 0 <= last["evict_excluded_s"] <= last["evict_s"] + 1e-9
     assert last["epoch_time_s"] > 0 and last["peak_rss_bytes"] > 0
     assert recs[0]["test_acc"] is None and 0 <= last["test_acc"] <= 1
-    assert last["num_workers"] == workers and last["trim_to_layer"] is True
+    assert last["num_workers"] == workers and last["trim"] == "dst"
     lo = pb.loader_only_pyg_baseline(
         tiny_store,
         fanouts=(3, 2),
@@ -202,3 +218,12 @@ def test_train_and_loader_records(tiny_store, features, workers, one_torch_threa
         passes=2,
     )
     assert lo["batches"] == 2 and len(lo["runs"]) == 2 and lo["batches_per_s"] > 0
+
+
+def test_gcn_defaults_to_trim_to_layer(tiny_store, one_torch_thread):
+    common = dict(fanouts=(3, 2), batch_size=64, hidden=8, epochs=1, max_batches=1)
+    common.update(model="gcn", num_workers=0, evaluate=False)
+    (rec,) = pb.train_pyg_baseline(tiny_store, **common)
+    assert rec["trim"] == "layer"
+    with pytest.raises(ValueError, match="GCNConv"):
+        pb.train_pyg_baseline(tiny_store, trim="dst", **common)
