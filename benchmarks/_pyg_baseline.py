@@ -73,28 +73,32 @@ Defaults and measurements
 -------------------------
 ``DEFAULT_NUM_WORKERS`` is the fastest of 0, 1 and 2 workers measured on this
 project's 2-vCPU development machine, **shared with other people's jobs while
-measuring** (1-minute load average 4.7-17.0 on 2 cores during the runs, 9.5
-at the start and 11.5 at the end), so single figures moved by up to 50 %.
-Generated papers100M-layout store of 200K nodes (4.0M CSC entries, 128 x
-float32 features: 100 MB, so warm and cold differ little here), GraphSAGE
-3x256, fanouts 15,10,5, batch 512, 6 batches per epoch (about 80K nodes per
-batch), one epoch per run, warm features, the configurations interleaved in
-each of 3 repeats; seconds per epoch, median (and the 3 runs):
+measuring** (1-minute load average 5.0-18.9 on 2 cores during the runs), so
+single figures moved by up to 2x. Generated papers100M-layout store of 200K
+nodes (4.0M CSC entries, 128 x float32 features: 100 MB), GraphSAGE 3x256,
+fanouts 15,10,5, batch 512, 6 batches per epoch (about 80K nodes per batch),
+one epoch per run, warm features, the configurations interleaved in each of
+3 repeats; seconds per epoch, median (and the 3 runs):
 
-=============  =======================  =======================  =======================
-trim_to_layer  0 workers               1 worker                2 workers
-=============  =======================  =======================  =======================
-on             43.5 (43.5, 46.7, 37.6)  38.0 (38.0, 33.8, 40.1)  36.5 (36.5, 27.5, 38.9)
-off            71.3 (54.0, 84.9, 71.3)  72.3 (67.6, 83.5, 72.3)  72.8 (70.4, 83.5, 72.8)
-=============  =======================  =======================  =======================
+=========  =======================  =======================  =======================
+trim       0 workers                1 worker                 2 workers
+=========  =======================  =======================  =======================
+``dst``    25.9 (30.8, 25.9, 22.0)  19.6 (22.9, 14.5, 19.6)  16.2 (21.5, 13.5, 16.2)
+``layer``  34.8 (34.1, 34.8, 35.0)  32.7 (32.7, 37.2, 24.3)  40.7 (44.8, 40.7, 26.1)
+=========  =======================  =======================  =======================
+
+An earlier run of the same kind (load 4.7-17.0; its memory sampler then read
+``smaps_rollup`` four times a second, which cost up to a fifth of a core)
+had ``layer`` at 43.5 / 38.0 / 36.5 s and ``none`` at 71.3 / 72.3 / 72.8 s
+with 0 / 1 / 2 workers: PyG's ``trim_to_layer`` cut the epoch by 39-50 %
+(FINDINGS.md: 82 -> 39 s); ``dst`` took 26-60 % less than ``layer`` at equal
+workers in the run above.
 
 Loader only (sampling + gather, no model), 6 batches of 512, batches/s,
-median of 3 passes: warm 1.69 / 3.78 / 3.35 and cold 1.04 / 2.17 / 4.31 with
-0 / 1 / 2 workers. Trimming cut the epoch by 39-50 % whatever the workers
-(FINDINGS.md: 82 -> 39 s for a PyG-style epoch); workers hide the sampling
-(4-10 s of waiting in a 0-worker epoch here, under 2 s with workers), and
-the compute on 2 cores dominates, so 1 and 2 workers are within the noise
-for training while 2 load cold batches fastest: the default is 2.
+median of 3 passes with 0 / 1 / 2 workers: warm 1.90 / 3.08 / 4.40, cold
+0.94 / 2.28 / 2.92. Workers take the sampling off the training loop (5.8-10.6
+s of waiting per epoch with 0 workers, under 1.1 s with 1 or 2), and 2 were
+the fastest in every ``dst`` repeat and for loading: the default is 2.
 
 Usage
 -----
@@ -540,16 +544,19 @@ def _overlap_s(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> 
 
 
 class _MemoryMonitor:
-    """Peak memory of this process and its DataLoader workers.
+    """Peak resident memory of this process and its DataLoader workers.
 
-    Every ``interval_s`` it sums the proportional set size (``Pss`` of
-    ``/proc/PID/smaps_rollup``: a page shared by k processes counts 1/k, so
-    the topology the forked workers share counts once) over this process and
-    its children, and keeps this process's RSS apart. Falls back to RSS where
-    ``smaps_rollup`` is missing.
+    Every ``interval_s`` it reads the RSS of this process and of each child
+    (``/proc/PID/statm``, cheap) and keeps the peaks of this process's RSS
+    and of the sum. The sum is an upper bound: pages a forked worker shares
+    with this process (the sampler's topology copy, which every worker
+    reads) count once per process. :meth:`pss` gives the proportional set
+    size summed over the processes right now (``/proc/PID/smaps_rollup``: a
+    page shared by k processes counts 1/k), exact but costly to read (tens of
+    ms per GB mapped), so it is read once per epoch, not sampled.
     """
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+    def __init__(self, interval_s: float = 0.1) -> None:
         self._proc = psutil.Process()
         self._interval = interval_s
         self._lock = threading.Lock()
@@ -558,28 +565,22 @@ class _MemoryMonitor:
         self._thread = threading.Thread(target=self._run, name="pyg-baseline-mem", daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _pss(proc: psutil.Process) -> int:
-        try:
-            with open(f"/proc/{proc.pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return int(proc.memory_info().rss)
-        except psutil.Error:
-            return 0
+    def _procs(self) -> list[psutil.Process]:
+        return [self._proc, *self._proc.children(recursive=True)]
 
     def _sample(self) -> None:
-        total = self._pss(self._proc)
-        for child in self._proc.children(recursive=True):
-            total += self._pss(child)
-        rss = int(self._proc.memory_info().rss)
+        main = total = 0
+        for proc in self._procs():
+            try:
+                rss = int(proc.memory_info().rss)
+            except psutil.Error:  # a worker that just exited
+                continue
+            total += rss
+            if proc.pid == self._proc.pid:
+                main = rss
         with self._lock:
             self._peak_total = max(self._peak_total, total)
-            self._peak_main = max(self._peak_main, rss)
+            self._peak_main = max(self._peak_main, main)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -592,10 +593,23 @@ class _MemoryMonitor:
         self._sample()
 
     def peaks(self) -> tuple[int, int]:
-        """(all processes' summed PSS, this process's RSS), peaks in bytes."""
+        """(summed RSS of this process and its workers, this process's RSS), peaks in bytes."""
         self._sample()
         with self._lock:
             return self._peak_total, self._peak_main
+
+    def pss(self) -> int | None:
+        """Summed proportional set size now, in bytes (None where Linux does not report it)."""
+        total = 0
+        for proc in self._procs():
+            try:
+                with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+                    total += next(
+                        int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")
+                    )
+            except (OSError, StopIteration):
+                return None
+        return total
 
     def close(self) -> None:
         self._stop.set()
@@ -711,7 +725,10 @@ def train_pyg_baseline(
         (cold: every gathered row counts as disk, warm: as host RAM, the
         page cache), ``feature_bytes_cached`` (warm: the whole file held in
         the page cache), ``peak_rss_bytes`` (this process and its workers,
-        PSS summed), ``peak_rss_main_bytes``, and the fields of
+        RSS summed: an upper bound, the topology the workers share counts
+        once per process), ``peak_rss_main_bytes`` (this process alone),
+        ``pss_end_bytes`` (all processes' proportional set size at the
+        epoch's end, shared pages counted once), and the fields of
         :func:`describe`.
     """
     fanouts = check_fanouts(fanouts)
@@ -813,6 +830,7 @@ def train_pyg_baseline(
                 "feature_bytes_cached": 0 if cold else store.num_nodes * feats.row_bytes,
                 "peak_rss_bytes": peak_total,
                 "peak_rss_main_bytes": peak_main,
+                "pss_end_bytes": mem.pss(),
                 **variant,
             }
             if evaluate and epoch + 1 == epochs:
@@ -901,7 +919,8 @@ def loader_only_pyg_baseline(
         ``runs`` (each pass's rate), ``sample_s_per_batch``,
         ``fetch_s_per_batch`` (loader busy times, medians over passes),
         ``evict_excluded_s`` (per pass), ``rows_gathered`` and
-        ``bytes_gathered`` (last pass), ``peak_rss_bytes``, and the fields of
+        ``bytes_gathered`` (last pass), ``peak_rss_bytes`` (as in
+        :func:`train_pyg_baseline`), and the fields of
         :func:`describe`.
     """
     fanouts = check_fanouts(fanouts)

@@ -25,8 +25,9 @@ seed and number of epochs in three configurations:
     the total stays 10%).
 
 and reports epoch time, batches/s, bytes per tier and accuracy after the
-same epochs (every model is evaluated by the same sampled evaluation). On a
-CPU the model's compute dominates an epoch and hides the data path, so it
+same epochs (sampled evaluation with the training fanouts: the trainer's for
+(b) and (c), the baseline's own over NeighborLoader-style subgraphs for
+(a)). On a CPU the model's compute dominates an epoch and hides the data path, so it
 also reports (d) loader-only throughput - batches/s of sampling + feature
 fetching with no model - for (a)'s loader and this pipeline with ``none``,
 ``raw`` and ``raw`` split between device and host tiers, and the sampler
