@@ -17,12 +17,15 @@ that is also the GCN self-loop) becomes one entry whose weight is the sum of
 its copies' weights, so the product equals the edge-wise sum exactly.
 
 Low-precision inputs (float16 feature stores) are never copied whole to
-float32: :func:`linear` casts row chunks inside the product, :func:`spmm`
-column chunks, each at most :data:`CAST_CHUNK_BYTES`.
+float32: :func:`linear` casts row chunks inside the product and
+:func:`aggregate_linear` the source rows of a chunk of destinations, each at
+most :data:`CAST_CHUNK_BYTES`; the latter never holds the whole
+``[num_dst, d_in]`` aggregate either.
 """
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from dataclasses import dataclass, field
 
@@ -34,11 +37,12 @@ from refresh_train.batch import Block
 
 __all__ = [
     "CAST_CHUNK_BYTES",
+    "aggregate_linear",
     "attention_spmm",
     "block_adjacency",
     "linear",
     "project_first",
-    "spmm",
+    "project_linear",
 ]
 
 CAST_CHUNK_BYTES = 32 << 20  # 32 MiB: float32 bytes of one cast chunk of a low-precision input
@@ -138,7 +142,7 @@ def block_structure(block: Block, *, self_loops: bool = False) -> _Structure:
     return entries[key]
 
 
-def block_adjacency(block: Block, kind: str) -> Tensor:
+def block_adjacency(block: Block, kind: str, *, transpose: bool = False) -> Tensor:
     """Normalised ``[num_dst, num_src]`` float32 CSR adjacency of ``block`` (cached on it).
 
     Parameters
@@ -152,6 +156,9 @@ def block_adjacency(block: Block, kind: str) -> Tensor:
         ``"gcn-mean"``/``"gcn-sym"``: self-loop ``(v, v)`` added, weights
         ``1 / deg~(v)`` or ``deg~_src(u)^-1/2 deg~_dst(v)^-1/2`` with degrees
         counted inside the block, self-loop included (see :mod:`.gcn`).
+    transpose : bool
+        Return the ``[num_src, num_dst]`` transpose instead (as CSR; the
+        backward pass of a sparse product needs it).
 
     Returns
     -------
@@ -159,8 +166,13 @@ def block_adjacency(block: Block, kind: str) -> Tensor:
         A sparse CSR tensor on the block's device.
     """
     entries = _cache(block)
-    if kind in entries:
-        return entries[kind]
+    if (kind, transpose) in entries:
+        return entries[kind, transpose]
+    if transpose:
+        values = block_adjacency(block, kind).values()
+        s = block_structure(block, self_loops=kind.startswith("gcn"))
+        entries[kind, True] = adj_t = s.transposed(values)
+        return adj_t
     if kind not in ADJACENCY_KINDS:
         raise ValueError(f"kind must be one of {ADJACENCY_KINDS!r}; got {kind!r}")
     s = block_structure(block, self_loops=kind.startswith("gcn"))
@@ -181,7 +193,7 @@ def block_adjacency(block: Block, kind: str) -> Tensor:
             deg_src = torch.bincount(src, minlength=block.num_src).to(torch.float32)
             w = (deg_src[src] * deg_dst[dst]).rsqrt()
     values = torch.zeros(s.nnz, device=dev).index_add_(0, s.entry, w)
-    entries[kind] = adj = s.matrix(values)
+    entries[kind, False] = adj = s.matrix(values)
     return adj
 
 
@@ -194,17 +206,19 @@ class _CastLinear(torch.autograd.Function):
     """``x @ weight.T + bias`` for a low-precision ``x``, cast in row chunks.
 
     Saves ``x`` itself (not a float32 copy) for the weight's gradient, which is
-    accumulated chunk by chunk in the backward pass.
+    accumulated chunk by chunk in the backward pass. The chunks are cast into
+    one reused buffer: a fresh allocation per chunk costs page faults that
+    showed up as a large share of the cast's time.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        rows = _chunk_len(x.shape[1], weight.dtype)
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
-        for lo in range(0, x.shape[0], rows):
-            torch.matmul(x[lo : lo + rows].to(weight.dtype), weight.t(), out=out[lo : lo + rows])
-        if bias is not None:
-            out += bias
+        for lo, hi, rows in _cast_row_chunks(x, weight.dtype):
+            if bias is None:
+                torch.mm(rows, weight.t(), out=out[lo:hi])
+            else:
+                torch.addmm(bias, rows, weight.t(), out=out[lo:hi])
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return out
@@ -217,12 +231,22 @@ class _CastLinear(torch.autograd.Function):
             gx = (grad @ weight).to(x.dtype)
         if ctx.needs_input_grad[1]:
             gw = torch.zeros_like(weight)
-            rows = _chunk_len(x.shape[1], weight.dtype)
-            for lo in range(0, x.shape[0], rows):
-                gw.addmm_(grad[lo : lo + rows].t(), x[lo : lo + rows].to(weight.dtype))
+            for lo, hi, rows in _cast_row_chunks(x, weight.dtype):
+                gw.addmm_(grad[lo:hi].t(), rows)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(0)
         return gx, gw, gb
+
+
+def _cast_row_chunks(x: Tensor, dtype: torch.dtype):
+    """``(lo, hi, x[lo:hi] as dtype)`` for chunks of at most CAST_CHUNK_BYTES, in one buffer."""
+    step = _chunk_len(x.shape[1], dtype)
+    buf = torch.empty((min(step, x.shape[0]), x.shape[1]), dtype=dtype, device=x.device)
+    for lo in range(0, x.shape[0], step):
+        hi = min(lo + step, x.shape[0])
+        rows = buf[: hi - lo]
+        rows.copy_(x[lo:hi])
+        yield lo, hi, rows
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -236,17 +260,130 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return _CastLinear.apply(x, weight, bias)
 
 
-def spmm(adj: Tensor, x: Tensor) -> Tensor:
-    """``adj @ x`` in ``adj``'s dtype; a low-precision ``x`` is cast in column chunks."""
-    if x.dtype == adj.dtype:
-        return torch.sparse.mm(adj, x)
-    cols = _chunk_len(x.shape[0], adj.dtype)
-    if cols >= x.shape[1]:
-        return torch.sparse.mm(adj, x.to(adj.dtype))
-    out = torch.empty((adj.shape[0], x.shape[1]), dtype=adj.dtype, device=x.device)
-    for lo in range(0, x.shape[1], cols):
-        out[:, lo : lo + cols] = torch.sparse.mm(adj, x[:, lo : lo + cols].to(adj.dtype))
-    return out
+@dataclass
+class _RowChunk:
+    """Destination rows ``lo:hi`` of a block's CSR and the distinct sources they read."""
+
+    lo: int
+    hi: int
+    entries: slice  # their CSR entries
+    src: Tensor  # int64 [k]: distinct source rows, ascending
+    crow: Tensor  # int64 [hi - lo + 1], from 0
+    col: Tensor  # int64 [entries]: positions in src
+
+
+def _row_chunks(block: Block, self_loops: bool, rows: int) -> list[_RowChunk]:
+    """Split the block's destinations into runs of at most ``rows`` rows and entries (cached)."""
+    entries = _cache(block)
+    key = ("chunks", self_loops, rows)
+    if key not in entries:
+        s = block_structure(block, self_loops=self_loops)
+        crow = s.crow.tolist()
+        chunks, lo = [], 0
+        while lo < s.num_dst:
+            # The last row whose entries still fit; a row wider than `rows` goes alone.
+            hi = bisect.bisect_right(crow, crow[lo] + rows, lo + 1, min(lo + rows, s.num_dst) + 1)
+            hi = max(hi - 1, lo + 1)
+            e = slice(crow[lo], crow[hi])
+            src, col = torch.unique(s.col[e], return_inverse=True)
+            chunks.append(_RowChunk(lo, hi, e, src, s.crow[lo : hi + 1] - crow[lo], col))
+            lo = hi
+        entries[key] = chunks
+    return entries[key]
+
+
+def _chunk_aggregates(chunks: list[_RowChunk], values: Tensor, x: Tensor):
+    """``(c, (A @ x)[c.lo:c.hi])`` per chunk, in ``values``' dtype, in reused buffers.
+
+    The returned aggregate is overwritten by the next chunk.
+    """
+    if not chunks:
+        return
+    width, dev = x.shape[1], x.device
+    k_max = max(c.src.numel() for c in chunks)
+    gathered = torch.empty((k_max, width), dtype=x.dtype, device=dev)
+    cast = torch.empty((k_max, width), dtype=values.dtype, device=dev)
+    agg = torch.empty((max(c.hi - c.lo for c in chunks), width), dtype=values.dtype, device=dev)
+    for c in chunks:
+        k, r = c.src.numel(), c.hi - c.lo
+        torch.index_select(x, 0, c.src, out=gathered[:k])
+        cast[:k].copy_(gathered[:k])
+        a = torch.sparse_csr_tensor(
+            c.crow, c.col, values[c.entries], (r, k), check_invariants=False
+        )
+        # beta=0: the buffer's stale contents are ignored, not scaled.
+        torch.addmm(agg[:r], a, cast[:k], beta=0.0, out=agg[:r])
+        yield c, agg[:r]
+
+
+class _ChunkedAggregateLinear(torch.autograd.Function):
+    """``(A @ x) @ weight.T + bias`` for a low-precision ``x``, by chunks of destinations.
+
+    Each chunk gathers the distinct source rows its destinations read, casts
+    them, sums them over its edges and applies the linear layer, so neither a
+    float32 copy of ``x`` nor the ``[num_dst, d_in]`` float32 aggregate ever
+    exists; the backward pass recomputes each chunk's aggregate for the
+    weight's gradient. Gathering per chunk also keeps the product's random row
+    reads inside a cache-sized block.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, block, kind):
+        values = block_adjacency(block, kind).values()
+        chunks = _row_chunks(block, kind.startswith("gcn"), _chunk_len(x.shape[1], weight.dtype))
+        out = torch.empty((block.num_dst, weight.shape[0]), dtype=weight.dtype, device=x.device)
+        for c, agg in _chunk_aggregates(chunks, values, x):
+            if bias is None:
+                torch.mm(agg, weight.t(), out=out[c.lo : c.hi])
+            else:
+                torch.addmm(bias, agg, weight.t(), out=out[c.lo : c.hi])
+        ctx.save_for_backward(x, weight)
+        ctx.block, ctx.kind, ctx.has_bias = block, kind, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        block, kind = ctx.block, ctx.kind
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            adj_t = block_adjacency(block, kind, transpose=True)
+            gx = torch.sparse.mm(adj_t, grad @ weight).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            values = block_adjacency(block, kind).values()
+            chunks = _row_chunks(
+                block, kind.startswith("gcn"), _chunk_len(x.shape[1], weight.dtype)
+            )
+            gw = torch.zeros_like(weight)
+            for c, agg in _chunk_aggregates(chunks, values, x):
+                gw.addmm_(grad[c.lo : c.hi].t(), agg)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum(0)
+        return gx, gw, gb, None, None
+
+
+def aggregate_linear(
+    block: Block, kind: str, x: Tensor, weight: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """``F.linear(A @ x, weight, bias)`` with ``A = block_adjacency(block, kind)``.
+
+    A float32 ``x`` goes through one sparse product (autograd keeps the
+    ``[num_dst, d_in]`` aggregate for the weight's gradient). A float16 ``x``
+    goes by chunks of destinations that read at most
+    :data:`CAST_CHUNK_BYTES` of float32 rows each, and nothing of
+    ``[num_dst, d_in]`` is kept (:class:`_ChunkedAggregateLinear`).
+    """
+    if x.dtype == weight.dtype:
+        return F.linear(torch.sparse.mm(block_adjacency(block, kind), x), weight, bias)
+    return _ChunkedAggregateLinear.apply(x, weight, bias, block, kind)
+
+
+def project_linear(
+    block: Block, kind: str, x: Tensor, weight: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """``A @ F.linear(x, weight) + bias``: the same value, projecting all sources first."""
+    out = torch.sparse.mm(block_adjacency(block, kind), linear(x, weight))
+    return out if bias is None else out + bias
 
 
 def project_first(num_src: int, num_dst: int, num_edges: int, d_in: int, d_out: int) -> bool:

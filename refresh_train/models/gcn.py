@@ -30,7 +30,7 @@ from torch_geometric.nn.dense.linear import Linear
 
 from refresh_train.batch import Block
 from refresh_train.models._base import BlockGNN
-from refresh_train.models._sparse import block_adjacency, linear, project_first, spmm
+from refresh_train.models._sparse import aggregate_linear, project_first, project_linear
 
 __all__ = ["GCN", "BlockGCNConv", "AGGR_NORMS"]
 
@@ -95,7 +95,6 @@ class BlockGCNConv(nn.Module):
             raise TypeError("pass (x_src, x_dst) with an edge_index, or x_src with a Block")
         if not isinstance(graph, Block):
             graph = Block(num_src=x.shape[0], num_dst=num_dst, edge_index=graph)
-        adj = block_adjacency(graph, f"gcn-{self.aggr_norm}")
         first = self.project_first
         if first is None:
             # The self-loops add num_dst entries to the product.
@@ -106,11 +105,8 @@ class BlockGCNConv(nn.Module):
                 self.in_channels,
                 self.out_channels,
             )
-        weight = self.lin.weight
-        out = spmm(adj, linear(x, weight)) if first else linear(spmm(adj, x), weight)
-        if self.bias is not None:
-            out = out + self.bias
-        return out
+        propagate = project_linear if first else aggregate_linear
+        return propagate(graph, f"gcn-{self.aggr_norm}", x, self.lin.weight, self.bias)
 
     def __repr__(self) -> str:
         return (

@@ -7,7 +7,7 @@ from torch_geometric.nn import SAGEConv
 
 from refresh_train.batch import Block
 from refresh_train.models._base import BlockGNN
-from refresh_train.models._sparse import block_adjacency, linear, project_first, spmm
+from refresh_train.models._sparse import aggregate_linear, linear, project_first, project_linear
 
 __all__ = ["GraphSAGE"]
 
@@ -21,12 +21,14 @@ class GraphSAGE(BlockGNN):
     mean (or sum) runs as one sparse product over the block's cached CSR
     adjacency instead of PyG's per-edge gather, and ``W_neigh`` is applied
     before the product when that takes fewer operations
-    (:func:`~refresh_train.models._sparse.project_first`). PyG's own
-    ``SAGEConv.forward`` takes a torch CSR ``adj_t`` as well, but its
-    ``mean`` divides by the stored entries of a row (so parallel edges would
-    have to stay unmerged, against torch's CSR invariants), on CPU it keeps the
-    dense input for the backward pass, and it projects only after aggregating.
-    Any other ``aggr`` runs through ``SAGEConv.forward`` edge-wise.
+    (:func:`~refresh_train.models._sparse.project_first`). ``SAGEConv.forward``
+    accepts a torch CSR ``adj_t`` too (no torch-sparse needed: its
+    ``message_and_aggregate`` calls ``torch.sparse.mm(adj_t, x, "mean")`` on
+    CPU, sum-then-divide on CUDA), but that ``mean`` divides by the stored
+    entries of a row, so parallel edges would have to stay unmerged against
+    torch's CSR invariants; it also cannot project first, and needs a float32
+    ``x``. Any ``aggr`` other than mean and sum runs through
+    ``SAGEConv.forward`` edge-wise.
 
     Parameters are those of :class:`~refresh_train.models._base.BlockGNN`, plus
 
@@ -67,17 +69,11 @@ class GraphSAGE(BlockGNN):
         if kind is None:
             h = h.float()
             return conv((h, h[:nd]), block.edge_index)
-        adj = block_adjacency(block, kind)
         first = self.project_first
         if first is None:
             first = project_first(
                 block.num_src, nd, block.num_edges, self.dims[layer], self.dims[layer + 1]
             )
         lin_l, lin_r = conv.lin_l, conv.lin_r
-        if first:
-            out = spmm(adj, linear(h, lin_l.weight))
-            if lin_l.bias is not None:
-                out = out + lin_l.bias
-        else:
-            out = linear(spmm(adj, h), lin_l.weight, lin_l.bias)
-        return out + linear(h[:nd], lin_r.weight)
+        neigh = project_linear if first else aggregate_linear
+        return neigh(block, kind, h, lin_l.weight, lin_l.bias) + linear(h[:nd], lin_r.weight)
