@@ -197,12 +197,15 @@ def test_adjacency_is_built_once_per_block():
 def test_adjacency_on_empty_blocks(kind):
     e = torch.empty((2, 0), dtype=torch.int64)
     for ns, nd in ((0, 0), (4, 2)):
-        adj = _sparse.block_adjacency(Block(num_src=ns, num_dst=nd, edge_index=e), kind)
-        assert adj.shape == (nd, ns)
+        block = Block(num_src=ns, num_dst=nd, edge_index=e)
+        assert _sparse.block_adjacency(block, kind).shape == (nd, ns)
+        assert _sparse.block_adjacency(block, kind, transpose=True).shape == (ns, nd)
         x = torch.randn(ns, 3, requires_grad=True)
-        out = _sparse.spmm(adj, x)
-        out.sum().backward()
-        assert out.shape == (nd, 3) and x.grad.shape == (ns, 3)
+        w = torch.randn(2, 3, requires_grad=True)
+        for op in (_sparse.aggregate_linear, _sparse.project_linear):
+            out = op(block, kind, x, w)
+            out.sum().backward()
+            assert out.shape == (nd, 2) and x.grad.shape == (ns, 3) and w.grad.shape == (2, 3)
 
 
 @pytest.mark.parametrize("device", DEVICES)
