@@ -10,11 +10,14 @@ per edge is wider than a scalar per attention head.
 The adjacency is built once per block and kept on the block object (private
 attribute :data:`_CACHE_ATTR`; a copy made by ``Block.to`` or
 ``dataclasses.replace`` starts without it): every call on the same block
-reuses it. Its
-column indices are sorted and distinct within each row, as torch's CSR
-invariants ask; a repeated edge (a multigraph's parallel edges, or an edge
-that is also the GCN self-loop) becomes one entry whose weight is the sum of
-its copies' weights, so the product equals the edge-wise sum exactly.
+reuses it. Its column indices are sorted and distinct within each row, as
+torch's CSR invariants ask; a repeated edge (a multigraph's parallel edges, or
+an edge that is also the GCN self-loop) becomes one entry whose weight is the
+sum of its copies' weights, so the product equals the edge-wise sum exactly.
+Measured once on 2 shared cores: building it for a MAG240M-like block of 640K
+edges took about 0.25 s; on a 250K-edge block a CSR with sorted, merged
+columns ran forward plus backward 1.3-1.9x faster than COO or than a CSR in
+the raw edge order.
 
 Low-precision inputs (float16 feature stores) are never copied whole to
 float32: :func:`linear` casts row chunks inside the product and
@@ -46,8 +49,8 @@ __all__ = [
 ]
 
 CAST_CHUNK_BYTES = 32 << 20  # 32 MiB: float32 bytes of one cast chunk of a low-precision input
-"""Bound on the float32 copy :func:`linear` and :func:`spmm` make of a
-low-precision input at a time."""
+"""Bound on the float32 copy :func:`linear` and :func:`aggregate_linear` make of
+a low-precision input at a time."""
 
 _CACHE_ATTR = "_sparse_cache"
 
@@ -197,9 +200,9 @@ def block_adjacency(block: Block, kind: str, *, transpose: bool = False) -> Tens
     return adj
 
 
-def _chunk_len(other_dim: int, dtype: torch.dtype) -> int:
-    # Rows (or columns) of a cast chunk whose other dimension is other_dim.
-    return max(1, CAST_CHUNK_BYTES // (max(1, other_dim) * dtype.itemsize))
+def _chunk_len(width: int, dtype: torch.dtype) -> int:
+    # Rows of `width` columns of `dtype` in one cast chunk.
+    return max(1, CAST_CHUNK_BYTES // (max(1, width) * dtype.itemsize))
 
 
 class _CastLinear(torch.autograd.Function):
