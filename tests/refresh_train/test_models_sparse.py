@@ -165,6 +165,40 @@ def test_project_first_equals_aggregate_first(name, opts, dtype, device):
     assert_same_run(got, want, dtype)
 
 
+@pytest.mark.parametrize(
+    ("name", "opts"), [p for p in MODELS if p.id != "gcn-sym"]
+)  # sym's source degrees are block-local: layer-wise differs by design
+def test_float16_features_layerwise_and_pruned(name, opts):
+    """forward_layer on one-hop blocks (evaluate.py's layer-wise inference) and
+    pruned blocks fed exact h^(1) both take float16 features as they are."""
+    torch.manual_seed(3)
+    indptr, indices = corner_graph()
+    n = indptr.shape[0] - 1
+    x = torch.randn(n, D_IN).half()
+    model = build_model(name, D_IN, 16, 5, 2, **opts).eval()
+    one_hop = NeighborSampler(indptr, indices, [-1])
+    hs = [x]
+    with torch.no_grad():
+        for layer in range(2):
+            out = torch.empty(n, model.dims[layer + 1])
+            for lo in range(0, n, 16):
+                mb = one_hop.sample(np.arange(lo, min(n, lo + 16)), 0)
+                out[lo : lo + 16] = model.forward_layer(layer, mb.blocks[0], hs[-1][mb.input_nodes])
+            hs.append(out)
+    seeds = np.array([0, 1, 4, 9, 33])
+    full = NeighborSampler(indptr, indices, [-1, -1]).sample(seeds, 0)
+    pruned = NeighborSampler(indptr, indices, [-1, -1]).sample(
+        seeds, 0, prune=lambda layer, ids: ids % 3 == 0
+    )
+    assert pruned.blocks[1].has_cached
+    pruned.blocks[1].cached_emb = hs[1][pruned.blocks[1].cached_ids]
+    with torch.no_grad():
+        want = model(full, x[full.input_nodes].float())
+        got_pruned = model(pruned, x[pruned.input_nodes])
+    torch.testing.assert_close(hs[-1][torch.from_numpy(seeds)], want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_pruned, want, rtol=1e-4, atol=1e-5)
+
+
 def test_cost_model_picks_projection_on_narrowing_dense_blocks():
     # Whole-graph block: every source is a destination; 768 -> 256 narrows.
     assert _sparse.project_first(1000, 1000, 20_000, 768, 256)
