@@ -14,6 +14,7 @@ is a handful of ``[E, heads]`` float tensors and the block's index arrays.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv
 
@@ -22,6 +23,17 @@ from refresh_train.models._base import BlockGNN
 from refresh_train.models._sparse import attention_spmm, linear
 
 __all__ = ["GAT"]
+
+
+def _head_dot(x: Tensor, att: Tensor) -> Tensor:
+    """``(x * att).sum(-1)`` for ``x`` ``[N, H, C]`` and ``att`` ``[1, H, C]``, as one product.
+
+    GATConv's elementwise form makes an ``[N, H, C]`` temporary (and another
+    in the backward pass); a block-diagonal ``[H * C, H]`` matrix gives the
+    same ``[N, H]`` logits without it.
+    """
+    n, heads, c = x.shape
+    return x.reshape(n, heads * c) @ torch.block_diag(*att.reshape(heads, 1, c)).t()
 
 
 class GAT(BlockGNN):
@@ -88,8 +100,8 @@ class GAT(BlockGNN):
         h_dst = h[:nd]
         x_src = linear(h, conv.lin_src.weight).view(-1, heads, c)
         x_dst = linear(h_dst, conv.lin_dst.weight).view(-1, heads, c)
-        a_src = (x_src * conv.att_src).sum(dim=-1)
-        a_dst = (x_dst * conv.att_dst).sum(dim=-1)
+        a_src = _head_dot(x_src, conv.att_src)
+        a_dst = _head_dot(x_dst, conv.att_dst)
         alpha = conv.edge_updater(block.edge_index, alpha=(a_src, a_dst), edge_attr=None)
         out = attention_spmm(block, alpha, x_src)
         out = out.reshape(nd, heads * c) if conv.concat else out.mean(dim=1)
