@@ -10,6 +10,8 @@ coefficients, ``[E, heads]`` scalars, and the weighted sum runs as one sparse
 product per head over the block's CSR pattern
 (:func:`~refresh_train.models._sparse.attention_spmm`): what remains per edge
 is a handful of ``[E, heads]`` float tensors and the block's index arrays.
+What dominates a layer's memory now is the projection of every source,
+``[num_src, hidden]`` float32, which attention needs, and its gradient.
 """
 
 from __future__ import annotations
