@@ -11,13 +11,18 @@ inference) and ``dims`` (the width of each ``h^(l)``).
 ========  =====================================================  ====================
 name      layer                                                  extra options
 ========  =====================================================  ====================
-``sage``  PyG ``SAGEConv``, mean aggregation                     ``aggr``
-``gcn``   :class:`BlockGCNConv` (row or symmetric normalisation)  ``aggr_norm``
+``sage``  PyG ``SAGEConv``, mean aggregation                     ``aggr``, ``project_first``
+``gcn``   :class:`BlockGCNConv` (row or symmetric normalisation)  ``aggr_norm``, ``project_first``
 ``gat``   PyG ``GATConv``, multi-head, bipartite, residual       ``heads``, ``attn_dropout``, ``residual``
 ``mlp``   ``nn.Linear`` on the seeds only                        —
 ========  =====================================================  ====================
 
 Common options: ``dropout``, ``input_dropout``, ``norm`` (``none``/``batch``/``layer``).
+
+Raw features may be passed as float16 or float32 (no cast needed; see
+:mod:`refresh_train.models._base`). Neighbours are aggregated by a sparse
+product over each block's CSR adjacency, built once per block and cached on
+it, with PyG's layers' parameters (state-dict keys unchanged).
 """
 
 from __future__ import annotations

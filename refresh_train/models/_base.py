@@ -19,6 +19,15 @@ can therefore
   every node before moving to layer ``l+1``. In ``eval()`` mode this equals the
   batch forward on full neighbourhoods.
 
+Raw features may be float16 (as a MAG240M store holds them) or float32; the
+models compute in float32 either way and never copy a float16 input whole:
+the first projection casts it in row chunks
+(:func:`~refresh_train.models._sparse.linear`). Callers need not cast
+``batch.features`` (a ``x.float()`` before the call only costs a float32 copy
+of every input row). Aggregation is a sparse product over the block's CSR
+adjacency (:mod:`refresh_train.models._sparse`), so no layer materialises a
+feature row per edge.
+
 Dropout is applied at the *input* of each layer ``l >= 1`` (and optionally of
 layer 0), after the previous layer's norm and activation. The same
 computation as the usual "dropout after the activation", but the embeddings
@@ -117,13 +126,14 @@ class BlockGNN(nn.Module):
             Its destination nodes are the first ``block.num_dst`` source nodes.
         h : torch.Tensor
             ``[block.num_src, dims[layer]]`` embeddings ``h^(layer)`` of the
-            source nodes (raw features for layer 0), dropout-free.
+            source nodes (raw features for layer 0, float16 or float32),
+            dropout-free.
 
         Returns
         -------
         torch.Tensor
-            ``[block.num_dst, dims[layer+1]]``: ``h^(layer+1)`` after norm and
-            ReLU, or the logits for the last layer.
+            ``[block.num_dst, dims[layer+1]]`` float32: ``h^(layer+1)`` after
+            norm and ReLU, or the logits for the last layer.
         """
         p = self.dropout if layer > 0 else self.input_dropout
         if p > 0.0:
@@ -144,7 +154,8 @@ class BlockGNN(nn.Module):
             ``len(batch.blocks)`` must equal ``num_layers``. Blocks with cached
             source nodes must have ``cached_emb`` filled.
         x : torch.Tensor
-            ``[len(batch.input_nodes), in_dim]`` raw features (``batch.features``).
+            ``[len(batch.input_nodes), in_dim]`` raw features
+            (``batch.features``), float16 or float32 as stored: no cast needed.
         return_hidden : bool
             Also return the computed intermediate embeddings.
 
@@ -166,6 +177,10 @@ class BlockGNN(nn.Module):
             raise ValueError(
                 f"x has shape {tuple(x.shape)!r}; expected ({batch.blocks[0].num_src}, {self.dims[0]}) "
                 "(one row of raw features per input node)"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"x has dtype {x.dtype!r}; expected a floating dtype (float16 or float32)"
             )
         h = x
         hidden: list[Tensor] = []

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from refresh_train.batch import Block
 from refresh_train.models._base import BlockGNN
+from refresh_train.models._sparse import linear
 
 __all__ = ["MLP"]
 
@@ -25,4 +26,5 @@ class MLP(BlockGNN):
         )
 
     def conv(self, layer: int, block: Block, h: Tensor) -> Tensor:
-        return self.lins[layer](h[: block.num_dst])
+        lin = self.lins[layer]
+        return linear(h[: block.num_dst], lin.weight, lin.bias)
