@@ -97,7 +97,7 @@ def predict_sampled(
     pos = 0
     for batch in loader:
         x = batch.features
-        logits = model(batch, x.float())
+        logits = model(batch, x)  # float16 rows go in as they are (the models cast per chunk)
         out[pos : pos + batch.num_seeds] = logits.float().cpu()
         pos += batch.num_seeds
     return out
@@ -224,7 +224,7 @@ def predict_layerwise(
                 )
                 pos = 0
                 for batch in loader:
-                    x = batch.features.to(device, non_blocking=True).float()
+                    x = batch.features.to(device, non_blocking=True)
                     y = model.forward_layer(layer, batch.blocks[0], x).float().cpu()
                     if isinstance(out, _RowFile):
                         out.write(pos, y.numpy())
