@@ -19,7 +19,9 @@ and the share ``usable`` of lookups of table nodes holding an entry that
 found it usable (staleness, lag and admission make it less than 1). The
 traffic predicted for ``f`` is ``noprune - usable * (noprune - ideal)``.
 After each epoch the split moves to the candidate with the least predicted
-traffic when that is at least ``margin`` below the current one's. The
+traffic when that is at least ``margin`` below the current one's; no
+decision is taken before a table entry was looked up, and the table keeps
+at least ``1/grid`` of the budget, so that its side stays measurable. The
 counts carry over from epoch to epoch at half weight (entries admitted
 together expire together, so one epoch's usable share swings with the
 staleness cycle). Every count is deterministic for a seed, so the split is
@@ -130,11 +132,13 @@ class BudgetSplit:
 
     def decide(self, c: SplitCounters) -> bool:
         """Move to the best candidate of an epoch's counts if it gains enough; whether it moved."""
-        if not self.automatic or c.noprune.sum() == 0:
-            return False
+        if not self.automatic or c.noprune.sum() == 0 or c.eligible == 0:
+            return False  # nothing measured, or no entry was ever looked up
         pred = c.predicted()
         cand = self.candidates()
         now = int(np.argmin(np.abs(cand - self.hist_fraction)))
+        # The table keeps one step's share, so that its side stays measurable.
+        pred[0] = np.inf
         best = int(np.argmin(pred))  # the first of equals: the smallest table
         if best == now or not pred[best] < (1 - self.margin) * pred[now]:
             return False
