@@ -303,45 +303,52 @@ def baseline_run(store_path: Path, features: str, args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ plan
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every run of the chosen sections, as keyword sets for :func:`run_config`."""
-    runs: list[dict[str, Any]] = []
+    """Every run of the chosen sections, as keyword sets for :func:`run_config`.
+
+    Ordered so that a run cut short still has a full picture: the grid's first
+    seed, then the baseline, policies, sweeps and models, then the other seeds.
+    """
     datasets = ["papers", "products"]
-    budgets = args.budgets
     seeds = args.seeds
-    if "grid" in args.sections:
+
+    def grid(seed: int) -> list[dict[str, Any]]:
+        out = []
         for ds in datasets:
-            for seed in seeds:
-                runs.append(dict(section="grid", dataset=ds, mode="none", budget_frac=0.0,
-                                 seed=seed, model="sage"))  # fmt: skip
-                for b in budgets:
-                    for mode in ("raw", "refresh"):
-                        runs.append(dict(section="grid", dataset=ds, mode=mode, budget_frac=b,
-                                         seed=seed, model="sage"))  # fmt: skip
+            out.append(dict(section="grid", dataset=ds, mode="none", budget_frac=0.0,
+                            seed=seed, model="sage"))  # fmt: skip
+            for b in args.budgets:
+                for mode in ("raw", "refresh"):
+                    out.append(dict(section="grid", dataset=ds, mode=mode, budget_frac=b,
+                                    seed=seed, model="sage"))  # fmt: skip
+        return out
+
+    first = dict(dataset="papers", model="sage", budget_frac=0.10, seed=seeds[0])
+    runs: list[dict[str, Any]] = []
+    if "grid" in args.sections:
+        runs += grid(seeds[0])
+    if "baseline" in args.sections:
+        for features in ("warm", "cold"):
+            runs.append(dict(first, section="baseline", mode=f"pyg-{features}", budget_frac=0.0))
+    if "policies" in args.sections:
+        for policy in POLICY_NAMES[1:]:
+            runs.append(dict(first, section="policies", mode="refresh", policy=policy))
+        runs.append(dict(first, section="policies", mode="refresh", layers=(2, 1)))
+    if "sweeps" in args.sections:
+        for q in args.quantiles:
+            if q != 0.9:
+                runs.append(dict(first, section="sweeps", mode="refresh", grad_quantile=q))
+        for t in args.staleness:
+            if t != 200:
+                runs.append(dict(first, section="sweeps", mode="refresh", staleness_iters=t))
     if "models" in args.sections:
         for ds in datasets:
             for model in ("gcn", "gat"):
                 for mode in MODES:
                     runs.append(dict(section="models", dataset=ds, mode=mode, model=model,
                                      budget_frac=0.0 if mode == "none" else 0.10, seed=seeds[0]))  # fmt: skip
-    if "policies" in args.sections:
-        for policy in POLICY_NAMES[1:]:
-            runs.append(dict(section="policies", dataset="papers", mode="refresh", model="sage",
-                             budget_frac=0.10, seed=seeds[0], policy=policy))  # fmt: skip
-        runs.append(dict(section="policies", dataset="papers", mode="refresh", model="sage",
-                         budget_frac=0.10, seed=seeds[0], layers=(2, 1)))  # fmt: skip
-    if "baseline" in args.sections:
-        for features in ("warm", "cold"):
-            runs.append(dict(section="baseline", dataset="papers", mode=f"pyg-{features}",
-                             model="sage", budget_frac=0.0, seed=seeds[0]))  # fmt: skip
-    if "sweeps" in args.sections:
-        for q in args.quantiles:
-            if q != 0.9:
-                runs.append(dict(section="sweeps", dataset="papers", mode="refresh", model="sage",
-                                 budget_frac=0.10, seed=seeds[0], grad_quantile=q))  # fmt: skip
-        for t in args.staleness:
-            if t != 200:
-                runs.append(dict(section="sweeps", dataset="papers", mode="refresh", model="sage",
-                                 budget_frac=0.10, seed=seeds[0], staleness_iters=t))  # fmt: skip
+    if "grid" in args.sections:
+        for seed in seeds[1:]:
+            runs += grid(seed)
     return runs
 
 
@@ -591,8 +598,13 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
             ideal = result["summary"]["ideal"].get(ds, {})
             if ideal:
                 pts = sorted((float(b), v["ideal_l2_share"]) for b, v in ideal.items())
-                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "k--",
+                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "k^--",
                         label="ideal history cache (layer 2)")  # fmt: skip
+            pol = [r for r in rows if r["dataset"] == ds and r["section"] == "policies"]
+            for j, r in enumerate(pol):
+                label = r["policy"] or "layers " + ",".join(map(str, r["layers"] or ()))
+                ax.plot([100 * r["budget_frac"]], [100 * r["share_of_none"]], "x", ms=8,
+                        color=f"C{j + 2}", label=f"refresh, {label}")  # fmt: skip
             ax.axhline(100, color="grey", lw=0.8)
             ax.set_title(f"SAGE on {ds}")
             ax.set_xlabel("device budget, % of feature bytes")
