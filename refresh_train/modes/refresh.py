@@ -138,7 +138,7 @@ class RefreshCache(RawCache):
         self.policy = make_policy(hc.policy, hc.grad_quantile, seed)
         self.staleness: float = hc.staleness_iters if self.policy.uses_staleness else math.inf
         self.lag = hc.resolved_lag(self.lookahead_batches())
-        # The automatic split weighs what each hit saved, so it needs the counts.
+        # The automatic split counts its candidates on the unpruned samples.
         self.count_saved = hc.count_saved or self.split.automatic
         self.table = HistoryTable(
             self.hist_layers, widths.pop(), 0, _TORCH_DTYPES[hc.dtype], self.device
