@@ -57,6 +57,11 @@ class AdmissionPolicy:
         self.quantile = float(quantile)
         self.seed = int(seed)
 
+    @property
+    def admitted_share(self) -> float:
+        """The share of computed embeddings this policy admits."""
+        return self.quantile
+
     def _count(self, n: int) -> int:
         # floor(q * n) with q as written (0.7 * 90 is 62.99... in binary floating point).
         return math.floor(Fraction(repr(self.quantile)) * n)
@@ -88,6 +93,10 @@ class Grad(GradStale):
 class Stale(AdmissionPolicy):
     name = "stale"
     needs_grad = False
+
+    @property
+    def admitted_share(self) -> float:
+        return 1.0
 
     def select(self, norms, n, step, layer):
         return np.arange(n, dtype=np.int64)

@@ -4,28 +4,36 @@ Raw rows (the device tier's prefix ``[0, K)`` of the degree-ordered ids)
 and history entries (the table's prefix ``[0, H)`` of the cached layers)
 compete for the same bytes. Which is worth more depends on the graph, the
 model width, the batch and the policy, so the split is measured, not
-guessed. Candidate splits give the table a share ``f`` in steps of
-``1/grid`` of the budget, each with its own ``(K, H)``. Over an epoch the
-refresh mode counts, for every candidate and exactly from each batch
-sampled once more without pruning:
+guessed. Candidate splits give the table a share ``f_i = i / grid`` of the
+budget, each with its own ``(K_i, H_i)``; the ``H_i`` cut the table's nodes
+into bands ``j``: ``[H_{j-1}, H_j)``. Over an epoch the refresh mode counts,
+exactly, from each batch sampled once more without pruning:
 
-* ``noprune[f]``: input rows ``>= K`` the batch would fetch with no pruning;
-* ``ideal[f]``: input rows ``>= K`` it would fetch if every table node
-  (``< H``, not a seed) at a cached layer were served from the table: a row
-  is needed while some path from a seed reaches it through no such node
-  (see :func:`~refresh_train.history.cover.uncovered_rank`);
+* ``noprune[i]``: input rows ``>= K_i`` the batch would fetch with no pruning;
+* ``covered[i, j]``: of those, the rows a table growing into band ``j``
+  would spare if every table node (not a seed) at a cached layer were
+  served: a row is needed while some path from a seed reaches it through no
+  such node, and band ``j`` holds the node that spares it last (see
+  :func:`~refresh_train.history.cover.uncovered_rank`);
 
-and the share ``usable`` of lookups of table nodes holding an entry that
-found it usable (staleness, lag and admission make it less than 1). The
-traffic predicted for ``f`` is ``noprune - usable * (noprune - ideal)``.
-After each epoch the split moves to the candidate with the least predicted
-traffic when that is at least ``margin`` below the current one's; no
-decision is taken before a table entry was looked up, and the table keeps
-at least ``1/grid`` of the budget, so that its side stays measurable. The
-counts carry over from epoch to epoch at half weight (entries admitted
-together expire together, so one epoch's usable share swings with the
-staleness cycle). Every count is deterministic for a seed, so the split is
-too.
+and, per band, how often its nodes are looked up. An entry serves only
+while it is younger than the staleness bound ``t``, from ``lag`` steps after
+its admission, so the share of lookups a node can be served follows from
+how often it is looked up: a node looked up with probability ``p`` per step
+is missed once when its entry has expired (then admitted, with probability
+``a``, the policy's admitted share), missed for ``lag`` steps while the new
+entry is not yet usable, and served the ``t - lag`` steps after:
+``usable = p (t - lag) / (p t + 1 / a)`` (1 without a staleness bound). A
+band of nodes looked up less often than once per ``t`` steps is mostly
+missed: on a graph where a batch touches a few percent of the nodes, most of
+a large table's tail. The traffic predicted for candidate ``i`` is
+``noprune[i] - sum_{j <= i} usable[j] * covered[i, j]``, every band's
+lookup rate measured whether or not the table holds it yet. After each
+epoch the split moves to the candidate with the least predicted traffic
+when that is at least ``margin`` below the current one's; the table keeps
+at least ``1/grid`` of the budget. The counts carry over from epoch to
+epoch at half weight. Every count is deterministic for a seed, so the split
+is too.
 """
 
 from __future__ import annotations
@@ -45,35 +53,55 @@ INITIAL_HIST_FRACTION = 0.5
 
 @dataclass
 class SplitCounters:
-    """What one epoch measured, per candidate split (see the module docstring)."""
+    """What epochs measured, per candidate split and band (see the module docstring).
+
+    ``band_nodes[j]`` is the number of (node, cached layer) pairs in band ``j``;
+    ``staleness``, ``lag`` and ``admitted`` (the policy's admitted share ``a``)
+    are the settings the usable shares follow from.
+    """
 
     grid: int
-    noprune: np.ndarray = field(init=False)  # int64 [grid + 1]
-    ideal: np.ndarray = field(init=False)  # int64 [grid + 1]
-    eligible: int = 0  # lookups of table nodes (not seeds)
-    hits: int = 0  # of those, usable entries
+    band_nodes: np.ndarray  # int64 [grid + 1]
+    staleness: float
+    lag: int
+    admitted: float
+    steps: int = 0
+    noprune: np.ndarray = field(init=False)  # int64 [grid + 1]: per candidate
+    covered: np.ndarray = field(init=False)  # int64 [grid + 1, grid + 1]: candidate, band
+    band_lookups: np.ndarray = field(init=False)  # int64 [grid + 1]: non-seed lookups
 
     def __post_init__(self) -> None:
-        self.noprune = np.zeros(self.grid + 1, dtype=np.int64)
-        self.ideal = np.zeros(self.grid + 1, dtype=np.int64)
+        n = self.grid + 1
+        self.noprune = np.zeros(n, dtype=np.int64)
+        self.covered = np.zeros((n, n), dtype=np.int64)
+        self.band_lookups = np.zeros(n, dtype=np.int64)
 
     def decayed(self, weight: float) -> SplitCounters:
         """Fresh counters starting from these at ``weight`` (for the next epoch)."""
-        out = SplitCounters(self.grid)
-        out.noprune[:] = np.round(self.noprune * weight)
-        out.ideal[:] = np.round(self.ideal * weight)
-        out.eligible = round(self.eligible * weight)
-        out.hits = round(self.hits * weight)
+        out = SplitCounters(self.grid, self.band_nodes, self.staleness, self.lag, self.admitted)
+        out.steps = round(self.steps * weight)
+        for name in ("noprune", "covered", "band_lookups"):
+            getattr(out, name)[...] = np.round(getattr(self, name) * weight)
         return out
 
     @property
-    def usable(self) -> float:
-        """Share of table-node lookups that found a usable entry."""
-        return self.hits / self.eligible if self.eligible else 0.0
+    def ideal(self) -> np.ndarray:
+        """Rows each candidate would fetch with every table node usable."""
+        return self.noprune - np.tril(self.covered).sum(axis=1)
+
+    def usable(self) -> np.ndarray:
+        """Per band, the share of its lookups an entry can serve (see the module docstring)."""
+        p = self.band_lookups / np.maximum(self.band_nodes * max(self.steps, 1), 1)
+        t, lag = self.staleness, self.lag
+        if t < lag or self.admitted <= 0:
+            return np.zeros(self.grid + 1)
+        if not np.isfinite(t):
+            return (p > 0).astype(float)
+        return p * (t - lag) / (p * t + 1.0 / self.admitted)
 
     def predicted(self) -> np.ndarray:
         """Predicted rows fetched beyond the device tier, per candidate."""
-        return self.noprune - self.usable * (self.noprune - self.ideal)
+        return self.noprune - np.tril(self.covered * self.usable()[None, :]).sum(axis=1)
 
 
 @dataclass
@@ -132,8 +160,8 @@ class BudgetSplit:
 
     def decide(self, c: SplitCounters) -> bool:
         """Move to the best candidate of an epoch's counts if it gains enough; whether it moved."""
-        if not self.automatic or c.noprune.sum() == 0 or c.eligible == 0:
-            return False  # nothing measured, or no entry was ever looked up
+        if not self.automatic or c.noprune.sum() == 0:
+            return False  # nothing measured
         pred = c.predicted()
         cand = self.candidates()
         now = int(np.argmin(np.abs(cand - self.hist_fraction)))

@@ -65,7 +65,6 @@ import torch
 from ..checkpoint import CheckpointError
 from ..history import BudgetSplit, HistoryTable, SplitCounters, make_policy
 from ..history.cover import uncovered_rank
-from ..history.table import EMPTY
 from .raw import RawCache
 
 if TYPE_CHECKING:
@@ -93,14 +92,14 @@ class _Admission:
 class _Counters:
     """Per-epoch counters; each field is written by one thread only."""
 
-    def __init__(self, layers: Sequence[int], grid: int) -> None:
+    def __init__(self, layers: Sequence[int], split: SplitCounters) -> None:
         self.lookups = dict.fromkeys(layers, 0)
         self.hits = dict.fromkeys(layers, 0)
         self.age_sum = 0
         self.admitted = 0
         self.nodes_pruned = 0
         self.rows_saved = 0
-        self.split = SplitCounters(grid)
+        self.split = split
 
 
 class RefreshCache(RawCache):
@@ -153,7 +152,7 @@ class RefreshCache(RawCache):
         self._recent: deque[tuple[int, int, np.ndarray]] = deque()
         self._lock = threading.Lock()
         self._steps_done = 0  # steps whose after_step ran (the next step's number)
-        self._counters = _Counters(self.hist_layers, self.split.grid)
+        self._counters = _Counters(self.hist_layers, self._split_counters())
 
     # ------------------------------------------------------------- sizes
     def _raw_budget_bytes(self) -> int:
@@ -166,6 +165,13 @@ class RefreshCache(RawCache):
         k = min(n, (self.split.budget_bytes - hist) // self.tiers.row_bytes)
         h = min(n, hist // (self.table.row_bytes * len(self.hist_layers)))
         return k, h
+
+    def _split_counters(self) -> SplitCounters:
+        """Empty counters for the automatic split, with what its model needs."""
+        bands = np.diff(self._cand_h, prepend=0) * len(self.hist_layers)
+        return SplitCounters(
+            self.split.grid, bands, self.staleness, self.lag, self.policy.admitted_share
+        )
 
     def device_bytes(self) -> dict[str, int]:
         """Device bytes of the raw rows and of the table (their sum is within the budget)."""
@@ -202,6 +208,7 @@ class RefreshCache(RawCache):
                 ready.record(stream)
                 batch.extra["hist_ready"] = ready
         batch.extra["step"] = step
+        self._counters.split.steps += 1
         if self.count_saved:
             self._count_saved(sampler, seeds, batch_seed, batch)
         return batch
@@ -215,14 +222,15 @@ class RefreshCache(RawCache):
         c.lookups[layer] += max(0, len(ids) - num_seeds)
         c.hits[layer] += len(hit)
         c.age_sum += int((step - self.table.birth[layer][hit]).sum())
-        # The usable share counts lookups of table nodes that hold an entry,
-        # usable or not: how often an admitted node can be served, which is
-        # what a larger table's nodes would see once admitted.
-        others = ids[num_seeds:]
-        held = others[others < self.table.rows]
-        c.split.hits += len(hit)
-        c.split.eligible += int(np.count_nonzero(self.table.birth[layer][held] != EMPTY))
+        # How often each band's nodes are looked up, held by the table or not:
+        # what the split's model of the usable share needs.
+        c.split.band_lookups += self._bands(ids[num_seeds:])
         return rows
+
+    def _bands(self, nodes: np.ndarray) -> np.ndarray:
+        """How many of ``nodes`` fall in each band ``[H_{j-1}, H_j)`` of the candidates."""
+        band = np.searchsorted(self._cand_h, nodes, side="right")
+        return np.bincount(band, minlength=self.split.grid + 2)[: self.split.grid + 1]
 
     def _count_saved(
         self, sampler: NeighborSampler, seeds: np.ndarray, batch_seed: int, batch: MiniBatch
@@ -238,10 +246,10 @@ class RefreshCache(RawCache):
         if self.split.automatic:
             rows = full.input_nodes.numpy()
             rank = uncovered_rank(full, len(seeds), self.hist_layers)
-            for i, (k, h) in enumerate(zip(self._cand_k, self._cand_h)):
+            for i, k in enumerate(self._cand_k):
                 beyond = rows >= k
                 c.split.noprune[i] += int(np.count_nonzero(beyond))
-                c.split.ideal[i] += int(np.count_nonzero(beyond & (rank >= h)))
+                c.split.covered[i] += self._bands(rank[beyond])
 
     def forward(self, model: torch.nn.Module, batch: MiniBatch) -> torch.Tensor:
         x = self._inputs(batch)
@@ -382,7 +390,7 @@ class RefreshCache(RawCache):
     def reset_stats(self) -> None:
         super().reset_stats()
         split = self._counters.split
-        self._counters = _Counters(self.hist_layers, self.split.grid)
+        self._counters = _Counters(self.hist_layers, self._split_counters())
         self._counters.split = split  # the split's counters span the epoch: end_epoch resets them
 
     def describe(self) -> dict[str, Any]:

@@ -238,20 +238,46 @@ def test_policy_registry_flags_and_unknown_names():
 
 
 # --------------------------------------------------------------------- split
-def _counters(noprune, ideal, hits=0, eligible=0, grid=4) -> SplitCounters:
-    c = SplitCounters(grid)
+def _counters(noprune, ideal, usable=1.0, grid=4) -> SplitCounters:
+    """Counters whose table would spare ``noprune - ideal`` rows per candidate, all in
+    the candidate's own band, every band's lookups giving the usable share ``usable``."""
+    steps = 1000
+    if usable == 1.0:  # without a staleness bound every looked-up node is usable
+        c = SplitCounters(grid, np.ones(grid + 1, np.int64), math.inf, 0, 1.0)
+        c.band_lookups[:] = 1
+    else:  # t = 200, lag 0, a = 1: usable = 200 p / (200 p + 1), p = lookups / steps
+        c = SplitCounters(grid, np.ones(grid + 1, np.int64), 200, 0, 1.0)
+        c.band_lookups[:] = round(steps * usable / (200 * (1 - usable)))
+    c.steps = steps
     c.noprune[:] = noprune
-    c.ideal[:] = ideal
-    c.hits, c.eligible = hits, eligible
+    np.fill_diagonal(c.covered, np.asarray(noprune) - np.asarray(ideal))
     return c
 
 
 def test_split_counters_predict_between_no_pruning_and_the_ideal():
-    c = _counters([100, 90, 80, 70, 60], [100, 60, 40, 30, 30], hits=3, eligible=4)
-    assert c.usable == 0.75
+    c = _counters([100, 90, 80, 70, 60], [100, 60, 40, 30, 30], usable=0.75)
+    np.testing.assert_allclose(c.usable(), [0.75] * 5)
+    np.testing.assert_array_equal(c.ideal, [100, 60, 40, 30, 30])
     np.testing.assert_allclose(c.predicted(), [100, 67.5, 50, 40, 37.5])
-    assert _counters([5] * 5, [1] * 5).usable == 0.0  # nothing looked up: no pruning assumed
-    np.testing.assert_array_equal(_counters([5] * 5, [1] * 5).predicted(), [5] * 5)
+    assert not _counters([5] * 5, [1] * 5, usable=0.0).usable().any()  # never looked up
+    np.testing.assert_array_equal(_counters([5] * 5, [1] * 5, 0.0).predicted(), [5] * 5)
+
+
+def test_usable_share_follows_lookup_rate_staleness_lag_and_admission():
+    c = SplitCounters(3, np.array([0, 10, 20, 40]), staleness=200, lag=4, admitted=0.9)
+    c.steps = 100
+    c.band_lookups[:] = [0, 1000, 200, 8]  # per node and step: 1, 0.1, 0.002
+    p = np.array([0, 1.0, 0.1, 0.002])
+    np.testing.assert_allclose(c.usable(), p * 196 / (p * 200 + 1 / 0.9))
+    assert c.usable()[1] > 0.97 and c.usable()[3] < 0.3  # hot nodes hit, the tail mostly missed
+    assert not SplitCounters(3, c.band_nodes, 3, 4, 0.9).usable().any()  # t < lag: never used
+    c.covered[3, 1:] = [10, 20, 30]
+    c.noprune[:] = 100
+    np.testing.assert_allclose(c.predicted()[3], 100 - c.usable()[1:] @ [10, 20, 30])
+    half = c.decayed(0.5)
+    np.testing.assert_array_equal(half.covered[3], [0, 5, 10, 15])
+    assert half.steps == 50 and half.band_lookups[1] == 500
+    np.testing.assert_allclose(half.usable(), c.usable())  # rates survive the decay
 
 
 def test_split_starts_at_the_initial_share_and_divides_the_whole_budget():
@@ -268,23 +294,21 @@ def test_split_starts_at_the_initial_share_and_divides_the_whole_budget():
 def test_split_moves_to_the_candidate_with_the_least_predicted_traffic():
     s = BudgetSplit(1600, grid=4)  # starts at 0.5
     # Every table node usable: the ideal counts decide; the best is 0.25.
-    assert s.decide(_counters([100] * 5, [90, 20, 50, 60, 70], hits=5, eligible=5))
+    assert s.decide(_counters([100] * 5, [90, 20, 50, 60, 70]))
     assert s.hist_fraction == 0.25 and s.moves == [0.25]
     # Nothing usable: no pruning is predicted anywhere, so the fewest raw misses
     # win, but the table keeps one step's share, so that it can still be measured.
     s = BudgetSplit(1600, grid=4)
-    assert s.decide(_counters([50, 60, 70, 80, 90], [0] * 5, hits=0, eligible=10))
+    assert s.decide(_counters([50, 60, 70, 80, 90], [0] * 5, usable=0.0))
     assert s.hist_fraction == 0.25
     assert s.hist_bytes + s.raw_bytes == 1600
-    # No entry looked up: nothing is known about the table, nothing moves.
-    assert not s.decide(_counters([50, 60, 70, 80, 90], [0] * 5, hits=0, eligible=0))
 
 
 @pytest.mark.parametrize(
     "counters",
     [
-        pytest.param(_counters([100] * 5, [100, 100, 99, 100, 100], 1, 1), id="best-is-current"),
-        pytest.param(_counters([100] * 5, [100, 99, 100, 100, 100], 1, 1), id="within-margin"),
+        pytest.param(_counters([100] * 5, [100, 100, 99, 100, 100]), id="best-is-current"),
+        pytest.param(_counters([100] * 5, [100, 99, 100, 100, 100]), id="within-margin"),
         pytest.param(_counters([0] * 5, [0] * 5), id="nothing-measured"),
     ],
 )
@@ -297,7 +321,7 @@ def test_split_stays_when_no_candidate_wins_by_the_margin(counters):
 def test_a_fixed_split_never_moves():
     for fraction in (0.0, 0.3, 1.0):
         s = BudgetSplit(1600, fraction, grid=4)
-        for c in (_counters([100, 0, 0, 0, 0], [0] * 5, 1, 1), _counters([0] * 5, [0] * 5)):
+        for c in (_counters([100, 0, 0, 0, 0], [0] * 5), _counters([0] * 5, [0] * 5)):
             assert not s.decide(c)
         assert s.hist_fraction == fraction
 
@@ -307,8 +331,8 @@ def test_split_stays_on_the_candidates_and_within_the_budget():
     s = BudgetSplit(10_000, grid=8)
     for _ in range(300):
         noprune = rng.integers(1, 100, 9)
-        c = _counters(noprune, noprune, int(rng.integers(0, 5)), 5, 8)
-        c.ideal[:] = np.minimum(noprune, rng.integers(0, 100, 9))
+        ideal = np.minimum(noprune, rng.integers(0, 100, 9))
+        c = _counters(noprune, ideal, float(rng.choice([0.0, 0.25, 0.5, 0.75, 1.0])), 8)
         before = s.hist_fraction
         moved = s.decide(c)
         assert s.hist_fraction in set(s.candidates().tolist()) and s.hist_fraction >= 1 / 8
@@ -321,7 +345,7 @@ def test_split_stays_on_the_candidates_and_within_the_budget():
 
 def test_split_state_round_trips():
     s = BudgetSplit(1600, grid=4)
-    s.decide(_counters([100] * 5, [100, 0, 100, 100, 100], 1, 1))
+    s.decide(_counters([100] * 5, [100, 0, 100, 100, 100]))
     t = BudgetSplit(1600, grid=4)
     t.load_state_dict(s.state_dict())
     assert t.hist_fraction == s.hist_fraction != INITIAL_HIST_FRACTION
