@@ -80,19 +80,21 @@ __all__ = [
     "step_bytes",
 ]
 
-#: RSS of ``python -c "import torch, numba, zarr, torch_geometric"`` plus this
-#: project's trainer modules (403 MiB for the four libraries alone), measured
-#: with ``benchmarks/memory_baseline.py`` on the 2-core benchmark machine
-#: (Python 3.11, torch 2.13.0+cpu, numba 0.68.1, zarr 3.1.6, torch_geometric
-#: 2.8.1). The plan takes the larger of this and the planning process's RSS.
-LIBRARIES_BYTES = 478 << 20  # 478 MiB
+#: RSS of a fresh ``python -c "import torch, numba, zarr, torch_geometric"``
+#: that also imports this project's trainer modules: 413 MiB (403 MiB for the
+#: four libraries alone), median of 3 fresh processes of
+#: ``benchmarks/memory_plan.py`` on the 2-core benchmark machine (Python
+#: 3.11.7, torch 2.13.0+cpu, numba 0.68.1, zarr 3.1.6, torch_geometric 2.8.1;
+#: ``benchmarks/results/memory_plan.md``). The plan takes the larger of this
+#: and the planning process's own RSS.
+LIBRARIES_BYTES = 413 << 20  # 413 MiB
 
 #: What a process grows by on first use beyond its imports: Numba kernels
-#: loaded from their cache, library code pages touched by the first step and
-#: the first evaluation (ogb's evaluator imports pandas), torch's thread
-#: pools. Measured by the same script as RSS after a 2-epoch run on a
-#: 600-node store minus RSS after the imports (178-182 MiB), rounded up.
-RUNTIME_BYTES = 192 << 20  # 192 MiB
+#: loaded from their cache, library code pages the first step and the first
+#: evaluation touch (ogb's evaluator imports pandas), torch's thread pools.
+#: Measured by the same script as RSS after a 2-epoch run on a 600-node store
+#: minus RSS after the imports: 138 MiB (median of 3), rounded up to 160 MiB.
+RUNTIME_BYTES = 160 << 20  # 160 MiB
 
 #: Device memory of a CUDA context and torch's kernels (not measured here:
 #: a commonly seen figure, an estimate).
@@ -417,8 +419,8 @@ def _probe_sampled_eval(
     try:
         shapes = []
         nodes = 0
-        # Evaluation goes through valid then test in id order, and low ids are
-        # the high-degree nodes: the first batch of each is among the largest.
+        # Evaluation goes through the validation then the test nodes in their
+        # stored order: the first batch of each.
         for name in ("valid_idx", "test_idx"):
             idx = np.asarray(getattr(store, name), dtype=np.int64)
             nodes += len(idx)
@@ -430,14 +432,17 @@ def _probe_sampled_eval(
         sampler.close()
 
 
-def _layerwise_chunks(store: Store, batch_size: int) -> list[tuple[int, int, int]]:
-    """The largest one-hop block of layer-wise inference (chunks of consecutive ids)."""
+def _layerwise_block(store: Store, batch_size: int) -> list[tuple[int, int, int]]:
+    """A bound on every one-hop block of layer-wise inference (full neighbourhoods).
+
+    No chunk of ``batch_size`` destinations has more in-edges than the
+    ``batch_size`` largest in-degrees together.
+    """
     deg = np.diff(np.asarray(store.indptr, dtype=np.int64))
     if len(deg) == 0:
         return [(0, 0, 0)]
-    sums = np.add.reduceat(deg, np.arange(0, len(deg), batch_size))
-    edges = int(sums.max())
     dst = min(batch_size, len(deg))
+    edges = int(np.partition(deg, len(deg) - dst)[len(deg) - dst :].sum())
     return [(min(store.num_nodes, dst + edges), dst, edges)]
 
 
@@ -563,13 +568,13 @@ def plan_memory(
     probed = f"largest of {shape.probed} batches +{PROBE_MARGIN - 1:.0%}"
 
     if config.eval.mode == "layerwise":
-        eblocks = _layerwise_chunks(store, config.eval.batch_size)
+        eblocks = _layerwise_block(store, config.eval.batch_size)
         # Layers >= 1 read float32 hidden rows from the per-layer file.
         e_row = max(row, _F32 * max(dims[1:-1], default=0))
         eval_shape = _shape([eblocks], [eblocks[0][0]], eblocks, eblocks[0][1], e_row, 1.0)
         eval_nodes = len(store.valid_idx) + len(store.test_idx)
-        eval_note = "largest one-hop block of layer-wise inference (exact)"
-        eval_basis = "exact"
+        eval_note = "one-hop blocks of the largest in-degrees (layer-wise)"
+        eval_basis = "bound"
     else:
         eprobes, eval_nodes = _probe_sampled_eval(store, config, eval_fanouts)
         eseeds = min(config.eval.batch_size, max(1, eval_nodes))
@@ -636,7 +641,20 @@ def plan_memory(
 
     # --- device tier, history table, host tier, windows
     on_cuda = config.device.startswith("cuda")
-    if cache != "none":
+    auto = cache == "refresh" and hist.fraction is None
+    if auto:
+        # The split moves after every epoch: only the two sides together are fixed.
+        add(
+            "device tier + history table",
+            0,
+            device_max,
+            "always",
+            "bound",
+            f"{k_start:,} rows x {row} B + {h_start:,} nodes x {len(hist_layers)} layer(s) x "
+            f"{table_row} B at the start; the automatic split moves the line between them",
+            ("--cache-budget",),
+        )
+    elif cache != "none":
         add(
             "device tier (raw rows)",
             0,
@@ -647,18 +665,16 @@ def plan_memory(
             ("--cache-budget",),
         )
     if cache == "refresh":
-        table_bytes = device_max - k_start * row
-        auto = hist.fraction is None
-        add(
-            "history table",
-            0,
-            table_bytes,
-            "always",
-            "bound" if auto else "exact",
-            f"{h_start:,} nodes x {len(hist_layers)} layer(s) x {table_row} B"
-            + ("; the automatic split moves it, rows + table <= --cache-budget" if auto else ""),
-            ("--cache-budget", "--hist-fraction"),
-        )
+        if not auto:
+            add(
+                "history table",
+                0,
+                h_start * table_row * len(hist_layers),
+                "always",
+                "exact",
+                f"{h_start:,} nodes x {len(hist_layers)} layer(s) x {table_row} B",
+                ("--cache-budget", "--hist-fraction"),
+            )
         add(
             "history birth stamps",
             8 * h_max * len(hist_layers),

@@ -109,17 +109,18 @@ def test_plan_figures_match_the_structures(store, cache):
         host = t.cache.tiers.below
         if cache == "none":
             assert "device tier (raw rows)" not in items and "host tier" not in items
-        else:
+        elif cache == "raw":
             dev = items["device tier (raw rows)"].device_bytes
             assert dev == t.cache.tiers.cache.nbytes > 0
+        if cache != "none":
             assert items["host tier"].ram_bytes == host.buffer.nbytes + _arrays_bytes(host.policy)
         if cache == "refresh":
+            # Automatic split: rows and table together, wherever the split moves.
             table = t.cache.table
-            planned = items["history table"].device_bytes + dev
-            assert table.nbytes > 0
-            assert (
-                t.cache.tiers.cache.nbytes + table.nbytes <= planned <= cfg.tiers.cache_budget_bytes
-            )
+            planned = items["device tier + history table"].device_bytes
+            assert table.nbytes > 0 and t.cache.tiers.cache.nbytes > 0
+            assert t.cache.tiers.cache.nbytes + table.nbytes <= planned
+            assert planned <= cfg.tiers.cache_budget_bytes
             births = sum(b.nbytes for b in table.birth.values())
             assert births <= items["history birth stamps"].ram_bytes
         params = sum(p.nbytes for p in t.model.parameters())
@@ -143,6 +144,8 @@ def test_plan_figures_match_the_structures(store, cache):
         assert t.cache._eval_tiers is None  # released after evaluation
         assert records[0]["loader_peak_bytes"] <= plan.loader_budget_bytes
         assert records[0]["memory_plan"] == plan.to_dict()
+        if cache == "refresh":
+            assert t.cache.tiers.cache.nbytes + t.cache.table.nbytes <= planned
 
         # Per-batch figures against every batch of the epoch, sampled again.
         sampler = NeighborSampler(store.indptr, store.indices, list(cfg.fanouts), seed=cfg.seed)
@@ -167,6 +170,33 @@ def test_plan_figures_match_the_structures(store, cache):
             for lo in range(0, len(idx), cfg.eval.batch_size):
                 eval_in.append(len(sampler.sample(idx[lo : lo + 512], 0).input_nodes))
         assert max(eval_in) <= plan.eval_batch.input_rows <= 1.3 * max(eval_in)
+
+
+def test_layerwise_evaluation_blocks_are_bounded(store):
+    cfg = _config(store, eval=EvalConfig(mode="layerwise", batch_size=256))
+    plan = plan_memory(cfg)
+    one_hop = NeighborSampler(store.indptr, store.indices, [-1], seed=0)
+    rng = np.random.default_rng(0)
+    chunks = [np.arange(lo, min(lo + 256, store.num_nodes)) for lo in range(0, 3000, 256)]
+    chunks += [np.sort(rng.choice(store.num_nodes, 256, replace=False)) for _ in range(4)]
+    for nodes in chunks:
+        block = one_hop.sample(nodes, 0).blocks[0]
+        assert block.num_src <= plan.eval_batch.input_rows
+        assert block.num_edges <= plan.eval_batch.blocks[0][2]
+    # The bound is the largest in-degrees together.
+    deg = np.sort(np.diff(np.asarray(store.indptr)))
+    assert plan.eval_batch.blocks[0][2] == deg[-256:].sum()
+
+
+def test_a_fixed_split_plans_rows_and_table_exactly(store):
+    cfg = _config(store, "refresh", history=HistoryConfig(fraction=0.25))
+    with Trainer(cfg) as t:
+        items = _items(t.plan)
+        assert items["device tier (raw rows)"].device_bytes == t.cache.tiers.cache.nbytes
+        assert items["history table"].device_bytes == t.cache.table.nbytes > 0
+        births = sum(b.nbytes for b in t.cache.table.birth.values())
+        assert items["history birth stamps"].ram_bytes == births
+        assert "split resize" not in items
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
