@@ -387,6 +387,22 @@ def test_a_limit_that_fits_passes_and_names_what_it_checks(store):
     assert "--max-rss" in tight.format_table().splitlines()[0]
 
 
+def test_a_cuda_plan_counts_device_memory_apart(store):
+    """Planned without a GPU (the limit is given, so CUDA is never asked)."""
+    cfg = _config(store, "raw", device="cuda", device_memory_bytes=1 << 20)
+    plan = plan_memory(cfg)
+    items = _items(plan)
+    assert plan.device == "cuda" and plan.total("device") > 0
+    dev = items["device tier (raw rows)"]
+    assert dev.device_bytes > 0 and dev.ram_bytes == 0
+    # On CUDA the device's structures leave RAM; on the CPU they count there.
+    cpu = plan_memory(_config(store, "raw"))
+    assert plan.total("ram") < cpu.total("ram")
+    assert " device " in plan.format_table().splitlines()[1]
+    with pytest.raises(MemoryPlanError, match=r"of device memory .*--device-memory is 1.0 MiB"):
+        plan.check()
+
+
 def test_max_rss_and_friends_from_flags_and_toml(store, tmp_path):
     cfg = config_from_args(
         f"--store {store.path} --max-rss 4GiB --device-memory 80GiB --prefetch-budget 512MiB".split()
