@@ -1,14 +1,25 @@
 """Sizes the memory plan counts: formulas that mirror the code allocating each structure.
 
-Every function here follows one allocation site (named in its docstring), so
+Every formula here follows one allocation site (named in its docstring), so
 that a change there has one place to be mirrored; the memory plan's tests
-compare each formula with the structure it sizes.
+compare each formula with the structure it sizes. The probes at the end
+measure what no formula can know in advance: how many nodes and edges a
+batch of this store actually samples.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from refresh_store.store import Store
+
+    from .batch import MiniBatch
+    from .config import TrainConfig
 
 _F32 = 4
 
@@ -231,3 +242,74 @@ def sampler_scratch_bytes(num_nodes: int, blocks: Blocks) -> int:
         return 4 * num_nodes + math.ceil(1.25 * (20 * widest + 8 * n_dst))
     # Hash relabelling: keys and values sized to twice the slots, src ids, offsets.
     return math.ceil(1.25 * (8 * widest + 8 * n_dst + 64 * widest))
+
+
+# ----------------------------------------------------------------- probe batches
+def _batch_blocks(batch: MiniBatch) -> list[tuple[int, int, int]]:
+    return [(b.num_src, b.num_dst, b.num_edges) for b in batch.blocks]
+
+
+def probe_training(
+    store: Store,
+    config: TrainConfig,
+    fanouts: Sequence[int],
+    smallest_k: int,
+    max_batches: int,
+) -> tuple[list[list[tuple[int, int, int]]], list[int]]:
+    """Block sizes of the first full batches of epoch 0, and their input rows ``>= smallest_k``.
+
+    Sampled from the store's memory-mapped topology with the run's seed:
+    ids and edges only, no features.
+    """
+    from .sampler import NeighborSampler, batch_seed, epoch_batches
+
+    sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=config.seed)
+    try:
+        shapes, beyond = [], []
+        parts = epoch_batches(store.train_idx, config.batch_size, config.seed, 0)
+        for i, seeds in enumerate(parts):
+            if i >= max_batches or (i and len(seeds) < config.batch_size):
+                break
+            batch = sampler.sample(seeds, batch_seed(0, i))
+            shapes.append(_batch_blocks(batch))
+            beyond.append(int(np.count_nonzero(batch.input_nodes.numpy() >= smallest_k)))
+        return shapes, beyond
+    finally:
+        sampler.close()
+
+
+def probe_sampled_eval(
+    store: Store, config: TrainConfig, fanouts: Sequence[int]
+) -> tuple[list[list[tuple[int, int, int]]], int]:
+    """Block sizes of sampled evaluation's first batch of the validation and test nodes."""
+    from .sampler import NeighborSampler
+
+    sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=config.seed)
+    try:
+        shapes = []
+        nodes = 0
+        # Evaluation goes through the validation then the test nodes in their
+        # stored order: the first batch of each.
+        for name in ("valid_idx", "test_idx"):
+            idx = np.asarray(getattr(store, name), dtype=np.int64)
+            nodes += len(idx)
+            if len(idx):
+                batch = sampler.sample(idx[: config.eval.batch_size].copy(), 0)
+                shapes.append(_batch_blocks(batch))
+        return shapes, nodes
+    finally:
+        sampler.close()
+
+
+def layerwise_block(store: Store, batch_size: int) -> list[tuple[int, int, int]]:
+    """A bound on every one-hop block of layer-wise inference (full neighbourhoods).
+
+    No chunk of ``batch_size`` destinations has more in-edges than the
+    ``batch_size`` largest in-degrees together.
+    """
+    deg = np.diff(np.asarray(store.indptr, dtype=np.int64))
+    if len(deg) == 0:
+        return [(0, 0, 0)]
+    dst = min(batch_size, len(deg))
+    edges = int(np.partition(deg, len(deg) - dst)[len(deg) - dst :].sum())
+    return [(min(store.num_nodes, dst + edges), dst, edges)]

@@ -48,7 +48,10 @@ import numpy as np
 import psutil
 
 from ._memory_sizes import (
+    layerwise_block,
     policy_bytes,
+    probe_sampled_eval,
+    probe_training,
     sampler_scratch_bytes,
     scheduler_bytes,
     step_bytes,
@@ -63,7 +66,6 @@ from .tiers import LOWER_BATCH_BUFFERS
 if TYPE_CHECKING:
     from refresh_store.store import Store
 
-    from .batch import MiniBatch
     from .models import BlockGNN
 
 __all__ = [
@@ -350,11 +352,7 @@ def _shape_dict(s: BatchShape) -> dict[str, Any]:
     return dataclasses.asdict(s) | {"blocks": [list(b) for b in s.blocks]}
 
 
-# --------------------------------------------------------------------- probing
-def _batch_blocks(batch: MiniBatch) -> list[tuple[int, int, int]]:
-    return [(b.num_src, b.num_dst, b.num_edges) for b in batch.blocks]
-
-
+# ------------------------------------------------------------- per-batch figures
 def _shape(
     probes: Sequence[list[tuple[int, int, int]]],
     input_rows_beyond: Sequence[int],
@@ -385,65 +383,6 @@ def _shape(
         blocks_bytes=ids + extra_blocks_bytes,
         probed=len(probes),
     )
-
-
-def _probe_training(
-    store: Store,
-    config: TrainConfig,
-    fanouts: Sequence[int],
-    smallest_k: int,
-) -> tuple[list[list[tuple[int, int, int]]], list[int]]:
-    from .sampler import NeighborSampler, batch_seed, epoch_batches
-
-    sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=config.seed)
-    try:
-        shapes, beyond = [], []
-        parts = epoch_batches(store.train_idx, config.batch_size, config.seed, 0)
-        for i, seeds in enumerate(parts):
-            if i >= PROBE_BATCHES or (i and len(seeds) < config.batch_size):
-                break
-            batch = sampler.sample(seeds, batch_seed(0, i))
-            shapes.append(_batch_blocks(batch))
-            beyond.append(int(np.count_nonzero(batch.input_nodes.numpy() >= smallest_k)))
-        return shapes, beyond
-    finally:
-        sampler.close()
-
-
-def _probe_sampled_eval(
-    store: Store, config: TrainConfig, fanouts: Sequence[int]
-) -> tuple[list[list[tuple[int, int, int]]], int]:
-    from .sampler import NeighborSampler
-
-    sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=config.seed)
-    try:
-        shapes = []
-        nodes = 0
-        # Evaluation goes through the validation then the test nodes in their
-        # stored order: the first batch of each.
-        for name in ("valid_idx", "test_idx"):
-            idx = np.asarray(getattr(store, name), dtype=np.int64)
-            nodes += len(idx)
-            if len(idx):
-                batch = sampler.sample(idx[: config.eval.batch_size].copy(), 0)
-                shapes.append(_batch_blocks(batch))
-        return shapes, nodes
-    finally:
-        sampler.close()
-
-
-def _layerwise_block(store: Store, batch_size: int) -> list[tuple[int, int, int]]:
-    """A bound on every one-hop block of layer-wise inference (full neighbourhoods).
-
-    No chunk of ``batch_size`` destinations has more in-edges than the
-    ``batch_size`` largest in-degrees together.
-    """
-    deg = np.diff(np.asarray(store.indptr, dtype=np.int64))
-    if len(deg) == 0:
-        return [(0, 0, 0)]
-    dst = min(batch_size, len(deg))
-    edges = int(np.partition(deg, len(deg) - dst)[len(deg) - dst :].sum())
-    return [(min(store.num_nodes, dst + edges), dst, edges)]
 
 
 def _current_rss() -> int:
@@ -554,7 +493,7 @@ def plan_memory(
     admitted, fetched = batches_in_flight(prefetch, lookahead, lag)
 
     # --- probe batches (the sampler alone: ids and edges, no features)
-    probes, beyond = _probe_training(store, config, fanouts, k_min)
+    probes, beyond = probe_training(store, config, fanouts, k_min, PROBE_BATCHES)
     worst = worst_case(config.batch_size, fanouts, n, m)
     if not probes:  # no training nodes: nothing to measure
         probes, beyond = [worst], [worst[0][0]]
@@ -568,7 +507,7 @@ def plan_memory(
     probed = f"largest of {shape.probed} batches +{PROBE_MARGIN - 1:.0%}"
 
     if config.eval.mode == "layerwise":
-        eblocks = _layerwise_block(store, config.eval.batch_size)
+        eblocks = layerwise_block(store, config.eval.batch_size)
         # Layers >= 1 read float32 hidden rows from the per-layer file.
         e_row = max(row, _F32 * max(dims[1:-1], default=0))
         eval_shape = _shape([eblocks], [eblocks[0][0]], eblocks, eblocks[0][1], e_row, 1.0)
@@ -576,7 +515,7 @@ def plan_memory(
         eval_note = "one-hop blocks of the largest in-degrees (layer-wise)"
         eval_basis = "bound"
     else:
-        eprobes, eval_nodes = _probe_sampled_eval(store, config, eval_fanouts)
+        eprobes, eval_nodes = probe_sampled_eval(store, config, eval_fanouts)
         eseeds = min(config.eval.batch_size, max(1, eval_nodes))
         eworst = worst_case(eseeds, eval_fanouts, n, m)
         if not eprobes:
