@@ -9,6 +9,7 @@ nor in zarr-python (``DST`` simply does not exist yet).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import threading
@@ -38,6 +39,7 @@ from .format import (
 __all__ = [
     "Store",
     "open_store",
+    "drop_resident_pages",
     "is_complete_store",
     "StoreWriter",
     "ArrayWriter",
@@ -305,6 +307,38 @@ def open_store(path: str | os.PathLike[str]) -> Store:
         The store's conversion did not finish (no manifest).
     """
     return Store(path)
+
+
+def drop_resident_pages(array: Any) -> bool:
+    """Unmap the pages a read-only memory-mapped array has read from this process.
+
+    A memory map's pages count in the process's resident set (``RssFile``)
+    for as long as they stay cached, even after their contents were copied
+    elsewhere; ``madvise(MADV_DONTNEED)`` drops them from this process's
+    page tables. The page cache keeps them and a later access reads them
+    back, so this never changes what the array reads. Used after a store
+    array was copied into RAM, so that it is not counted twice.
+
+    Parameters
+    ----------
+    array
+        A :class:`numpy.memmap` (as :class:`Store` arrays are) or a view of
+        one; anything else is left alone.
+
+    Returns
+    -------
+    bool
+        Whether ``array`` was memory-mapped.
+    """
+    a = array
+    while a is not None:
+        mm = getattr(a, "_mmap", None)
+        if isinstance(mm, mmap.mmap):
+            if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)
+            return True
+        a = getattr(a, "base", None)
+    return False
 
 
 def _open_region(root: Path, name: str) -> RowRegion:

@@ -248,6 +248,43 @@ class MiniBatch:
         """Number of seed (output) nodes."""
         return int(self.seeds.numel())
 
+    def nbytes(self, row_bytes: int) -> int:
+        """Bytes the batch holds once its features are fetched.
+
+        The loader's unit of account (:class:`~refresh_train.loader.BatchLoader`
+        bounds the sum over batches in flight): the features,
+        ``len(input_nodes) * row_bytes`` before they are fetched and the
+        tensor's own size after, plus every id and block tensor (edge
+        indices, pruning positions, cached ids and embeddings, labels), each
+        storage counted once. A sampled batch already holds all but the
+        features, so its figure does not change when it is fetched.
+
+        Parameters
+        ----------
+        row_bytes : int
+            Bytes of one raw feature row in the store.
+        """
+        tensors: list[torch.Tensor | None] = [self.seeds, self.input_nodes, self.labels]
+        tensors += self.layer_nodes
+        for b in self.blocks:
+            tensors += [b.edge_index, b.computed_pos, b.cached_pos, b.cached_ids]
+            tensors += [b.cached_rows, b.cached_emb]
+        if self.features is not None:
+            tensors.append(self.features)
+            total = 0
+        else:
+            total = int(self.input_nodes.numel()) * int(row_bytes)
+        seen: set[int] = set()
+        for t in tensors:
+            if t is None or t.device.type == "meta":
+                continue
+            key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return total
+
     def to(
         self, device: torch.device | str, non_blocking: bool = False, *, ids: bool = False
     ) -> MiniBatch:

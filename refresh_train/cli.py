@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--prefetch", type=int, help="batches sampled/fetched ahead; 0 = serial (default 2)"
     )
+    t.add_argument(
+        "--prefetch-budget",
+        help="most bytes of batches in flight, e.g. 1GiB (default: from the memory plan)",
+    )
+    r = p.add_argument_group("memory")
+    r.add_argument(
+        "--max-rss",
+        help="refuse a run whose memory plan needs more RAM than this (whole process), "
+        "e.g. 4GiB; 0 = no check (default: the memory available at start)",
+    )
+    r.add_argument(
+        "--device-memory",
+        help="refuse a run whose plan needs more device memory (CUDA); 0 = no check "
+        "(default: the device's free memory)",
+    )
     h = p.add_argument_group("historical embedding cache (--cache refresh)")
     h.add_argument(
         "--hist-layers", help="cached layers l (h^(l) feeds block l), e.g. 2 or 2,1 (default L-1)"
@@ -152,7 +167,7 @@ _KEYS = {
     "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval",
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
     "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_fraction",
-    "hist_lag", "hist_dtype", "hist_count_saved",
+    "hist_lag", "hist_dtype", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
 }  # fmt: skip
 
 
@@ -265,13 +280,25 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         seed=_pick(values, "seed", 0),
         tiers=tiers,
         history=history,
-        loader=LoaderConfig(prefetch_batches=_pick(values, "prefetch", 2)),
+        loader=LoaderConfig(
+            prefetch_batches=_pick(values, "prefetch", 2),
+            prefetch_budget_bytes=_optional_size(values, "prefetch_budget"),
+        ),
         eval=evaluation,
         metrics_out=values.get("metrics_out"),
         checkpoint_dir=values.get("checkpoint_dir"),
         resume=bool(_pick(values, "resume", False)),
         progress=bool(_pick(values, "progress", True)),
+        max_rss_bytes=_optional_size(values, "max_rss"),
+        device_memory_bytes=_optional_size(values, "device_memory"),
     )
+
+
+def _optional_size(values: dict[str, Any], key: str) -> int | None:
+    value = values.get(key)
+    if value is None:
+        return None
+    return parse_size(value, name="--" + key.replace("_", "-"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

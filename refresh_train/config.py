@@ -288,15 +288,25 @@ class LoaderConfig:
         calling thread, one batch at a time. Each fetched batch waiting in
         the queue holds its features (hundreds of MB for 1024 seeds with
         fanouts 15,10,5), so a small bound is enough to hide I/O jitter.
+    prefetch_budget_bytes
+        Most bytes of the batches in flight (features and blocks, from
+        sampling until the step is done); the sampling stage holds a batch
+        back until it fits. ``None`` derives it from the memory plan: the
+        batches the queues may hold times the planned bytes of a batch, so
+        only a batch larger than the plan measured waits.
     """
 
     prefetch_batches: int = 2
+    prefetch_budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
             raise ConfigError(
                 f"prefetch_batches must be an integer >= 0, got {self.prefetch_batches!r}"
             )
+        b = self.prefetch_budget_bytes
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ConfigError(f"prefetch_budget_bytes must be an integer >= 1 or None, got {b!r}")
 
 
 @dataclass(frozen=True)
@@ -367,7 +377,18 @@ class TrainConfig:
     resume
         Continue from the checkpoint in ``checkpoint_dir``.
     progress
-        Show a tqdm bar per epoch and the table after each epoch.
+        Show the memory plan at start, a tqdm bar per epoch and the table
+        after each epoch.
+    max_rss_bytes
+        Most resident memory of the whole process (interpreter and libraries
+        included) the memory plan may need; a run whose plan needs more is
+        refused before it allocates anything big (see
+        :mod:`refresh_train.memory_plan`). ``None`` = the memory available
+        when the run starts; 0 = no check.
+    device_memory_bytes
+        The same for device memory (CUDA only; on the CPU the device's
+        structures count in ``max_rss_bytes``). ``None`` = the device's free
+        memory when the run starts; 0 = no check.
     """
 
     store: str
@@ -390,9 +411,18 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     resume: bool = False
     progress: bool = True
+    max_rss_bytes: int | None = None
+    device_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         from .models import MODELS, NORMS
+
+        for name in ("max_rss_bytes", "device_memory_bytes"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise ConfigError(f"{name} must be an integer >= 0 or None, got {value!r}")
 
         object.__setattr__(self, "store", str(self.store))
         object.__setattr__(self, "fanouts", parse_fanouts(self.fanouts))

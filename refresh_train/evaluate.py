@@ -261,6 +261,7 @@ def evaluate(
     device: torch.device,
     seed: int = 0,
     prefetch_batches: int = 2,
+    topology: tuple[NDArray[np.int64], NDArray[np.integer]] | None = None,
 ) -> dict[str, Any]:
     """Validation and test accuracy of ``model``, with evaluation's own counters.
 
@@ -281,6 +282,13 @@ def evaluate(
         Compute device.
     seed
         Seed of sampled evaluation's sampler.
+    prefetch_batches
+        Batches sampled and read ahead of compute.
+    topology
+        ``(indptr, indices)`` to sample from instead of the store's memory
+        maps: the trainer passes its sampler's, a copy in RAM when it made
+        one, so that evaluation does not read the topology into the
+        process a second time.
 
     Returns
     -------
@@ -293,13 +301,14 @@ def evaluate(
     valid = np.asarray(store.valid_idx, dtype=np.int64)
     test = np.asarray(store.test_idx, dtype=np.int64)
     nodes = np.concatenate([valid, test])
+    indptr, indices = topology if topology is not None else (store.indptr, store.indices)
     extra: dict[str, Any] = {}
     try:
         if config.mode == "layerwise":
             logits = predict_layerwise(
                 model,
-                store.indptr,
-                store.indices,
+                indptr,
+                indices,
                 tiers,
                 nodes,
                 batch_size=config.batch_size,
@@ -310,7 +319,7 @@ def evaluate(
             )
         else:
             fanouts = config.fanouts if config.fanouts is not None else train_fanouts
-            sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=seed)
+            sampler = NeighborSampler(indptr, indices, list(fanouts), seed=seed)
             logits = predict_sampled(
                 model,
                 sampler,

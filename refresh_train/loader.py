@@ -35,6 +35,19 @@ it). A sampler whose output depends on what training did (the historical
 embedding cache prunes with the table the steps so far filled) then sees
 the same state at prefetch 0 as at any depth, whatever the threads' timing.
 Windows are capped at ``m`` batches so that the bound cannot stall them.
+
+``budget_bytes`` bounds the batches in flight in bytes as well as in count:
+a batch counts ``batch_bytes(batch)`` (its features and blocks,
+:meth:`~refresh_train.batch.MiniBatch.nbytes`) from the moment the sampling
+stage hands it on until the consumer has finished it, and the sampling
+stage holds a sampled batch back until it fits beside those in flight (a
+batch alone is always let through, however large: waiting would never make
+room). Batches larger than the rest do not pile up, and the queues'
+memory is known before the first batch. Bytes only delay sampling, never
+reorder or change a batch, so the output is identical with any budget; a
+lookahead window closes early only when its batches and the next one would
+not fit together, which depends on the batches alone, not on timing, so
+serial and pipelined windows stay the same too.
 """
 
 from __future__ import annotations
@@ -49,11 +62,12 @@ import numpy as np
 
 from .batch import MiniBatch
 
-__all__ = ["BatchLoader", "LoaderTimes"]
+__all__ = ["BatchLoader", "LoaderTimes", "batches_in_flight"]
 
 SampleFn = Callable[[np.ndarray, int], MiniBatch]
 FetchFn = Callable[[MiniBatch], MiniBatch]
 StageFn = Callable[[list[MiniBatch]], "int | None"]
+SizeFn = Callable[[MiniBatch], int]
 
 # How often a blocked worker checks whether the consumer went away.
 _POLL_S = 0.1
@@ -76,9 +90,45 @@ class LoaderTimes:
     batches: int = 0
 
 
+def batches_in_flight(
+    prefetch_batches: int, stage_batches: int = 0, max_ahead: int | None = None
+) -> tuple[int, int]:
+    """``(admitted, fetched)``: most batches a :class:`BatchLoader` holds at once.
+
+    ``admitted`` counts batches the sampling stage has handed on and the
+    consumer has not finished (the batches :attr:`BatchLoader.budget_bytes`
+    bounds); ``fetched`` those of them whose features exist, plus the one the
+    consumer still refers to while it waits for the next (a ``for`` loop's
+    variable), which is what their buffers take in memory. ``stage_batches``
+    is the loader's effective window size (0 without staging).
+    """
+    p = int(prefetch_batches)
+    s = int(stage_batches) if stage_batches > 1 else 0
+    if max_ahead is not None:
+        s = min(s, max_ahead)
+    if p == 0:
+        admitted = max(1, s)
+        # The serial path fetches one batch at a time, the consumer holds one.
+        return admitted, 2
+    # sampler's hand, sampled queue, (stager's pending and staged queue,)
+    # fetcher's hand, ready queue, the consumer's batch
+    admitted = 1 + p + (s + max(p, s) if s else 0) + 1 + p + 1
+    if max_ahead is not None:
+        admitted = min(admitted, max_ahead)
+    fetched = min(admitted, p + 2) + 1
+    return admitted, fetched
+
+
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+class _Blocked:
+    """Sampling stage -> stager: the next batch (``nbytes``) waits for room."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
 
 
 _DONE = object()
@@ -113,6 +163,12 @@ class BatchLoader:
     max_ahead
         Sample batch ``i`` only after the consumer has finished batch
         ``i - max_ahead`` (``None`` = no bound beyond the queues).
+    budget_bytes
+        Most bytes of batches in flight, by ``batch_bytes`` (``None`` = no
+        bound beyond the queues' counts); see the module docstring.
+    batch_bytes
+        ``batch_bytes(batch) -> int`` for a sampled batch: its bytes once
+        fetched. Required with ``budget_bytes``.
 
     Notes
     -----
@@ -120,6 +176,8 @@ class BatchLoader:
     ``extra["fetch_s"]`` and ``extra["index"]``; :attr:`times` sums them.
     Leaving the loop early (``break``, an exception) stops the threads; an
     exception raised in a stage is re-raised by the iterator.
+    :attr:`peak_bytes_in_flight` is the most bytes in flight seen (counted
+    whenever ``batch_bytes`` is given).
     """
 
     def __init__(
@@ -132,6 +190,8 @@ class BatchLoader:
         stage: StageFn | None = None,
         stage_batches: int = 0,
         max_ahead: int | None = None,
+        budget_bytes: int | None = None,
+        batch_bytes: SizeFn | None = None,
     ) -> None:
         if len(seed_batches) != len(batch_seeds):
             raise ValueError(
@@ -142,6 +202,11 @@ class BatchLoader:
             raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches!r}")
         if max_ahead is not None and max_ahead < 1:
             raise ValueError(f"max_ahead must be >= 1 or None, got {max_ahead!r}")
+        if budget_bytes is not None:
+            if budget_bytes < 1:
+                raise ValueError(f"budget_bytes must be >= 1 or None, got {budget_bytes!r}")
+            if batch_bytes is None:
+                raise ValueError("budget_bytes needs batch_bytes: say how many bytes a batch holds")
         self.seed_batches = list(seed_batches)
         self.batch_seeds = [int(s) for s in batch_seeds]
         self._sample = sample
@@ -152,14 +217,27 @@ class BatchLoader:
             stage_batches = min(stage_batches, max_ahead)
         self._stage = stage if stage is not None and stage_batches > 1 else None
         self.stage_batches = int(stage_batches) if self._stage is not None else 0
+        self.budget_bytes = budget_bytes
+        self._batch_bytes = batch_bytes
         self.times = LoaderTimes()
         self._started = False
         # Batches the consumer has finished (it asked for the one after them).
         self._finished = 0
         self._progress = threading.Condition()
+        # Bytes of the batches handed on and not finished, by batch index
+        # (guarded by _progress, like _finished).
+        self._sizes: dict[int, int] = {}
+        self._in_flight = 0
+        self.peak_bytes_in_flight = 0
 
     def __len__(self) -> int:
         return len(self.seed_batches)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Bytes of the batches handed on by the sampling stage and not yet finished."""
+        with self._progress:
+            return self._in_flight
 
     def __iter__(self) -> Iterator[MiniBatch]:
         if self._started:
@@ -203,32 +281,88 @@ class BatchLoader:
 
     def _finish_one(self) -> None:
         with self._progress:
+            self._in_flight -= self._sizes.pop(self._finished, 0)
             self._finished += 1
             self._progress.notify_all()
+
+    def _nbytes(self, batch: MiniBatch) -> int:
+        return 0 if self._batch_bytes is None else int(self._batch_bytes(batch))
+
+    def _fits(self, nbytes: int) -> bool:
+        # A batch alone always fits: holding it back would never make room.
+        return (
+            self.budget_bytes is None
+            or self._in_flight == 0
+            or self._in_flight + nbytes <= self.budget_bytes
+        )
+
+    def _reserve(self, i: int, nbytes: int) -> None:
+        """Count batch ``i`` in flight (the caller holds ``_progress`` and checked :meth:`_fits`)."""
+        self._sizes[i] = nbytes
+        self._in_flight += nbytes
+        self.peak_bytes_in_flight = max(self.peak_bytes_in_flight, self._in_flight)
+
+    def _closes_window(self, pending: list[MiniBatch], nbytes: int) -> bool:
+        """Whether the window of ``pending`` must be staged before a batch of ``nbytes``.
+
+        True when they would not fit the budget together: the sampling
+        stage could not hand that batch on before these are consumed.
+        """
+        if self.budget_bytes is None or not pending:
+            return False
+        with self._progress:
+            held = sum(self._sizes.get(b.extra["index"], 0) for b in pending)
+        return held + nbytes > self.budget_bytes
 
     def _serial(self) -> Iterator[MiniBatch]:
         if self._stage is None:
             for i in range(len(self)):
-                batch = self._fetch_one(self._sample_one(i))
+                batch = self._sample_one(i)
+                with self._progress:
+                    self._reserve(i, self._nbytes(batch))
+                batch = self._fetch_one(batch)
                 self.times.batches += 1
                 yield batch
                 self._finish_one()
             return
         pending: list[MiniBatch] = []
+        held: MiniBatch | None = None  # sampled, waiting for the window before it
+        flush = False
         i = 0
-        while i < len(self) or pending:
+        while i < len(self) or pending or held is not None:
+            if held is not None and not pending:
+                with self._progress:
+                    self._reserve(held.extra["index"], self._nbytes(held))
+                pending.append(held)
+                held = None
             # Never empty: with nothing pending, i == finished, which may be sampled.
-            while i < len(self) and len(pending) < self.stage_batches and self._may_sample(i):
-                pending.append(self._sample_one(i))
+            while (
+                held is None
+                and i < len(self)
+                and len(pending) < self.stage_batches
+                and self._may_sample(i)
+            ):
+                batch = self._sample_one(i)
                 i += 1
-            n = self._stage_window(pending)
-            for batch in pending[:n]:
-                batch.extra.pop(_WINDOW_END, None)
-                batch = self._fetch_one(batch)
-                self.times.batches += 1
-                yield batch
-                self._finish_one()
-            pending = pending[n:]
+                nbytes = self._nbytes(batch)
+                if self._closes_window(pending, nbytes):
+                    held, flush = batch, True
+                    break
+                with self._progress:
+                    self._reserve(batch.extra["index"], nbytes)
+                pending.append(batch)
+            while pending:
+                n = self._stage_window(pending)
+                for batch in pending[:n]:
+                    batch.extra.pop(_WINDOW_END, None)
+                    batch = self._fetch_one(batch)
+                    self.times.batches += 1
+                    yield batch
+                    self._finish_one()
+                pending = pending[n:]
+                if not flush:
+                    break
+            flush = False
 
     # --------------------------------------------------------------- pipelined
     def _pipelined(self) -> Iterator[MiniBatch]:
@@ -269,10 +403,32 @@ class BatchLoader:
                     self._progress.wait(_POLL_S)
             return not stop.is_set()
 
+        def admit(i: int, batch: MiniBatch) -> bool:
+            # Hold the batch until it fits beside those in flight; tell the
+            # stager once, so that it can close a window this batch cannot join.
+            nbytes = self._nbytes(batch)
+            told = self._stage is None
+            while True:
+                with self._progress:
+                    if self._fits(nbytes):
+                        self._reserve(i, nbytes)
+                        return True
+                    if stop.is_set():
+                        return False
+                    if told:
+                        self._progress.wait(_POLL_S)
+                        continue
+                if not put(sampled, _Blocked(nbytes)):
+                    return False
+                told = True
+
         def sampler() -> None:
             try:
                 for i in range(len(self.seed_batches)):
-                    if not wait_turn(i) or not put(sampled, self._sample_one(i)):
+                    if not wait_turn(i):
+                        return
+                    batch = self._sample_one(i)
+                    if not admit(i, batch) or not put(sampled, batch):
                         return
                 put(sampled, _DONE)
             except BaseException as exc:  # handed to the consumer, which re-raises
@@ -283,9 +439,12 @@ class BatchLoader:
             while True:
                 item = get(sampled)
                 last = item is _DONE or isinstance(item, _Failure)
-                if not last:
+                flush = False
+                if isinstance(item, _Blocked):
+                    flush = self._closes_window(pending, item.nbytes)
+                elif not last:
                     pending.append(item)  # type: ignore[arg-type]
-                while pending and (last or len(pending) == self.stage_batches):
+                while pending and (last or flush or len(pending) == self.stage_batches):
                     while not windows_open.acquire(timeout=_POLL_S):
                         if stop.is_set():
                             return

@@ -43,6 +43,7 @@ __all__ = [
     "read_jsonl",
     "format_table",
     "hit_rates",
+    "format_bytes",
     "TABLE_COLUMNS",
 ]
 
@@ -140,7 +141,8 @@ def hit_rates(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {t: (rows[t] / total if total else 0.0) for t in tiers}
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """``n`` bytes as ``"512 B"``, ``"1.5 MiB"``, ``"2.0 GiB"`` (powers of 1024)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -152,7 +154,7 @@ def _fmt(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if key.startswith("bytes_") or key.endswith("_bytes") or key == "disk_bytes_read":
-        return _fmt_bytes(float(value))
+        return format_bytes(float(value))
     if key.endswith("_acc"):
         return f"{100 * value:.2f}"
     if key.endswith("_s"):

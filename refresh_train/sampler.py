@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from refresh_store.store import drop_resident_pages
 from refresh_train import _sampler_kernels as K
 from refresh_train.batch import Block, MiniBatch
 
@@ -324,6 +325,10 @@ class NeighborSampler:
         self.in_memory = bool(in_memory)
         if in_memory:
             self.indptr, self.indices = _copy_to_ram(self.indptr), _copy_to_ram(self.indices)
+            # The copy read every page of the store's memory maps: give them
+            # back, or RSS counts the topology twice until they are reclaimed.
+            drop_resident_pages(indptr)
+            drop_resident_pages(indices)
         self.fanouts = check_fanouts(fanouts)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")

@@ -38,6 +38,7 @@ from .checkpoint import CheckpointError, load_checkpoint, restore_rng_state, sav
 from .config import ConfigError, TrainConfig
 from .evaluate import evaluate
 from .loader import BatchLoader
+from .memory_plan import plan_memory
 from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model
 from .modes import CACHE_MODES
@@ -97,7 +98,7 @@ class Trainer:
             raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.model = build_model(
+        model = build_model(
             config.model,
             in_dim=store.feature_dim,
             hidden=config.hidden,
@@ -105,7 +106,14 @@ class Trainer:
             num_layers=config.layers,
             dropout=config.dropout,
             norm=config.norm,
-        ).to(self.device)
+        )
+        # Sized before anything big is allocated or anything written: a run
+        # that cannot fit stops here.
+        self.plan = plan_memory(config, store, model=model)
+        if config.progress:
+            print(self.plan.format_table(), flush=True)
+        self.plan.check()
+        self.model = model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         # The MLP reads only its seeds' features: sampling neighbours would be wasted I/O.
         self.fanouts = (0,) * config.layers if config.model == "mlp" else config.fanouts
@@ -118,11 +126,18 @@ class Trainer:
             history=config.history,
             seed=config.seed,
         )
+        self.cache.keep_batch_buffers(self.plan.batch_buffers, self.plan.eval_batch_buffers)
         self.sampler = NeighborSampler(
-            store.indptr, store.indices, list(self.fanouts), seed=config.seed, in_memory="auto"
+            store.indptr,
+            store.indices,
+            list(self.fanouts),
+            seed=config.seed,
+            in_memory=self.plan.topology_in_ram,
         )
+        self.row_bytes = store.region("features").row_bytes
         self.labels = np.asarray(store.labels, dtype=np.int64)
         self.records: list[dict[str, Any]] = []
+        self._plan_recorded = False
         self.epochs_done = 0
         self.step = 0
         if config.resume:
@@ -196,6 +211,8 @@ class Trainer:
             stage=self.cache.stage,
             stage_batches=self.cache.lookahead_batches(),
             max_ahead=self.cache.max_ahead(),
+            budget_bytes=self.plan.loader_budget_bytes,
+            batch_bytes=lambda batch: batch.nbytes(self.row_bytes),
         )
 
     # ------------------------------------------------------------------ epochs
@@ -261,6 +278,7 @@ class Trainer:
             "compute_s": compute_s,
             "batches": times.batches,
             "batches_per_s": times.batches / epoch_time if epoch_time > 0 else 0.0,
+            "loader_peak_bytes": loader.peak_bytes_in_flight,
             "train_loss": float(loss_sum.item() / max(1, seen)),
             "train_acc": float(correct.item() / max(1, seen)),
             **{k: v for k, v in stats.items()},
@@ -269,16 +287,21 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Validation and test accuracy through the exact evaluation tiers."""
-        return evaluate(
-            self.model,
-            self.store,
-            self.cache.eval_tiers(),
-            self.config.eval,
-            train_fanouts=tuple(self.eval_fanouts),
-            device=self.device,
-            seed=self.config.seed,
-            prefetch_batches=max(1, self.config.loader.prefetch_batches),
-        )
+        try:
+            return evaluate(
+                self.model,
+                self.store,
+                self.cache.eval_tiers(),
+                self.config.eval,
+                train_fanouts=tuple(self.eval_fanouts),
+                device=self.device,
+                seed=self.config.seed,
+                prefetch_batches=max(1, self.config.loader.prefetch_batches),
+                topology=(self.sampler.indptr, self.sampler.indices),
+            )
+        finally:
+            # Its buffers and I/O threads are held only while it runs.
+            self.cache.release_eval_tiers()
 
     def run(self) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done; every epoch's record."""
@@ -293,6 +316,9 @@ class Trainer:
                 record.update({"valid_acc": None, "test_acc": None})
             record["peak_rss_bytes"] = self.rss.peak()
             record["cache"] = cfg.tiers.cache
+            if not self._plan_recorded:  # the first record of this run (or resumed run)
+                record["memory_plan"] = self.plan.to_dict()
+                self._plan_recorded = True
             self.records.append(record)
             self.epochs_done = epoch + 1
             if cfg.checkpoint_dir is not None:

@@ -69,6 +69,7 @@ class CacheMode:
         )
         self.tiers: DeviceTier = self._build_tiers()
         self._eval_tiers: DeviceTier | None = None
+        self._eval_batch_buffers: int | None = None
 
     def _build_tiers(self) -> DeviceTier:
         raise NotImplementedError
@@ -155,12 +156,38 @@ class CacheMode:
                 io=self.io,
                 shared_cache=self.tiers.cache,
             )
+            if self._eval_batch_buffers is not None:
+                from ..tiers import LOWER_BATCH_BUFFERS
+
+                self._eval_tiers.keep_batch_buffers(self._eval_batch_buffers, LOWER_BATCH_BUFFERS)
         return self._eval_tiers
 
     def _drop_eval_tiers(self) -> None:
         if self._eval_tiers is not None:
             self._eval_tiers.close()
             self._eval_tiers = None
+
+    def release_eval_tiers(self) -> None:
+        """Close the evaluation chain (its buffers and I/O threads) until it is needed again.
+
+        The trainer calls it after each evaluation, so that what evaluation
+        reads is held only while it runs (the memory plan's ``eval`` phase).
+        """
+        self._drop_eval_tiers()
+
+    def keep_batch_buffers(self, train: int, eval: int | None = None) -> None:
+        """Batch buffers the training (and evaluation) chain's top tier keeps for reuse.
+
+        The trainer matches them to the batches its loaders keep fetched at
+        once (see :meth:`~refresh_train.tiers.FeatureTier.keep_batch_buffers`
+        and :mod:`refresh_train.memory_plan`).
+        """
+        from ..tiers import LOWER_BATCH_BUFFERS
+
+        self.tiers.keep_batch_buffers(train, LOWER_BATCH_BUFFERS)
+        self._eval_batch_buffers = eval
+        if self._eval_tiers is not None and eval is not None:
+            self._eval_tiers.keep_batch_buffers(eval, LOWER_BATCH_BUFFERS)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the training pass since the last :meth:`reset_stats`.

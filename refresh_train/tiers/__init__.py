@@ -25,7 +25,7 @@ import torch
 
 from refresh_store.io_scheduler import IOConfig
 
-from ._base import FeatureTier, check_ids, resolve_device
+from ._base import BATCH_BUFFERS, LOWER_BATCH_BUFFERS, FeatureTier, check_ids, resolve_device
 from ._lookahead import StagedRows, first_window
 from ._policies import ClockPolicy, LruPolicy, ReplacementPolicy, S3FifoPolicy
 from .device import DeviceTier
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "BATCH_BUFFERS",
+    "LOWER_BATCH_BUFFERS",
     "FeatureTier",
     "DeviceTier",
     "HostTier",

@@ -11,7 +11,23 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["BufferPool", "FeatureTier", "check_ids", "resolve_device", "row_words", "torch_dtype"]
+__all__ = [
+    "BATCH_BUFFERS",
+    "LOWER_BATCH_BUFFERS",
+    "BufferPool",
+    "FeatureTier",
+    "check_ids",
+    "resolve_device",
+    "row_words",
+    "torch_dtype",
+]
+
+#: Batch buffers a tier keeps for reuse unless told otherwise
+#: (:meth:`FeatureTier.keep_batch_buffers`).
+BATCH_BUFFERS = 6
+#: What the trainer lets each tier below the top one keep: their buffers
+#: live only until the top tier has copied them.
+LOWER_BATCH_BUFFERS = 2
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -165,6 +181,7 @@ class FeatureTier(ABC):
         self.row_bytes = int(self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64)))
         self._rows = 0
         self._pool: BufferPool | None = None
+        self.batch_buffers = BATCH_BUFFERS
 
     def read(self, ids: object, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``ids`` in request order, as a tensor on :attr:`device`.
@@ -216,8 +233,22 @@ class FeatureTier(ABC):
         if self.device.type != "cpu" or pin:
             return self._empty(n, pin=pin)
         if self._pool is None:
-            self._pool = BufferPool()
+            self._pool = BufferPool(self.batch_buffers)
         return self._pool.rows(n, self.row_shape, self.dtype)
+
+    def keep_batch_buffers(self, top: int, below: int = LOWER_BATCH_BUFFERS) -> None:
+        """Keep at most ``top`` batch buffers for reuse here and ``below`` in each tier under it.
+
+        Idle buffers stay resident, so these caps bound what the pools hold.
+        The top tier's buffers hold the batches it returns, as many as the
+        loader keeps fetched at once; a tier below fills a buffer per read
+        that lives only until the tier above has copied its rows. Call
+        before the first read.
+        """
+        for i, tier in enumerate(self.chain()):
+            tier.batch_buffers = max(1, int(top if i == 0 else below))
+            if tier._pool is not None:
+                tier._pool.max_buffers = tier.batch_buffers
 
     def _own_stats(self) -> dict[str, float | int]:
         return {}

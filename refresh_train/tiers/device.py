@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from refresh_store.store import drop_resident_pages
+
 from ._base import FeatureTier, row_words
 from ._copy_kernels import put_rows, take_rows
 
@@ -102,6 +104,9 @@ class DeviceTier(FeatureTier):
             b = min(hi, a + step)
             piece = torch.from_numpy(np.array(source[a:b]))  # a writable copy
             self.cache[a:b].copy_(piece)
+        # The rows read through a memory map stay in this process's RSS until
+        # reclaimed; they are copied now, so give them back.
+        drop_resident_pages(source)
 
     def resize(self, num_rows_cached: int, source: np.ndarray) -> None:
         """Hold rows ``[0, num_rows_cached)`` from now on (rows kept are not read again).
@@ -145,10 +150,13 @@ class DeviceTier(FeatureTier):
         hit = ids < k
         n_hit = int(np.count_nonzero(hit))
         self._rows += n_hit
+        if out is None:
+            # From this tier's pool even when the tiers below serve every
+            # row: the batches a caller holds come from one pool, whose size
+            # the trainer matches to the batches in flight.
+            out = self._batch_rows(len(ids))
         if n_hit == 0 and on_cpu:
             return below._read(ids, out)
-        if out is None:
-            out = self._batch_rows(len(ids))
         if n_hit == 0:
             out.copy_(below._read(ids, None), non_blocking=True)
             return out

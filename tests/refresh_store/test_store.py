@@ -159,3 +159,38 @@ def test_shard_linked_outside_store_is_refused(tmp_path):
     shard.symlink_to(outside)
     with pytest.raises(StoreFormatError, match="outside the store"):
         open_store(tmp_path / "s").region("labels")
+
+
+def _rss_file_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_dropping_a_memmaps_pages_leaves_its_contents(tmp_path):
+    """Pages read through a store's memory map count in RSS until dropped; the
+    array reads the same afterwards (the page cache keeps them)."""
+    from refresh_store.store import drop_resident_pages
+
+    data = np.arange(8 << 20, dtype=np.float32).reshape(-1, 16)  # 32 MiB
+    store = write_store(
+        tmp_path / "s",
+        features=data,
+        indptr=np.zeros(data.shape[0] + 1, dtype=np.int64),
+        indices=np.zeros(0, dtype=np.int32),
+        labels=np.zeros(data.shape[0], dtype=np.int64),
+        train_idx=np.arange(4, dtype=np.int64),
+        valid_idx=np.arange(4, dtype=np.int64),
+        test_idx=np.arange(4, dtype=np.int64),
+        num_classes=1,
+    )
+    features = store.features
+    total = float(features.sum(dtype=np.float64))  # reads every page through the map
+    before = _rss_file_bytes()
+    assert drop_resident_pages(features.view(np.ndarray)[10:])  # a view finds its map
+    after = _rss_file_bytes()
+    assert before - after > 24 << 20
+    assert float(features.sum(dtype=np.float64)) == total
+    assert not drop_resident_pages(np.zeros(4))

@@ -306,3 +306,44 @@ def test_policies_admit_at_most_capacity_per_call():
         got = policy.admit(np.arange(20))
         assert (got[5:] == -1).all()
         assert len(policy) <= 5
+
+
+# --------------------------------------------------------------- batch buffers
+def _pool_sizes(tier: FeatureTier) -> list[int]:
+    return [] if tier._pool is None else [b.nbytes for b in tier._pool._bufs]
+
+
+@pytest.mark.parametrize(("k", "host_rows"), [(0, 0), (100, 300)], ids=["none", "raw"])
+def test_a_chain_keeps_at_most_the_batch_buffers_it_is_told(tmp_path, k, host_rows):
+    """The top tier's pool holds every returned batch (within its cap), the
+    tiers below at most their cap of short-lived buffers."""
+    store = write_store(tmp_path / "s", num_classes=4, **planted_arrays(num_nodes=N, feature_dim=D))
+    row = store.region("features").row_bytes
+    top = build_raw_tiers(
+        store,
+        device=torch.device("cpu"),
+        cache_budget_bytes=k * row,
+        host_budget_bytes=host_rows * row,
+    )
+    top.keep_batch_buffers(3, 1)
+    rng = np.random.default_rng(0)
+    held = []
+    try:
+        for i in range(40):
+            # Batches of growing and shrinking sizes, so that buffers rarely fit.
+            n = int(50 + 40 * (i % 7) + rng.integers(0, 30))
+            ids = rng.integers(0, N, n)
+            rows = top.read(ids)
+            torch.testing.assert_close(rows, _expected(store, ids))
+            # Every batch comes from the top tier's pool (when it has room), even
+            # one with no device rows, so that one cap bounds the batches held.
+            pool = top._pool._bufs if top._pool is not None else []
+            assert any(np.shares_memory(rows.numpy(), b) for b in pool)
+            held = (held + [rows])[-2:]  # what a loader keeps fetched at once
+            assert len(_pool_sizes(top)) <= 3
+            for tier in top.chain()[1:]:
+                assert len(_pool_sizes(tier)) <= 1
+        if k == 0:
+            assert all(not _pool_sizes(t) for t in top.chain()[1:])
+    finally:
+        top.close()
