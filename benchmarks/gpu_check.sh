@@ -9,7 +9,8 @@
 #
 # Uses the python3 on PATH (it must have a CUDA build of torch and this
 # project's dependencies importable). Writes OUT_DIR/cuda_tests.log,
-# OUT_DIR/epoch_time_cuda.{json,md}. The benchmark's store is generated under
+# OUT_DIR/epoch_time_cuda.{json,md} and OUT_DIR/memory_access_cuda.{json,md}
+# (none/raw/refresh at 10 % and the PyG-style baseline, small graphs). The benchmark's store is generated under
 # ${TMPDIR:-/tmp}, never in the checkout.
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR [NODES]}
@@ -29,3 +30,6 @@ echo "== epoch time on the GPU ($nodes nodes)"
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/epoch_time.py --device cuda --nodes "$nodes" \
     --data-dir "${TMPDIR:-/tmp}/refresh_epoch_time" --epochs 2 --repeats 2 --loader-batches 8 \
     --out "$out/epoch_time_cuda.json" "$@" 2>&1 | tail -45
+echo "== memory access and epoch time, none/raw/refresh, on the GPU (quick)"
+timeout "${MA_TIMEOUT:-240}" python3 benchmarks/memory_access.py --quick --device cuda \
+    --data-dir "${TMPDIR:-/tmp}/refresh_memory_access" --out "$out/memory_access_cuda.json" 2>&1 | tail -40

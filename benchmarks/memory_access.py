@@ -162,6 +162,7 @@ def run_config(
         history=HistoryConfig(**hist),
         loader=LoaderConfig(prefetch_batches=2),
         eval=EvalConfig(mode="sampled", batch_size=2048, every_epochs=args.epochs),
+        device=args.device,
         progress=False,
     )
 
@@ -284,6 +285,7 @@ def baseline_run(store_path: Path, features: str, args) -> dict[str, Any]:
         seed=0,
         model="sage",
         features=features,
+        device=args.device,
     )
     last = records[-1]
     return {
@@ -660,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
     p.add_argument("--products-nodes", type=int, default=2_449_029)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where every model runs")
     p.add_argument("--quick", action="store_true", help="small graphs, 10 % only, 1 seed, 2 epochs")
     p.add_argument("--fresh", action="store_true", help="rerun runs already in --out")
     p.add_argument("--data-dir", default=str(CACHE_DIR))
@@ -678,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = (f"SAGE/GCN/GAT 3 layers, hidden {args.hidden}, fanouts 15,10,5, batch "
                 f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, host budget 0, "
                 "lookahead 0, prefetch 2, history defaults unless stated")  # fmt: skip
+    if args.device != "cpu":
+        settings += f", models on {args.device}"
     previous: dict[str, Any] = {}
     old_ideal = old_loader = None
     if out.exists() and not args.fresh:
