@@ -663,8 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
     p.add_argument("--products-nodes", type=int, default=2_449_029)
     p.add_argument("--device", default="cpu", help="cpu or cuda: where every model runs")
-    p.add_argument("--quick", action="store_true", help="small graphs, 10 % only, 1 seed, 2 epochs")
+    p.add_argument(
+        "--quick", action="store_true", help="small graphs, 10 %% only, 1 seed, 2 epochs"
+    )
     p.add_argument("--fresh", action="store_true", help="rerun runs already in --out")
+    p.add_argument("--report", action="store_true",
+                   help="only rewrite the tables and plots from the records in --out")  # fmt: skip
     p.add_argument("--data-dir", default=str(CACHE_DIR))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory_access.json"))
     args = p.parse_args(argv)
@@ -678,6 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     args.staleness = [int(t) for t in args.staleness.split(",")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        # A long run writes its tables only at the end; this reads what it has so far.
+        if not out.exists():
+            print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
+            return 2
+        return report(json.loads(out.read_text()), out)
     settings = (f"SAGE/GCN/GAT 3 layers, hidden {args.hidden}, fanouts 15,10,5, batch "
                 f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, host budget 0, "
                 "lookahead 0, prefetch 2, history defaults unless stated")  # fmt: skip
@@ -699,33 +709,41 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save() -> None:
+        # Records of the earlier invocation not reached yet are kept, so a run cut short
+        # at any point loses only the run it was in.
         result["load_end"] = _load()
-        result["summary"] = summarize(result["records"], result.get("ideal_raw", {}))
+        have = {run_key(r["run"]) for r in result["records"]}
+        saved = {**result, "records": result["records"] + [
+            r for k, r in previous.items() if k not in have]}  # fmt: skip
+        saved["summary"] = summarize(saved["records"], saved.get("ideal_raw", {}))
         tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=str))
+        tmp.write_text(json.dumps(saved, indent=1, default=str))
         os.replace(tmp, out)
 
     stores = {
         ds: ensure_store(ds, spec, Path(args.data_dir)) for ds, spec in result["datasets"].items()
     }
-    if "ideal" in args.sections:
+    runs = plan(args)
+    planned = {run_key(r) for r in runs}
+    # Runs of other sections from an earlier invocation with the same settings stay.
+    result["records"] = [r for k, r in previous.items() if k not in planned]
+    if old_ideal:
+        result["ideal_raw"] = old_ideal
+    have_ideal = result.get("ideal_raw") or {}
+    if "ideal" in args.sections and any(
+        str(b) not in have_ideal.get(ds, {}) for ds in stores for b in args.budgets
+    ):
         result["ideal_raw"] = {
             ds: {str(b): ideal_bound(path, b, args) for b in args.budgets}
             for ds, path in stores.items()
         }
         save()
-    runs = plan(args)
-    planned = {run_key(r) for r in runs}
-    # Runs of other sections from an earlier invocation with the same settings stay.
-    result["records"] = [r for k, r in previous.items() if k not in planned]
-    if "ideal" not in args.sections and old_ideal:
-        result["ideal_raw"] = old_ideal
     if "loader" not in args.sections and old_loader:
         result["loader_only"] = old_loader
     for i, run in enumerate(runs):
         key = run_key(run)
         if key in previous:
-            result["records"].append(previous[key])
+            result["records"].append(_with_policy(previous[key]))
             continue
         print(f"[{i + 1}/{len(runs)}] {run}", flush=True)
         if run["section"] == "baseline":
@@ -739,13 +757,28 @@ def main(argv: list[str] | None = None) -> int:
             rec = train_run(cfg)
         rec.update({k: v for k, v in run.items()})
         rec["run"] = run
-        result["records"].append(rec)
+        result["records"].append(_with_policy(rec))
         print(f"    {rec['memory_access_bytes'] / 2**20:,.0f} MiB/epoch, acc {rec['test_acc']:.4f}, "
               f"{rec['epoch_time_s']:.1f} s/epoch", flush=True)  # fmt: skip
         save()
     if "loader" in args.sections:
         result["loader_only"] = {m: loader_only(stores["papers"], m, args) for m in MODES}
     save()
+    return report(result, out)
+
+
+def _with_policy(rec: dict[str, Any]) -> dict[str, Any]:
+    """Name the admission policy in every record: the history's for refresh, None otherwise."""
+    if "policy" not in rec:
+        rec["policy"] = (
+            rec["run"].get("policy", POLICY_NAMES[0]) if rec["mode"] == "refresh" else None
+        )
+    return rec
+
+
+def report(result: dict[str, Any], out: Path) -> int:
+    """Write the markdown tables and the plots next to ``out`` and print the tables."""
+    result["summary"] = summarize(result["records"], result.get("ideal_raw", {}))
     md = markdown(result)
     out.with_suffix(".md").write_text(md)
     files = plots(result, out)

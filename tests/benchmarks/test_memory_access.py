@@ -1,0 +1,68 @@
+"""The memory-access benchmark's bookkeeping (``benchmarks/memory_access.py``).
+
+Its runs take hours, so it must keep what it measured when cut short, rerun only
+what is missing, and write its tables from whatever records it has.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import memory_access as ma  # noqa: E402
+
+TINY = [
+    "--sections", "grid", "--budgets", "0.2", "--seeds", "0", "--epochs", "1",
+    "--hidden", "16", "--batch-size", "64",
+    "--papers-nodes", "3000", "--products-nodes", "2000",
+]  # fmt: skip
+
+
+def test_records_resume_and_report(tmp_path, capsys):
+    out = tmp_path / "ma.json"
+    args = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert ma.main(args) == 0
+    first = json.loads(out.read_text())
+    recs = first["records"]
+    # none, raw and refresh on both datasets
+    assert sorted((r["dataset"], r["mode"]) for r in recs) == sorted(
+        (ds, m) for ds in ("papers", "products") for m in ("none", "raw", "refresh")
+    )
+    for r in recs:
+        for key in ("dataset", "model", "policy", "budget_frac", "seed",
+                    "memory_access_bytes", "epoch_time_s", "test_acc"):  # fmt: skip
+            assert key in r, key
+        assert r["memory_access_bytes"] > 0
+    by_mode = {(r["dataset"], r["mode"]): r for r in recs}
+    for ds in ("papers", "products"):
+        assert (
+            by_mode[ds, "raw"]["memory_access_bytes"] < by_mode[ds, "none"]["memory_access_bytes"]
+        )
+
+    # Drop one record: a rerun measures only that one and keeps the others as they were.
+    dropped = by_mode["papers", "refresh"]
+    first["records"] = [r for r in recs if r is not dropped]
+    out.write_text(json.dumps(first))
+    capsys.readouterr()
+    assert ma.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("] {") == 1 and "'refresh'" in printed.split("] {")[1].split("\n")[0]
+    second = json.loads(out.read_text())
+    assert len(second["records"]) == len(recs)
+    kept = {ma.run_key(r["run"]): r for r in second["records"]}
+    for r in recs:
+        if r is not dropped:
+            assert kept[ma.run_key(r["run"])] == r
+    # Bytes are a function of the seed and flags, not of timing.
+    again = kept[ma.run_key(dropped["run"])]
+    assert again["memory_access_bytes"] == dropped["memory_access_bytes"]
+
+    # --report rewrites the tables from the records alone.
+    out.with_suffix(".md").unlink()
+    assert ma.main(["--report", "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "| papers |" in md or "papers" in md
+    assert ma.main(["--report", "--out", str(tmp_path / "missing.json")]) == 2
