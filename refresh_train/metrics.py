@@ -20,7 +20,8 @@ One record (a flat dict) per epoch. Keys every record has:
                           disk and as a host hit for every later batch using it
 ``disk_bytes_read``       bytes the I/O scheduler asked of the file (alignment
                           and coalescing included); ``disk_reads`` read calls
-``peak_rss_bytes``        highest resident set size seen during the epoch
+``peak_rss_bytes``        highest resident set size during the epoch (exact
+                          on Linux: the kernel's VmHWM, reset per epoch)
 ``eval_*``                evaluation's own time and tier counters
 ========================  ====================================================
 """
@@ -51,22 +52,50 @@ __all__ = [
 class RssMonitor:
     """Highest resident set size of this process since the last :meth:`reset`.
 
-    A daemon thread samples ``psutil.Process().memory_info().rss`` every
-    ``interval_s`` seconds (RSS peaks between samples shorter than that are
-    missed; the end-of-epoch value is always sampled).
+    On Linux the kernel keeps the exact peak (``VmHWM`` in
+    ``/proc/self/status``) and resets it when ``5`` is written to
+    ``/proc/self/clear_refs`` (Linux 4.0 and later): no peak is missed. Where
+    that is unavailable, a daemon thread samples
+    ``psutil.Process().memory_info().rss`` every ``interval_s`` seconds
+    (peaks between samples are missed; the value at :meth:`peak` is always
+    included). :attr:`exact` says which is in use.
     """
+
+    _STATUS = "/proc/self/status"
+    _CLEAR = "/proc/self/clear_refs"
 
     def __init__(self, interval_s: float = 0.05) -> None:
         self._proc = psutil.Process(os.getpid())
         self._interval = interval_s
-        self._peak = self._rss()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="refresh-rss", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self.exact = self._clear_hwm() and self._hwm() is not None
+        self._peak = self._rss()
+        if not self.exact:
+            self._thread = threading.Thread(target=self._run, name="refresh-rss", daemon=True)
+            self._thread.start()
 
     def _rss(self) -> int:
         return int(self._proc.memory_info().rss)
+
+    def _clear_hwm(self) -> bool:
+        try:
+            with open(self._CLEAR, "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def _hwm(self) -> int | None:
+        try:
+            with open(self._STATUS) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024  # reported in kB
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -77,19 +106,23 @@ class RssMonitor:
     def reset(self) -> None:
         """Start a new measurement window from the current RSS."""
         with self._lock:
+            if self.exact:
+                self._clear_hwm()
             self._peak = self._rss()
 
     def peak(self) -> int:
         """Peak RSS in bytes of the current window."""
         rss = self._rss()
         with self._lock:
-            self._peak = max(self._peak, rss)
+            hwm = self._hwm() if self.exact else None
+            self._peak = max(self._peak, rss, hwm or 0)
             return self._peak
 
     def close(self) -> None:
-        """Stop the sampling thread."""
+        """Stop the sampling thread (if one runs)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
 
 class JsonlWriter:
