@@ -61,6 +61,7 @@ from ._memory_sizes import (
 from .config import ConfigError, TrainConfig
 from .loader import batches_in_flight
 from .metrics import format_bytes
+from .sampler import num_batches
 from .tiers import LOWER_BATCH_BUFFERS
 
 if TYPE_CHECKING:
@@ -491,6 +492,10 @@ def plan_memory(
     count_saved = cache == "refresh" and (hist.count_saved or hist.fraction is None)
     prefetch = config.loader.prefetch_batches
     admitted, fetched = batches_in_flight(prefetch, lookahead, lag)
+    # A loader lives for one epoch: it never holds more batches than the epoch has.
+    epoch_len = max(1, num_batches(len(store.train_idx), config.batch_size))
+    admitted, fetched = min(admitted, epoch_len), min(fetched, epoch_len)
+    lookahead = min(lookahead, epoch_len) if lookahead > 1 and epoch_len > 1 else 0
 
     # --- probe batches (the sampler alone: ids and edges, no features)
     probes, beyond = probe_training(store, config, fanouts, k_min, PROBE_BATCHES)
@@ -775,6 +780,9 @@ def plan_memory(
     e_admitted, e_fetched = batches_in_flight(e_prefetch)
     if config.eval.mode == "layerwise":
         e_admitted = e_fetched = e_prefetch + 3
+    else:
+        e_len = max(1, num_batches(eval_nodes, config.eval.batch_size))
+        e_admitted, e_fetched = min(e_admitted, e_len), min(e_fetched, e_len)
     e_feat = e_fetched * eval_shape.features_bytes
     add(
         "evaluation batches",

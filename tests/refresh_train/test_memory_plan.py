@@ -473,3 +473,22 @@ def test_peak_rss_stays_within_the_printed_total(large_store, tmp_path, cache):
         assert r["peak_rss_bytes"] <= total, (r["epoch"], r["peak_rss_bytes"], total)
     # The plan is a bound, not a guess far above: the peak reaches half of it.
     assert max(r["peak_rss_bytes"] for r in records) >= 0.5 * total
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_a_short_epoch_bounds_the_batches_in_flight(store, cache):
+    """A loader lives for one epoch: the plan holds no more batches than the epoch has."""
+    n_train = len(store.train_idx)
+    long_plan = plan_memory(_config(store, cache, batch_size=16))
+    short = plan_memory(_config(store, cache, batch_size=n_train))  # one batch per epoch
+    assert long_plan.batch_buffers > 1
+    assert short.batch_buffers == 1
+    assert "lookahead windows" not in _items(short)  # one batch: nothing to look ahead to
+    # And the run itself: one batch per epoch trains within the plan's buffers.
+    with Trainer(_config(store, cache, batch_size=n_train)) as t:
+        assert t.plan.batch_buffers == 1
+        rec = t.train_epoch(0)
+        assert (
+            np.isfinite(rec["train_loss"])
+            and rec["rows_device"] + rec["rows_host"] + rec["rows_disk"] > 0
+        )
