@@ -105,9 +105,17 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> Run:
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
-    """File stems, or parent/stem where two runs share a stem."""
+    """File stems less a prefix they all share (``metrics_raw``, ``metrics_refresh`` ->
+    ``raw``, ``refresh``), or parent/stem where two runs share a stem."""
     stems = [p.stem for p in paths]
-    return [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        return [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(stems) > 1:
+        common = os.path.commonprefix(stems)
+        cut = max(common.rfind(c) for c in "_-.") + 1
+        if cut and all(len(s) > cut for s in stems):
+            stems = [s[cut:] for s in stems]
+    return stems
 
 
 def _mean(xs: Sequence[float]) -> float | None:

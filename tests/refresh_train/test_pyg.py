@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +283,14 @@ def test_planted_store_helper_still_opens(tmp_path):
     s = planted_store(tmp_path / "p", num_nodes=200)
     fs, gs, sampler = open_pyg(s, [3])
     assert next(iter(_loader(fs, gs, sampler, torch.arange(50)))).batch_size == 50
+
+
+def test_example_script_runs(store, capsys):
+    """examples/pyg_graphsage.py, as the README runs it, on the planted store."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "pyg_graphsage.py"
+    example = runpy.run_path(str(path))
+    result = example["main"](["--store", str(store.path), "--epochs", "1", "--fanouts", "8,4",
+                              "--batch-size", "256", "--lr", "0.01", "--cache-budget", "16KiB"])  # fmt: skip
+    assert result["test_acc"] > 0.5  # 4 balanced classes: chance is 0.25
+    assert result["rows_device"] > 0 and result["rows_disk"] > 0
+    assert "test acc" in capsys.readouterr().out

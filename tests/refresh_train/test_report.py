@@ -84,6 +84,12 @@ def test_same_stem_runs_get_their_folder_in_the_label(tmp_path):
     assert "| a/m |" in table and "| b/m |" in table
 
 
+def test_a_prefix_all_runs_share_is_dropped_from_labels(tmp_path):
+    paths = [_write(tmp_path / f"metrics_{c}.jsonl", _records(2, refresh=False)) for c in ("raw", "refresh")]  # fmt: skip
+    table = write_report(paths, tmp_path / "out")
+    assert "| raw |" in table and "| refresh |" in table
+
+
 def test_cli_subcommand_prints_the_table(runs, tmp_path, capsys):
     assert train_main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out
