@@ -221,23 +221,25 @@ class StoreFeatureStore(FeatureStore):
                 f"budgets must be >= 0 bytes; got cache_budget_bytes={cache_budget_bytes!r}, "
                 f"host_budget_bytes={host_budget_bytes!r}"
             )
-        # Assigned through __dict__: FeatureStore's attribute access is its own.
-        self.__dict__.update(
-            store=st,
-            id_space=_IdSpace(st, ids),
-            device=resolve_device(device),
-            tiers=tiers
-            if tiers is not None
-            else build_raw_tiers(
-                st,
-                device=resolve_device(device),
-                cache_budget_bytes=int(cache_budget_bytes),
-                host_budget_bytes=int(host_budget_bytes),
-                host_policy=host_policy,
-                io=io,
-            ),
-            _lock=threading.Lock(),
-        )
+        self.store = st
+        self.id_space = _IdSpace(st, ids)
+        self.device = resolve_device(device)
+        if tiers is None:
+            try:
+                tiers = build_raw_tiers(
+                    st,
+                    device=self.device,
+                    cache_budget_bytes=int(cache_budget_bytes),
+                    host_budget_bytes=int(host_budget_bytes),
+                    host_policy=host_policy,
+                    io=io,
+                )
+            except (KeyError, ValueError) as exc:
+                if isinstance(exc, RefreshError):
+                    raise
+                raise PygAdapterError(f"feature tiers of {str(st.path)!r}: {exc}") from None
+        self.tiers = tiers
+        self._lock = threading.Lock()  # a tier chain serves one batch at a time
 
     @property
     def ids(self) -> str:
@@ -262,7 +264,7 @@ class StoreFeatureStore(FeatureStore):
                     rows = np.asarray(self.store.new_id, dtype=np.int64)
                 else:
                     return _mapped_tensor(self.store, "features")
-            with self._lock:  # a tier chain serves one batch at a time
+            with self._lock:
                 return self.tiers.read(rows)
         if rows is None and self.ids == "original":
             rows = np.asarray(self.store.new_id, dtype=np.int64)
@@ -335,8 +337,8 @@ class StoreGraphStore(GraphStore):
         self, store: str | os.PathLike[str] | Store, *, index_dtype: torch.dtype | None = None
     ) -> None:
         super().__init__()
-        st = _open(store)
-        self.__dict__.update(store=st, index_dtype=index_dtype)
+        self.store = _open(store)
+        self.index_dtype = index_dtype
 
     @functools.cached_property
     def _csc(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -266,6 +266,8 @@ def test_bad_input_is_refused(store, tmp_path):
         fs.put_tensor(torch.zeros(1, store.feature_dim), None, "x", torch.tensor([0]))
     with pytest.raises(PygAdapterError, match="read-only"):
         gs.put_edge_index((torch.zeros(1), torch.zeros(2)), None, "csc")
+    with pytest.raises(PygAdapterError, match="feature tiers"):
+        StoreFeatureStore(store, host_budget_bytes=1 << 16, host_policy="fifo-ish")
     with pytest.raises(PygAdapterError, match="list of fanouts"):
         StoreNeighborSampler(store, {("a", "b", "c"): [5]})
     with pytest.raises(PygAdapterError, match="num_neighbors"):
