@@ -1,7 +1,7 @@
 """refresh_store: everything about data at rest.
 
 The store format, the converter, the synthetic dataset generator, the Numba
-I/O scheduler and verification. Importing it never imports torch.
+I/O scheduler, verification and export back to ``.npy``. Importing it never imports torch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .errors import (
     StoreFormatError,
     StoreIncompleteError,
 )
+from .export import ExportError, ExportSummary, export_store
 from .format import FORMAT_VERSION, RowRegion
 from .io_scheduler import IOConfig, IOScheduler
 from .store import Store, StoreWriter, open_store, write_store
@@ -27,6 +28,8 @@ __all__ = [
     "ConvertError",
     "ConvertOptions",
     "ConvertSummary",
+    "ExportError",
+    "ExportSummary",
     "IOConfig",
     "IOScheduler",
     "IOSchedulerError",
@@ -40,6 +43,7 @@ __all__ = [
     "StoreWriter",
     "VerifyReport",
     "convert",
+    "export_store",
     "make_dataset",
     "open_store",
     "verify_store",

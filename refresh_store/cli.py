@@ -1,7 +1,8 @@
 """Command line of the converter: ``tools/convert.py`` and the ``refresh-convert`` script.
 
 ``refresh-convert SRC DST [options]`` converts a dataset; ``refresh-convert
-verify DST`` checks a store. Errors print one line on stderr and exit with
+verify DST`` checks a store; ``refresh-convert export STORE OUT`` writes a
+store's arrays back as ``.npy`` files (:mod:`refresh_store.export`). Errors print one line on stderr and exit with
 status 2 (bad input, refused destination, disk full); ``verify`` exits 1 on a
 damaged store and 0 on a good one.
 """
@@ -23,6 +24,7 @@ examples:
   %(prog)s dataset/ogbn_papers100M stores/papers --memory-budget 8GiB
   %(prog)s dataset/mag240m_kddcup2021 stores/mag --mag240m-graph full --dtype float16
   %(prog)s verify stores/products
+  %(prog)s export stores/products exported/ [--arrays features,labels] [--ids original|store]
 """
 
 
@@ -110,6 +112,57 @@ def _verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    from .export import DEFAULT_ARRAYS, EXPORT_ARRAYS
+
+    p = argparse.ArgumentParser(
+        prog="refresh-convert export",
+        description="Write a store's arrays as plain .npy files (the npy layout this converter "
+        "reads), streaming with bounded memory, into a new folder.",
+    )
+    p.add_argument("store", help="store folder")
+    p.add_argument("out", help="folder to create (must not exist; work happens in OUT.partial/)")
+    p.add_argument(
+        "--arrays",
+        default=",".join(DEFAULT_ARRAYS),
+        help=f"comma-separated, from {','.join(EXPORT_ARRAYS)} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ids",
+        default="original",
+        choices=["original", "store"],
+        help="original: the source's node order and ids (default); store: the store's reordered ids",
+    )
+    p.add_argument(
+        "--memory-budget", default="256MiB", help="bound on blocks held (default 256MiB)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _run_export(argv: Sequence[str]) -> int:
+    from .convert import parse_size
+    from .export import export_store
+
+    parser = _export_parser()
+    args = parser.parse_args(argv)
+    try:
+        budget = parse_size(args.memory_budget)
+    except ValueError as exc:
+        parser.error(f"--memory-budget: {exc}")
+    arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
+    summary = export_store(
+        args.store,
+        args.out,
+        arrays=arrays,
+        ids=args.ids,
+        memory_budget_bytes=budget,
+        progress=not args.no_progress,
+    )
+    print(summary.table())
+    return 0
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -175,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["verify"]:
             return _run_verify(argv[1:])
+        if argv[:1] == ["export"]:
+            return _run_export(argv[1:])
         if argv[:1] == ["convert"]:
             argv = argv[1:]
         return _run_convert(argv)

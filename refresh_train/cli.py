@@ -305,8 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer from the command line; the process exit status.
 
     0 on success, 2 on bad input or a store/checkpoint problem (one line on
-    stderr), 130 when interrupted.
+    stderr), 130 when interrupted. ``refresh-train report ...`` draws the
+    figures of finished runs instead (:mod:`refresh_train.report`).
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["report"]:
+        from .report import main as report_main
+
+        return report_main(args[1:])
     try:
         config = config_from_args(argv)
         from .trainer import train  # after parsing: --help and usage errors stay fast

@@ -1,4 +1,4 @@
-"""End-to-end demo behind `make demo`: generate, convert, verify, train, summarise.
+"""End-to-end demo behind `make demo`: generate, convert, verify, train, summarise, plot.
 
 It trains the same model twice at the same device budget, once with the
 raw-feature tiers (``--cache raw``) and once with the historical embedding
@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{b['memory_access_bytes'] / 1e6:>10.2f} {ratio:>12.2f} {b['hist_hits']:>10,d} "
             f"{_acc(a['test_acc']):>9} {_acc(b['test_acc']):>13}"
         )  # fmt: skip
+    times["report"] = _run(
+        "draw both runs on one figure (accuracy, loss, memory access per tier, hit rates)",
+        ["-m", "refresh_train", "report", *(str(work / f"metrics_{c}.jsonl") for c in runs),
+         "--out", str(work / "report")],
+    )  # fmt: skip
     print("\n" + "  ".join(f"{step}: {sec:.1f} s" for step, sec in times.items()))
     print(f"files are in {work}")
     return 0
