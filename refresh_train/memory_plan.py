@@ -425,7 +425,7 @@ def plan_memory(
     from refresh_store.store import open_store
 
     from .history import BudgetSplit
-    from .models import build_model
+    from .models import RELATIONAL_MODELS, build_model, model_options
     from .sampler import IN_MEMORY_AUTO_FRACTION
 
     if store is None:
@@ -439,6 +439,7 @@ def plan_memory(
             num_layers=config.layers,
             dropout=config.dropout,
             norm=config.norm,
+            **model_options(config.model, store),
         )
     if available_bytes is None:
         available_bytes = int(psutil.virtual_memory().available)
@@ -538,6 +539,9 @@ def plan_memory(
 
     # --- topology, labels, order
     topo = store.indptr.nbytes + store.indices.nbytes
+    # Relational models sample per relation: the sampler holds edge_type too.
+    typed_bytes = store.edge_type.nbytes if config.model in RELATIONAL_MODELS else 0
+    topo += typed_bytes
     in_ram = topo <= IN_MEMORY_AUTO_FRACTION * available_bytes
     if in_ram:
         add(
@@ -547,7 +551,8 @@ def plan_memory(
             "always",
             "exact",
             f"indptr {format_bytes(store.indptr.nbytes)} + indices "
-            f"{format_bytes(store.indices.nbytes)}",
+            f"{format_bytes(store.indices.nbytes)}"
+            + (f" + edge_type {format_bytes(typed_bytes)}" if typed_bytes else ""),
         )
     else:
         add(

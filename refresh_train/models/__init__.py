@@ -54,6 +54,8 @@ __all__ = [
     "RGAT",
     "RGraphSAGE",
     "build_model",
+    "model_options",
+    "sampler_options",
 ]
 
 #: Homogeneous models: any store, edge types (if any) unused.
@@ -61,6 +63,21 @@ MODELS: dict[str, type[BlockGNN]] = {"sage": GraphSAGE, "gcn": GCN, "gat": GAT, 
 #: Relational models: a store with edge types, sampled per relation; they take
 #: ``num_relations``.
 RELATIONAL_MODELS: dict[str, type[BlockGNN]] = {"rsage": RGraphSAGE, "rgat": RGAT}
+
+
+def model_options(name: str, store) -> dict:
+    """What a model takes from its store: ``num_relations`` for a relational model."""
+    return {"num_relations": store.num_relations} if name in RELATIONAL_MODELS else {}
+
+
+def sampler_options(name: str, store) -> dict:
+    """:class:`~refresh_train.sampler.NeighborSampler` keywords the model needs from
+    its store: per-relation sampling (``edge_type``, ``num_relations``) for a
+    relational model, nothing for a homogeneous one (it samples a typed store
+    as if it had no types)."""
+    if name not in RELATIONAL_MODELS:
+        return {}
+    return {"edge_type": store.edge_type, "num_relations": store.num_relations}
 
 
 def build_model(
