@@ -495,15 +495,18 @@ def plan_memory(
 
     # --- probe batches (the sampler alone: ids and edges, no features)
     probes, beyond = probe_training(store, config, fanouts, k_min, PROBE_BATCHES)
-    worst = worst_case(config.batch_size, fanouts, n, m)
+    # Per-relation sampling takes up to the fanout from every relation.
+    per_node = store.num_relations if config.model in RELATIONAL_MODELS else 1
+    worst = worst_case(config.batch_size, [f * per_node for f in fanouts], n, m)
     if not probes:  # no training nodes: nothing to measure
         probes, beyond = [worst], [worst[0][0]]
-    extra = 0
+    # Block.edge_type: one byte per sampled edge.
+    extra = sum(max(p[v][2] for p in probes) for v in range(layers)) if per_node > 1 else 0
     if cache == "refresh":
         # Pruning arrays (positions, ids: 24 B per source of a cached layer) and the
         # cached embeddings copied into the batch, at most one per table node.
         srcs = [max(p[v][0] for p in probes) for v in hist_layers]
-        extra = sum(24 * s + min(s, h_max) * table_row for s in srcs)
+        extra += sum(24 * s + min(s, h_max) * table_row for s in srcs)
     shape = _shape(probes, beyond, worst, config.batch_size, row, PROBE_MARGIN, extra)
     probed = f"largest of {shape.probed} batches +{PROBE_MARGIN - 1:.0%}"
 
@@ -518,7 +521,7 @@ def plan_memory(
     else:
         eprobes, eval_nodes = probe_sampled_eval(store, config, eval_fanouts)
         eseeds = min(config.eval.batch_size, max(1, eval_nodes))
-        eworst = worst_case(eseeds, eval_fanouts, n, m)
+        eworst = worst_case(eseeds, [f * per_node for f in eval_fanouts], n, m)
         if not eprobes:
             eprobes = [eworst]
         eval_shape = _shape(eprobes, [p[0][0] for p in eprobes], eworst, eseeds, row, PROBE_MARGIN)
