@@ -16,7 +16,7 @@ from .errors import (
     StoreFormatError,
     StoreIncompleteError,
 )
-from .format import FORMAT_VERSION, FORMAT_VERSION_EDGE_TYPES, READ_FORMAT_VERSIONS, RowRegion
+from .format import FORMAT_VERSION, RowRegion
 from .io_scheduler import IOConfig, IOScheduler
 from .store import Store, StoreWriter, open_store, write_store
 from .synthetic import make_dataset
@@ -24,8 +24,6 @@ from .verify import VerifyReport, verify_store
 
 __all__ = [
     "FORMAT_VERSION",
-    "FORMAT_VERSION_EDGE_TYPES",
-    "READ_FORMAT_VERSIONS",
     "ConvertError",
     "ConvertOptions",
     "ConvertSummary",
