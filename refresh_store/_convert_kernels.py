@@ -8,6 +8,15 @@ An edge ``s -> d`` travels between passes as one int64 *key*
 ``(d - lo) * num_nodes + s``, relative to the first node ``lo`` of its bucket,
 so that sorting keys sorts edges by destination, then source, and equal keys
 are duplicate edges.
+
+A typed conversion (``num_types = R > 1``, the edge type ``t`` in ``[0, R)``)
+uses the key ``(d - lo) * M + s * R + t`` with ``M = R * num_nodes``:
+sorting sorts by destination, then source, then type, so the CSC order of the
+sources is the same as without types; equal keys are the same edge with the
+same type (an edge present with two types stays twice, once per type, side
+by side); ``key // M`` is the local destination, ``(key % M) // R`` the
+source and ``key % R`` the type. With ``R = 1`` both keys are the same
+number, so untyped conversions are unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ __all__ = [
     "dedupe_sorted",
     "local_degrees",
     "keys_to_sources",
+    "keys_to_sources_types",
     "relabel_keys",
     "degree_histogram",
     "collect_at_least",
@@ -55,15 +65,22 @@ def find_buckets(values, bounds, out):
 
 
 @njit(cache=True, nogil=True)
-def edge_keys_by_bucket(src, dst, num_nodes, bounds, undirected, drop_self_loops, counts, keys):
+def edge_keys_by_bucket(
+    src, dst, num_nodes, bounds, undirected, drop_self_loops, counts, keys, etype, rev_type
+):
     """Keys of a block of edges grouped by destination bucket.
 
     Returns the index of the first edge with an id outside [0, num_nodes)
     (nothing written then), else -1. ``counts`` (zeroed, [K]) receives the
     number of keys per bucket; ``keys`` (at least 2 * len(src) when
-    undirected) receives them, bucket after bucket.
+    undirected) receives them, bucket after bucket. Typed (``len(rev_type) =
+    R > 1``): ``etype[i]`` is edge i's type and the reverse edge of a
+    symmetrised graph gets type ``rev_type[etype[i]]``; untyped callers pass
+    ``rev_type`` of length 1 and ``etype`` of any length.
     """
     n = len(src)
+    num_types = len(rev_type)
+    m_key = num_nodes * num_types
     for i in range(n):
         s = src[i]
         d = dst[i]
@@ -88,12 +105,14 @@ def edge_keys_by_bucket(src, dst, num_nodes, bounds, undirected, drop_self_loops
         d = dst[i]
         if s == d and drop_self_loops:
             continue
+        t = np.int64(etype[i]) if num_types > 1 else np.int64(0)
         b = _bucket(d, bounds)
-        keys[pos[b]] = (d - bounds[b]) * num_nodes + s
+        keys[pos[b]] = (d - bounds[b]) * m_key + s * num_types + t
         pos[b] += 1
         if undirected and s != d:
+            r = np.int64(rev_type[t]) if num_types > 1 else np.int64(0)
             b = _bucket(s, bounds)
-            keys[pos[b]] = (s - bounds[b]) * num_nodes + d
+            keys[pos[b]] = (s - bounds[b]) * m_key + d * num_types + r
             pos[b] += 1
     return -1
 
@@ -113,7 +132,10 @@ def dedupe_sorted(keys, n):
 
 @njit(cache=True, nogil=True)
 def local_degrees(keys, m, num_nodes, deg):
-    """deg[key // num_nodes] += 1 for keys[:m] (deg zeroed by the caller)."""
+    """deg[key // num_nodes] += 1 for keys[:m] (deg zeroed by the caller).
+
+    Typed keys pass ``num_types * num_nodes`` as ``num_nodes``.
+    """
     for i in range(m):
         deg[keys[i] // num_nodes] += 1
 
@@ -126,15 +148,27 @@ def keys_to_sources(keys, m, num_nodes, out):
 
 
 @njit(cache=True, nogil=True)
-def relabel_keys(keys, m, num_nodes, lo, new_id, bounds, counts, out):
+def keys_to_sources_types(keys, m, num_nodes, num_types, src, types):
+    """src[i], types[i] = the source and the type of typed keys[i]."""
+    m_key = num_nodes * num_types
+    for i in range(m):
+        k = keys[i] % m_key
+        src[i] = k // num_types
+        types[i] = k % num_types
+
+
+@njit(cache=True, nogil=True)
+def relabel_keys(keys, m, num_nodes, lo, new_id, bounds, counts, out, num_types):
     """Map keys of a bucket starting at ``lo`` to new ids, grouped by new-id bucket.
 
     ``counts`` (zeroed, [K]) receives keys per bucket of ``bounds``; ``out``
-    ([m]) receives the keys relative to their new bucket.
+    ([m]) receives the keys relative to their new bucket. Typed keys
+    (``num_types > 1``) keep their type.
     """
     k = len(counts)
+    m_key = num_nodes * num_types
     for i in range(m):
-        d = new_id[lo + keys[i] // num_nodes]
+        d = new_id[lo + keys[i] // m_key]
         counts[_bucket(d, bounds)] += 1
     pos = np.empty(k, dtype=np.int64)
     acc = 0
@@ -143,10 +177,12 @@ def relabel_keys(keys, m, num_nodes, lo, new_id, bounds, counts, out):
         acc += counts[b]
     for i in range(m):
         key = keys[i]
-        d = new_id[lo + key // num_nodes]
-        s = new_id[key % num_nodes]
+        d = new_id[lo + key // m_key]
+        k = key % m_key
+        s = new_id[k // num_types]
+        t = k % num_types
         b = _bucket(d, bounds)
-        out[pos[b]] = (d - bounds[b]) * num_nodes + s
+        out[pos[b]] = (d - bounds[b]) * m_key + s * num_types + t
         pos[b] += 1
 
 

@@ -73,6 +73,15 @@ class Plan:
     block_edges: int
     disk_bytes: int
     strategy: str
+    #: Relation names by type id when the source's edges are typed (else None).
+    relations: list[str] | None = None
+    #: Type id of the reverse of each relation (symmetrising).
+    reverse: list[int] | None = None
+
+    @property
+    def num_types(self) -> int:
+        """Edge types the keys carry (1 = untyped)."""
+        return len(self.relations) if self.relations else 1
 
 
 def crash_point(step: str) -> None:
@@ -268,7 +277,11 @@ class Conversion:
         self._splits_step()
         shutil.rmtree(self.tmp, ignore_errors=True)
         o, s = self.opts, self.source
+        extra: dict[str, Any] = {}
+        if self.plan.relations is not None:
+            extra["relations"] = list(self.plan.relations)
         return {
+            **extra,
             "num_nodes": self.plan.num_nodes,
             "num_edges": num_edges,
             "feature_dim": self.plan.feature_dim,
@@ -374,6 +387,8 @@ class Conversion:
                 capacity=self.plan.capacity,
                 block_edges=self.plan.block_edges,
                 tick=tick,
+                num_types=self.plan.num_types,
+                rev_type=self.plan.reverse,
             )
         self._done("edges_bucketed", {"buckets": [b.as_dict() for b in buckets]})
 
@@ -392,6 +407,8 @@ class Conversion:
                 degrees=self.table,
                 tmp_dir=self.tmp,
                 tick=tick,
+                num_types=self.plan.num_types,
+                self_type=self.plan.num_types - 1,  # "self", last when self-loops are added
             )
         self.table.tofile(deg_path)
         info = {"buckets": [b.as_dict() for b in buckets], "num_edges": num_edges}
@@ -435,6 +452,7 @@ class Conversion:
                 tmp_dir=self.tmp,
                 block_edges=self.plan.block_edges,
                 tick=tick,
+                num_types=self.plan.num_types,
             )
         self._done("edges_relabelled", {"buckets": [b.as_dict() for b in buckets]})
         for b in old:
@@ -448,6 +466,9 @@ class Conversion:
         buckets = self._buckets("edges_relabelled" if relabelled else "edges_deduped")
         indptr = self._array("indptr", (n + 1,), np.int64)
         indices = self._array("indices", (num_edges,), self.plan.idx_dtype)
+        types = None
+        if self.plan.relations is not None:
+            types = self._writer_fn(self._array("edge_type", (num_edges,), np.int8))
         with self.log.run("topology: write CSC", n) as tick:
             written = _csc.write_csc(
                 buckets,
@@ -458,6 +479,8 @@ class Conversion:
                 sort=relabelled,
                 tmp_dir=self.tmp,
                 tick=tick,
+                num_types=self.plan.num_types,
+                write_types=types,
             )
         if written != num_edges:
             raise ConvertError(f"internal error: wrote {written} edges, expected {num_edges}")

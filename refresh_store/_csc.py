@@ -14,6 +14,12 @@ range of destination nodes small enough to sort in the memory budget:
    degrees so each holds about the same number of edges.
 4. :func:`write_csc` writes ``indptr`` and ``indices`` front to back.
 
+Typed edges (a source with relations, ``num_types > 1``) carry their type in
+the key (see :mod:`refresh_store._convert_kernels`), so every pass moves the
+type with its edge: deduplication keeps one edge per (destination, type,
+source), and :func:`write_csc` writes ``edge_type`` aligned with ``indices``;
+each node's in-edges are sorted by source as without types (then by type).
+
 Step 2 is restartable bucket by bucket: a bucket's deduplicated file appears
 by an atomic rename and only then is its input removed.
 """
@@ -35,6 +41,7 @@ from ._convert_kernels import (
     edge_keys_by_bucket,
     find_buckets,
     keys_to_sources,
+    keys_to_sources_types,
     local_degrees,
     relabel_keys,
 )
@@ -54,6 +61,17 @@ __all__ = [
 KEY_BYTES = 8
 Tick = Callable[[int, int], None]
 _MAX_OPEN_BUCKETS = 512
+_UNTYPED = np.zeros(1, dtype=np.int8)  # rev_type of an untyped conversion (one type, 0)
+_NO_TYPES = np.zeros(0, dtype=np.int8)
+
+
+def _rev_table(rev_type: Any, num_types: int) -> np.ndarray:
+    if num_types <= 1:
+        return _UNTYPED
+    rev = np.asarray(rev_type if rev_type is not None else np.arange(num_types), dtype=np.int8)
+    if rev.shape != (num_types,):
+        raise ValueError(f"rev_type must have {num_types} entries; got {rev.shape}")
+    return np.ascontiguousarray(rev)
 
 
 @dataclass
@@ -106,23 +124,26 @@ def _partition_to_files(
     drop_self_loops: bool,
     edges_name: str,
     tick: Tick,
+    rev_type: np.ndarray = _UNTYPED,
 ) -> list[Bucket]:
+    """``blocks`` yields ``(first, src, dst, etype)`` (``etype`` None when untyped)."""
     k = len(bounds) - 1
     names = [f"{prefix}_{i}.keys" for i in range(k)]
     counts = np.zeros(k, dtype=np.int64)
     files = [open(tmp_dir / nm, "wb") for nm in names]
     buf = np.empty(0, dtype=np.int64)
     try:
-        for first, src, dst in blocks:
+        for first, src, dst, etype in blocks:
             src = np.ascontiguousarray(src, dtype=np.int64)
             dst = np.ascontiguousarray(dst, dtype=np.int64)
+            et = _NO_TYPES if etype is None else np.ascontiguousarray(etype, dtype=np.int8)
             need = len(src) * (2 if undirected else 1)
             if len(buf) < need:  # grows once, then is reused block after block
                 buf = np.empty(need, dtype=np.int64)
             keys = buf[:need]
             c = np.zeros(k, dtype=np.int64)
             bad = edge_keys_by_bucket(
-                src, dst, num_nodes, bounds, undirected, drop_self_loops, c, keys
+                src, dst, num_nodes, bounds, undirected, drop_self_loops, c, keys, et, rev_type
             )
             if bad >= 0:
                 raise InputDataError(
@@ -141,11 +162,18 @@ def _partition_to_files(
 
 
 def _split_oversized(
-    buckets: list[Bucket], num_nodes: int, tmp_dir: Path, capacity: int, block: int
+    buckets: list[Bucket],
+    num_nodes: int,
+    tmp_dir: Path,
+    capacity: int,
+    block: int,
+    rev_type: np.ndarray = _UNTYPED,
 ) -> list[Bucket]:
     """Split every bucket of more than ``capacity`` keys by destination range (skewed degrees)."""
     out: list[Bucket] = []
     todo = list(buckets)
+    num_types = len(rev_type)
+    m_key = num_nodes * num_types
     while todo:
         b = todo.pop(0)
         if b.count <= capacity:
@@ -163,10 +191,23 @@ def _split_oversized(
 
         def blocks(path: Path = path, b: Bucket = b) -> Any:
             for a, keys in _key_blocks(path, b.count, block):
-                yield a, keys % num_nodes, b.lo + keys // num_nodes
+                if num_types > 1:
+                    k = keys % m_key
+                    yield a, k // num_types, b.lo + keys // m_key, k % num_types
+                else:
+                    yield a, keys % num_nodes, b.lo + keys // num_nodes, None
 
         subs = _partition_to_files(
-            blocks(), bounds, num_nodes, tmp_dir, stem, False, False, b.name, lambda r, n: None
+            blocks(),
+            bounds,
+            num_nodes,
+            tmp_dir,
+            stem,
+            False,
+            False,
+            b.name,
+            lambda r, n: None,
+            rev_type,
         )
         path.unlink()
         todo = subs + todo
@@ -183,8 +224,14 @@ def bucket_edges(
     capacity: int,
     block_edges: int,
     tick: Tick,
+    num_types: int = 1,
+    rev_type: Any = None,
 ) -> list[Bucket]:
     """Pass 1: edge keys into destination buckets of at most ``capacity`` keys each.
+
+    With ``num_types > 1`` the edges are typed: ``edges.typed_blocks`` gives
+    each edge's type and ``rev_type[t]`` is the type of the reverse edge a
+    symmetrised graph adds (default: the same type).
 
     Raises
     ------
@@ -196,8 +243,13 @@ def bucket_edges(
     bounds = _uniform_bounds(0, num_nodes, parts) if num_nodes else np.array([0, 0])
     if num_nodes == 0:
         return []
+    rev = _rev_table(rev_type, num_types)
+    if num_types > 1:
+        blocks = edges.typed_blocks(block_edges)
+    else:
+        blocks = ((first, src, dst, None) for first, src, dst in edges.blocks(block_edges))
     buckets = _partition_to_files(
-        edges.blocks(block_edges),
+        blocks,
         bounds,
         num_nodes,
         tmp_dir,
@@ -206,8 +258,9 @@ def bucket_edges(
         drop_self_loops,
         edges.name,
         tick,
+        rev,
     )
-    return _split_oversized(buckets, num_nodes, tmp_dir, capacity, block_edges)
+    return _split_oversized(buckets, num_nodes, tmp_dir, capacity, block_edges, rev)
 
 
 def _dedupe_one(
@@ -217,6 +270,8 @@ def _dedupe_one(
     degrees: np.ndarray,
     tmp_dir: Path,
     buf: np.ndarray,
+    num_types: int = 1,
+    self_type: int = 0,
 ) -> Bucket:
     src_path = tmp_dir / b.name
     name = b.name.removesuffix(".keys") + ".dedup"
@@ -232,7 +287,9 @@ def _dedupe_one(
                 _read_keys(f, keys[: b.count], src_path)
         if loops:
             local = np.arange(loops, dtype=np.int64)
-            keys[b.count :] = local * num_nodes + (local + b.lo)
+            keys[b.count :] = local * (num_nodes * num_types) + (
+                (local + b.lo) * num_types + self_type
+            )
         keys.sort()
         m = dedupe_sorted(keys, len(keys))
         tmp = done_path.with_suffix(".partial")
@@ -243,7 +300,7 @@ def _dedupe_one(
         os.replace(tmp, done_path)
     src_path.unlink(missing_ok=True)
     deg = np.zeros(b.hi - b.lo, dtype=np.int64)
-    local_degrees(keys, m, num_nodes, deg)
+    local_degrees(keys, m, num_nodes * num_types, deg)
     degrees[b.lo : b.hi] = deg
     return Bucket(b.lo, b.hi, name, int(m))
 
@@ -256,8 +313,13 @@ def dedupe_buckets(
     degrees: np.ndarray,
     tmp_dir: Path,
     tick: Tick,
+    num_types: int = 1,
+    self_type: int = 0,
 ) -> tuple[list[Bucket], int]:
     """Pass 2: sort and deduplicate each bucket; fill ``degrees`` (in-degree per node).
+
+    Typed keys (``num_types > 1``) are deduplicated per (destination, type,
+    source); added self-loops get type ``self_type``.
 
     Returns
     -------
@@ -268,7 +330,9 @@ def dedupe_buckets(
     size = max((b.count + (b.hi - b.lo if add_self_loops else 0) for b in buckets), default=0)
     buf = np.empty(size, dtype=np.int64)
     for b in buckets:
-        out.append(_dedupe_one(b, num_nodes, add_self_loops, degrees, tmp_dir, buf))
+        out.append(
+            _dedupe_one(b, num_nodes, add_self_loops, degrees, tmp_dir, buf, num_types, self_type)
+        )
         tick(b.hi - b.lo, b.count * KEY_BYTES)
     return out, sum(b.count for b in out)
 
@@ -311,8 +375,9 @@ def relabel_buckets(
     tmp_dir: Path,
     block_edges: int,
     tick: Tick,
+    num_types: int = 1,
 ) -> list[Bucket]:
-    """Pass 3: map deduplicated keys to new ids, bucketed by new destination."""
+    """Pass 3: map deduplicated keys to new ids, bucketed by new destination (types kept)."""
     k = len(bounds) - 1
     if k > _MAX_OPEN_BUCKETS * 8:
         raise ConvertError(f"{k} buckets of new ids; raise --memory-budget")
@@ -328,7 +393,7 @@ def relabel_buckets(
             for _, keys in _key_blocks(tmp_dir / b.name, b.count, block_edges):
                 out = out_buf[: len(keys)]
                 c = np.zeros(k, dtype=np.int64)
-                relabel_keys(keys, len(keys), num_nodes, b.lo, new_id, bounds, c, out)
+                relabel_keys(keys, len(keys), num_nodes, b.lo, new_id, bounds, c, out, num_types)
                 ends = np.cumsum(c)
                 for i in np.flatnonzero(c):
                     _append(files[i], out[ends[i] - c[i] : ends[i]])
@@ -350,8 +415,13 @@ def write_csc(
     sort: bool,
     tmp_dir: Path,
     tick: Tick,
+    num_types: int = 1,
+    write_types: Callable[[int, np.ndarray], None] | None = None,
 ) -> int:
     """Pass 4: ``indptr``/``indices`` from buckets covering ``[0, num_nodes)`` in order.
+
+    Typed keys (``num_types > 1``) also give ``edge_type`` (int8, through
+    ``write_types``), aligned with ``indices``.
 
     Returns
     -------
@@ -366,7 +436,10 @@ def write_csc(
     # Two source buffers: the indices of one bucket are written on a helper
     # thread (pwrite releases the GIL) while the next bucket is read and sorted.
     src_bufs = [np.empty(size, dtype=indices_dtype) for _ in range(2)]
+    typed = write_types is not None
+    type_bufs = [np.empty(size if typed else 0, dtype=np.int8) for _ in range(2)]
     pending: list[Future[None] | None] = [None, None]
+    m_key = num_nodes * num_types
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-csc") as pool:
         for i, b in enumerate(buckets):
             if b.lo != expect:
@@ -379,13 +452,22 @@ def write_csc(
             if sort:
                 keys.sort()
             deg = np.zeros(b.hi - b.lo, dtype=np.int64)
-            local_degrees(keys, len(keys), num_nodes, deg)
+            local_degrees(keys, len(keys), m_key, deg)
             slot = pending[i % 2]
             if slot is not None:
                 slot.result()
             src = src_bufs[i % 2][: len(keys)]
-            keys_to_sources(keys, len(keys), num_nodes, src)
-            pending[i % 2] = pool.submit(write_indices, offset, src) if len(src) else None
+            if typed:
+                et = type_bufs[i % 2][: len(keys)]
+                keys_to_sources_types(keys, len(keys), num_nodes, num_types, src, et)
+                pending[i % 2] = (
+                    pool.submit(_write_both, write_indices, write_types, offset, src, et)
+                    if len(src)
+                    else None
+                )
+            else:
+                keys_to_sources(keys, len(keys), num_nodes, src)
+                pending[i % 2] = pool.submit(write_indices, offset, src) if len(src) else None
             write_indptr(b.lo + 1, offset + np.cumsum(deg))
             offset += len(src)
             tick(b.hi - b.lo, len(src) * src.itemsize + (b.hi - b.lo) * 8)
@@ -395,6 +477,11 @@ def write_csc(
     if expect != num_nodes:
         raise ConvertError(f"internal error: buckets end at node {expect}, not {num_nodes}")
     return offset
+
+
+def _write_both(write_indices: Any, write_types: Any, offset: int, src: Any, et: Any) -> None:
+    write_indices(offset, src)
+    write_types(offset, et)
 
 
 def bucket_sizes(buckets: list[Bucket]) -> NDArray[np.int64]:

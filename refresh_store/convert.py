@@ -47,6 +47,7 @@ from ._convert_steps import (
 )
 from ._passes import PassLog, PassRecord, format_bytes, peak_rss_bytes
 from .errors import ConvertError, InputDataError, SourceFormatError
+from .format import MAX_RELATIONS
 from .readers import ArrayEdges, Source, open_source
 from .reorder import choose_strategy
 from .sizes import parse_size as _parse_size
@@ -221,6 +222,14 @@ def _plan(source: Source, o: ConvertOptions) -> Plan:
         strategy = "shuffle"  # one front-to-back read; no staged copy needed
     derived = (n - len(source.features)) * d * out_dtype.itemsize
     temp = staged + derived + max(2 * e_max * 8, out_feat if strategy == "shuffle" else 0) + n * 8
+    relations, reverse = _relations(source, o)
+    if relations is not None:
+        output += e_max  # edge_type, one byte per edge
+        if n * n * len(relations) >= 1 << 63:
+            raise ConvertError(
+                f"{n:,} nodes with {len(relations)} edge types do not fit the converter's "
+                "64-bit edge keys (nodes^2 x types must stay below 2^63)"
+            )
     return Plan(
         num_nodes=n,
         feature_dim=d,
@@ -232,7 +241,27 @@ def _plan(source: Source, o: ConvertOptions) -> Plan:
         block_edges=int(min(1 << 24, max(1 << 16, work // 64))),
         disk_bytes=output + temp,
         strategy=strategy,
+        relations=relations,
+        reverse=reverse,
     )
+
+
+def _relations(source: Source, o: ConvertOptions) -> tuple[list[str] | None, list[int] | None]:
+    """Relation names and reverses of a typed source's store (``"self"`` added last with
+    ``self_loops='add'``), or ``(None, None)``."""
+    names = source.edges.relations
+    if names is None:
+        return None, None
+    relations = list(names)
+    reverse = list(source.edges.reverse or range(len(relations)))
+    if o.self_loops == "add":
+        relations.append("self")
+        reverse.append(len(relations) - 1)
+    if len(relations) > MAX_RELATIONS:
+        raise ConvertError(
+            f"the source has {len(relations)} edge types; a store holds at most {MAX_RELATIONS}"
+        )
+    return relations, reverse
 
 
 def _check_disk(dst: Path, need: int) -> None:

@@ -1,4 +1,4 @@
-"""The on-disk format of a ReFresh store (version 1).
+"""The on-disk format of a ReFresh store (versions 1 and 2).
 
 A store is one Zarr v3 group. Every array is uncompressed and written as a
 single shard whose inner chunks lie in row order, so the shard file's data
@@ -8,6 +8,15 @@ inner chunk and a crc32c). zarr-python and tensorstore read the arrays through
 the standard sharding codec; this project reads rows directly at byte offsets
 computed from the index, which is read at open because a zarr rewrite of the
 shard may move chunks.
+
+Version 2 is version 1 plus one optional array, ``edge_type`` (int8 ``[E]``,
+aligned with ``indices``: the relation of each CSC edge), and the manifest key
+``relations`` (the relation names, indexed by type id). Within each node's
+in-edges a typed store sorts edges by (type, source), so the edges of one
+relation are a contiguous run that a binary search finds. A store carries the
+lowest version that describes it: stores without edge types are still
+written as version 1, byte for byte as before, and releases that read only
+version 1 keep reading them; they refuse a typed store by its version.
 """
 
 from __future__ import annotations
@@ -24,8 +33,12 @@ from .errors import StoreFormatError
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSION_EDGE_TYPES",
+    "READ_FORMAT_VERSIONS",
     "MANIFEST_KEY",
     "ARRAY_NAMES",
+    "OPTIONAL_ARRAY_NAMES",
+    "MAX_RELATIONS",
     "RowRegion",
     "default_chunk_rows",
     "shard_path",
@@ -33,7 +46,12 @@ __all__ = [
     "read_shard_index",
 ]
 
+#: Version of a store without edge types (the base format).
 FORMAT_VERSION = 1
+#: Version of a store with the optional ``edge_type`` array and ``relations``.
+FORMAT_VERSION_EDGE_TYPES = 2
+#: Versions this release opens.
+READ_FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_EDGE_TYPES)
 #: Key of the manifest in the group's attributes.
 MANIFEST_KEY = "refresh"
 #: Arrays every complete store holds.
@@ -48,6 +66,10 @@ ARRAY_NAMES = (
     "new_id",
     "old_id",
 )
+#: Arrays a store may hold (version 2): ``edge_type`` int8 [E], aligned with ``indices``.
+OPTIONAL_ARRAY_NAMES = ("edge_type",)
+#: Relations an ``edge_type`` array can name (int8 ids ``0 .. MAX_RELATIONS-1``).
+MAX_RELATIONS = 127
 # Offset/nbytes value zarr uses for an inner chunk that was never written.
 _EMPTY = np.uint64(2**64 - 1)
 # Target size of one inner chunk: big enough that the shard index stays small

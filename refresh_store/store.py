@@ -28,7 +28,11 @@ from .errors import ConvertError, StoreFormatError, StoreIncompleteError
 from .format import (
     ARRAY_NAMES,
     FORMAT_VERSION,
+    FORMAT_VERSION_EDGE_TYPES,
     MANIFEST_KEY,
+    MAX_RELATIONS,
+    OPTIONAL_ARRAY_NAMES,
+    READ_FORMAT_VERSIONS,
     RowRegion,
     default_chunk_rows,
     encode_shard_index,
@@ -241,12 +245,26 @@ class Store:
                 "rerun tools/convert.py with --resume or --overwrite"
             )
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READ_FORMAT_VERSIONS:
             raise StoreFormatError(
                 f"store {str(self.path)!r} has format_version {version!r}; this release reads "
-                f"{FORMAT_VERSION} — reconvert with tools/convert.py"
+                f"{', '.join(map(str, READ_FORMAT_VERSIONS))} — reconvert with tools/convert.py"
+            )
+        relations = manifest.get("relations")
+        typed = version == FORMAT_VERSION_EDGE_TYPES
+        if typed and not (
+            isinstance(relations, list)
+            and 1 <= len(relations) <= MAX_RELATIONS
+            and all(isinstance(r, str) for r in relations)
+        ):
+            raise StoreFormatError(
+                f"store {str(self.path)!r} has format_version {version} but its manifest's "
+                f"'relations' is {relations!r}, not a list of 1 to {MAX_RELATIONS} names; "
+                "the store is damaged — reconvert it"
             )
         self.manifest: dict[str, Any] = manifest
+        #: Relation names indexed by edge type id, or None for a store without edge types.
+        self.relations: list[str] | None = list(relations) if typed else None
         self.num_nodes = int(manifest["num_nodes"])
         self.num_edges = int(manifest["num_edges"])
         self.feature_dim = int(manifest["feature_dim"])
@@ -295,6 +313,21 @@ class Store:
     new_id = cached_property(lambda self: self.array("new_id"))
     old_id = cached_property(lambda self: self.array("old_id"))
 
+    @property
+    def has_edge_types(self) -> bool:
+        """Whether the store holds ``edge_type`` (format version 2)."""
+        return self.relations is not None
+
+    @property
+    def num_relations(self) -> int:
+        """Number of relations (0 for a store without edge types)."""
+        return 0 if self.relations is None else len(self.relations)
+
+    @cached_property
+    def edge_type(self) -> np.ndarray | None:
+        """int8 ``[E]`` relation of each CSC edge (aligned with ``indices``), or None."""
+        return self.array("edge_type") if self.has_edge_types else None
+
 
 def open_store(path: str | os.PathLike[str]) -> Store:
     """Open a complete store for reading.
@@ -342,8 +375,9 @@ def drop_resident_pages(array: Any) -> bool:
 
 
 def _open_region(root: Path, name: str) -> RowRegion:
-    if name not in ARRAY_NAMES:
-        raise ValueError(f"unknown array {name!r}; a store holds {', '.join(ARRAY_NAMES)}")
+    if name not in ARRAY_NAMES and name not in OPTIONAL_ARRAY_NAMES:
+        names = ", ".join(ARRAY_NAMES + OPTIONAL_ARRAY_NAMES)
+        raise ValueError(f"unknown array {name!r}; a store holds {names}")
     meta = _read_json(root / name / "zarr.json")
     try:
         shape = tuple(int(s) for s in meta["shape"])
@@ -693,17 +727,29 @@ class StoreWriter:
         """Write checksums and the manifest (last), then rename ``DST.partial`` to ``DST``.
 
         ``manifest`` needs at least ``num_nodes``, ``num_edges``, ``feature_dim``,
-        ``dtype`` and ``num_classes``; ``format_version``, ``checksums`` and
-        ``created`` are added here.
+        ``dtype`` and ``num_classes``, and ``relations`` (names by type id) when
+        an ``edge_type`` array was written; ``format_version``, ``checksums`` and
+        ``created`` are added here. The version is the lowest that describes
+        the store: 2 with ``edge_type``, else 1.
         """
         missing = [n for n in ARRAY_NAMES if not self.has_array(n)]
         if missing:
             raise ConvertError(
                 f"cannot commit {str(self.dst)!r}: arrays {missing} were not written"
             )
+        names = self._array_names()
         full = dict(manifest)
-        full["format_version"] = FORMAT_VERSION
-        full["chunk_rows"] = {n: _open_region(self.partial_path, n).chunk_rows for n in ARRAY_NAMES}
+        typed = "edge_type" in names
+        relations = full.get("relations")
+        if typed and not (isinstance(relations, list) and 1 <= len(relations) <= MAX_RELATIONS):
+            raise ConvertError(
+                f"cannot commit {str(self.dst)!r}: an edge_type array needs the manifest's "
+                f"'relations' (1 to {MAX_RELATIONS} names), got {relations!r}"
+            )
+        if not typed:
+            full.pop("relations", None)
+        full["format_version"] = FORMAT_VERSION_EDGE_TYPES if typed else FORMAT_VERSION
+        full["chunk_rows"] = {n: _open_region(self.partial_path, n).chunk_rows for n in names}
         full["checksums"] = self._checksums()
         full.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self._fsync_modified(self._progress().get("synced_ns", 0))
@@ -733,7 +779,7 @@ class StoreWriter:
         """Per-block checksums of every array: gathered while writing where possible, else read."""
         recorded = self._progress().get("checksums", {})
         out: dict[str, Any] = {}
-        for name in ARRAY_NAMES:
+        for name in self._array_names():
             log = self._logs.get(name)
             entry = log.as_checksums() if log is not None else recorded.get(name)
             region = _open_region(self.partial_path, name)
@@ -745,6 +791,10 @@ class StoreWriter:
                 entry = array_checksums(self.partial_path, name, CHECKSUM_BLOCK_BYTES)
             out[name] = entry
         return out
+
+    def _array_names(self) -> tuple[str, ...]:
+        """The arrays the store holds: every required one and the optional ones written."""
+        return ARRAY_NAMES + tuple(n for n in OPTIONAL_ARRAY_NAMES if self.has_array(n))
 
     def abort(self) -> None:
         """Remove ``DST.partial`` and everything written so far."""
@@ -788,12 +838,17 @@ def write_store(
     manifest_extra: Mapping[str, Any] | None = None,
     chunk_rows: int | None = None,
     overwrite: bool = False,
+    edge_type: NDArray[np.integer] | None = None,
+    relations: list[str] | None = None,
 ) -> Store:
     """Write a store from in-memory arrays, as given (no reordering).
 
     Meant for small data (tests, examples); large datasets go through
     :func:`refresh_store.convert.convert`. ``new_id``/``old_id`` default to the
     identity permutation; ``num_classes`` defaults to ``labels.max() + 1``.
+    ``edge_type`` (``[E]``, aligned with ``indices``, values in
+    ``[0, len(relations))``) and ``relations`` make a typed store (format
+    version 2).
     """
     features = np.asarray(features)
     if features.ndim != 2:
@@ -818,6 +873,15 @@ def write_store(
         "new_id": identity if new_id is None else np.asarray(new_id, dtype=np.int64),
         "old_id": identity if old_id is None else np.asarray(old_id, dtype=np.int64),
     }
+    if (edge_type is None) != (relations is None):
+        raise ValueError("edge_type and relations go together: pass both or neither")
+    if edge_type is not None:
+        et = np.asarray(edge_type)
+        if et.shape != indices.shape:
+            raise ValueError(f"edge_type must have shape {indices.shape}, got {et.shape}")
+        if et.size and (et.min() < 0 or et.max() >= len(relations)):  # type: ignore[arg-type]
+            raise ValueError(f"edge_type values must lie in [0, {len(relations)})")  # type: ignore[arg-type]
+        arrays["edge_type"] = et.astype(np.int8)
     writer = StoreWriter(dst, overwrite=overwrite)
     try:
         for name, arr in arrays.items():
@@ -837,6 +901,8 @@ def write_store(
             "reorder": "none",
             "source": {"format": "memory"},
         }
+        if relations is not None:
+            manifest["relations"] = list(relations)
         manifest.update(manifest_extra or {})
         return writer.commit(manifest)
     except BaseException:

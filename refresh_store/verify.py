@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StoreFormatError
-from .format import ARRAY_NAMES, RowRegion
+from .format import ARRAY_NAMES, OPTIONAL_ARRAY_NAMES, RowRegion
 from .store import array_checksums, open_store
 
 __all__ = ["VerifyReport", "verify_store"]
@@ -109,10 +109,11 @@ def _check_checksums(
     manifest: dict,
     report: VerifyReport,
     visitors: dict[str, _FiniteScan] | None = None,
+    names: tuple[str, ...] = ARRAY_NAMES,
 ) -> None:
     recorded = manifest.get("checksums", {})
     visitors = visitors or {}
-    for name in ARRAY_NAMES:
+    for name in names:
         want = recorded.get(name)
         if not isinstance(want, dict):
             report.failures.append(f"{name}: the manifest has no checksums for it")
@@ -246,7 +247,8 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     sizes against the manifest; ``indptr`` starts at 0, never decreases and
     ends at E; ``indices`` in ``[0, N)``; ``new_id``/``old_id`` are inverse
     permutations; labels in ``[-1, num_classes)``; splits in ``[0, N)``,
-    without repeats and disjoint.
+    without repeats and disjoint; for a typed store (format version 2),
+    ``edge_type`` has E entries in ``[0, len(relations))``.
 
     Features are scanned for NaN and infinities in the same read as their
     checksums. Found in a store whose manifest records
@@ -269,7 +271,8 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     store = open_store(path)
     report = VerifyReport(str(path))
     regions: dict[str, RowRegion] = {}
-    for name in ARRAY_NAMES:
+    names = ARRAY_NAMES + (OPTIONAL_ARRAY_NAMES if store.has_edge_types else ())
+    for name in names:
         try:
             regions[name] = store.region(name)
         except StoreFormatError as exc:
@@ -280,7 +283,9 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     scan = _FiniteScan(regions["features"]) if regions["features"].dtype.kind == "f" else None
     read_failed = False
     try:
-        _check_checksums(store.path, store.manifest, report, {"features": scan} if scan else None)
+        _check_checksums(
+            store.path, store.manifest, report, {"features": scan} if scan else None, names
+        )
     except StoreFormatError as exc:
         report.failures.append(str(exc))
         read_failed = True
@@ -293,6 +298,8 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
         "new_id": (n,),
         "old_id": (n,),
     }
+    if store.has_edge_types:
+        expect["edge_type"] = (e,)
     for name, shape in expect.items():
         got = (regions[name].nrows, *regions[name].row_shape)
         if got != shape:
@@ -314,6 +321,9 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     _check_indptr(regions["indptr"], e, report)
     _check_range(regions["indices"], "indices", 0, n, report)
     report.checked.append("topology")
+    if store.has_edge_types:
+        _check_range(regions["edge_type"], "edge_type", 0, store.num_relations, report)
+        report.checked.append("edge types")
     _check_permutation(regions["new_id"], regions["old_id"], n, report)
     report.checked.append("permutation")
     _check_range(regions["labels"], "labels", -1, max(store.num_classes, 0), report)

@@ -20,6 +20,7 @@ _EXPORTS = {
     "TierConfig": "config",
     "TrainConfig": "config",
     "MODELS": "models",
+    "RELATIONAL_MODELS": "models",
     "build_model": "models",
     "NeighborSampler": "sampler",
     "epoch_batches": "sampler",

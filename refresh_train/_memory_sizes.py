@@ -160,6 +160,9 @@ def _layer_terms(
     return retained, adjacency, transient
 
 
+_RELATIONAL_AS = {"rsage": "sage", "rgat": "gat"}
+
+
 def step_bytes(
     model: str,
     dims: Sequence[int],
@@ -184,6 +187,9 @@ def step_bytes(
     gradients of parameters, Adam state and the input features are not
     counted.
     """
+    # A relational layer runs its homogeneous counterpart once per relation on
+    # that relation's edges (which add up to the block's): estimated as one.
+    model = _RELATIONAL_AS.get(model, model)
     r, adj, t = _layer_terms(
         model,
         dims,
@@ -261,9 +267,16 @@ def probe_training(
     Sampled from the store's memory-mapped topology with the run's seed:
     ids and edges only, no features.
     """
+    from .models import sampler_options
     from .sampler import NeighborSampler, batch_seed, epoch_batches
 
-    sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=config.seed)
+    sampler = NeighborSampler(
+        store.indptr,
+        store.indices,
+        list(fanouts),
+        seed=config.seed,
+        **sampler_options(config.model, store),
+    )
     try:
         shapes, beyond = [], []
         parts = epoch_batches(store.train_idx, config.batch_size, config.seed, 0)
@@ -282,9 +295,16 @@ def probe_sampled_eval(
     store: Store, config: TrainConfig, fanouts: Sequence[int]
 ) -> tuple[list[list[tuple[int, int, int]]], int]:
     """Block sizes of sampled evaluation's first batch of the validation and test nodes."""
+    from .models import sampler_options
     from .sampler import NeighborSampler
 
-    sampler = NeighborSampler(store.indptr, store.indices, list(fanouts), seed=config.seed)
+    sampler = NeighborSampler(
+        store.indptr,
+        store.indices,
+        list(fanouts),
+        seed=config.seed,
+        **sampler_options(config.model, store),
+    )
     try:
         shapes = []
         nodes = 0

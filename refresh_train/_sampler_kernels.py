@@ -336,3 +336,102 @@ def relabel_hash_kernel(dst, offsets, table_keys, table_vals, shift, src_out, ed
             edge_out[0, e] = local
             edge_out[1, e] = i
     return num
+
+
+# ----------------------------------------------------------------------------- per-relation sampling
+#
+# A typed store keeps each node's in-edges in source order with an aligned
+# ``edge_type`` (see refresh_store.format), so the edges of one relation are
+# not a contiguous run: each destination's types are scanned (int8, one
+# sequential read of its in-edges) to count them and, when a relation is
+# subsampled, to turn the drawn ordinals into CSC positions. A (destination,
+# relation) pair is a sampling *unit* ``i * R + r`` with its own stream.
+
+
+@njit(cache=True, nogil=True)
+def typed_count_kernel(indptr, edge_type, dst, rel_fanouts, offsets, starts, degs, counts):
+    """Per destination ``dst[i]``: CSC start and degree, in-edges per relation
+    (``counts[i * R + r]``) and the prefix sums of how many neighbours each
+    unit takes (``offsets``, length ``len(dst) * R + 1``; relation ``r`` takes
+    up to ``rel_fanouts[r]``). Types outside ``[0, R)`` are never sampled.
+
+    Returns the total number of sampled edges.
+    """
+    n = dst.shape[0]
+    R = rel_fanouts.shape[0]
+    offsets[0] = 0
+    total = 0
+    for i in range(n):
+        if i + _AHEAD < n:
+            prefetch(indptr, dst[i + _AHEAD])
+        v = dst[i]
+        s = indptr[v]
+        d = indptr[v + 1] - s
+        starts[i] = s
+        degs[i] = d
+        base = i * R
+        for r in range(R):
+            counts[base + r] = 0
+        for e in range(s, s + d):
+            t = np.int64(edge_type[e])
+            if t >= 0 and t < R:
+                counts[base + t] += 1
+        for r in range(R):
+            total += _num_sampled(counts[base + r], rel_fanouts[r])
+            offsets[base + r + 1] = total
+    return total
+
+
+@njit(cache=True, nogil=True)
+def typed_sample_kernel(
+    indices, edge_type, dst, starts, degs, counts, offsets, num_relations, lkey, lo, hi, out, types
+):
+    """Draw the neighbours of ``dst[lo:hi]`` per relation into ``out`` (global ids)
+    and their relation into ``types``.
+
+    ``out[offsets[u]:offsets[u+1]]`` (unit ``u = i * R + r``) receives the
+    neighbours of ``dst[i]`` through relation ``r``: all of them in CSC order
+    when the count equals the relation's in-degree, otherwise a uniform subset
+    without replacement (Floyd's algorithm on the relation's ordinals, from
+    the stream of ``dst[i] * R + r``), in CSC order.
+    """
+    R = num_relations
+    nxt = np.empty(R, dtype=np.int64)
+    end = np.empty(R, dtype=np.int64)
+    seen = np.empty(R, dtype=np.int64)
+    for i in range(lo, hi):
+        v = dst[i]
+        base = i * R
+        full = True
+        for r in range(R):
+            o = offsets[base + r]
+            k = offsets[base + r + 1] - o
+            c = counts[base + r]
+            if k > 0:
+                _positions(np.int64(v) * R + r, c, o, k, lkey, out)
+                if k < c:
+                    out[o : o + k].sort()
+                    full = False
+            nxt[r] = o
+            end[r] = o + k
+            seen[r] = 0
+        # One scan of the types: the j-th edge of relation t is taken when j
+        # is the next drawn ordinal of t (ordinals are sorted).
+        s = starts[i]
+        left = offsets[base + R] - offsets[base]
+        for e in range(s, s + degs[i]):
+            if left == 0:
+                break
+            t = np.int64(edge_type[e])
+            if t < 0 or t >= R:
+                continue
+            p = nxt[t]
+            if p < end[t] and (full or out[p] == seen[t]):
+                out[p] = e
+                types[p] = t
+                nxt[t] = p + 1
+                left -= 1
+            seen[t] += 1
+    for i in range(lo, hi):
+        for e in range(offsets[i * R], offsets[(i + 1) * R]):
+            out[e] = indices[out[e]]

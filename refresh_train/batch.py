@@ -26,7 +26,9 @@ Destination prefix
 Edges
     ``edge_index[0]`` is the local source id, ``edge_index[1]`` the local
     destination id (PyG's ``source_to_target`` flow). Edges are grouped by
-    destination, in destination order.
+    destination, in destination order. Blocks sampled per relation (typed
+    stores) also carry ``edge_type`` (``int8 [E]``, the relation id of each
+    edge, an index into the store's ``relations``).
 Historical-cache pruning
     For ``l >= 1`` a source node of block ``l`` may arrive as a finished
     embedding ``h^(l)`` read from a history table instead of being computed by
@@ -96,6 +98,9 @@ class Block:
     cached_emb : torch.Tensor or None
         ``[P, d]`` embeddings of the cached nodes, filled by the history cache
         before the forward pass.
+    edge_type : torch.Tensor or None
+        ``int8 [E]`` relation of each edge (per-relation sampling of a typed
+        store); ``None`` for homogeneous sampling.
     """
 
     num_src: int
@@ -106,6 +111,7 @@ class Block:
     cached_ids: torch.Tensor | None = None
     cached_rows: torch.Tensor | None = None
     cached_emb: torch.Tensor | None = None
+    edge_type: torch.Tensor | None = None
 
     @property
     def num_edges(self) -> int:
@@ -184,6 +190,7 @@ class Block:
         return replace(
             self,
             edge_index=mv(self.edge_index, device, non_blocking),
+            edge_type=mv(self.edge_type, device, non_blocking),
             computed_pos=mv(self.computed_pos, device, non_blocking),
             cached_pos=mv(self.cached_pos, device, non_blocking),
             cached_emb=mv(self.cached_emb, device, non_blocking),
@@ -196,6 +203,7 @@ class Block:
         return replace(
             self,
             edge_index=_pin(self.edge_index),
+            edge_type=_pin(self.edge_type),
             computed_pos=_pin(self.computed_pos),
             cached_pos=_pin(self.cached_pos),
             cached_emb=_pin(self.cached_emb),
@@ -267,7 +275,7 @@ class MiniBatch:
         tensors: list[torch.Tensor | None] = [self.seeds, self.input_nodes, self.labels]
         tensors += self.layer_nodes
         for b in self.blocks:
-            tensors += [b.edge_index, b.computed_pos, b.cached_pos, b.cached_ids]
+            tensors += [b.edge_index, b.edge_type, b.computed_pos, b.cached_pos, b.cached_ids]
             tensors += [b.cached_rows, b.cached_emb]
         if self.features is not None:
             tensors.append(self.features)

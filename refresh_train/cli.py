@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("data and model")
     g.add_argument("--store", metavar="DST", help="store written by tools/convert.py")
-    g.add_argument("--model", help="sage | gcn | gat | mlp (default sage)")
+    g.add_argument(
+        "--model",
+        help="sage | gcn | gat | mlp | rsage | rgat (relational: a store with edge types; "
+        "default sage)",
+    )
     g.add_argument("--layers", type=int, help="number of GNN layers (default 3)")
     g.add_argument("--hidden", type=int, help="hidden width (default 256)")
     g.add_argument("--dropout", type=float, help="dropout between layers (default 0.5)")

@@ -415,7 +415,7 @@ class TrainConfig:
     device_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        from .models import MODELS, NORMS
+        from .models import MODELS, NORMS, RELATIONAL_MODELS
 
         for name in ("max_rss_bytes", "device_memory_bytes"):
             value = getattr(self, name)
@@ -426,8 +426,9 @@ class TrainConfig:
 
         object.__setattr__(self, "store", str(self.store))
         object.__setattr__(self, "fanouts", parse_fanouts(self.fanouts))
-        if self.model not in MODELS:
-            raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.model not in MODELS and self.model not in RELATIONAL_MODELS:
+            names = sorted(MODELS) + sorted(RELATIONAL_MODELS)
+            raise ConfigError(f"model must be one of {names}, got {self.model!r}")
         for name in ("layers", "hidden", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -476,6 +477,24 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_model_store(config: TrainConfig, store: Any) -> None:
+    """Refuse a relational ``--model`` on a store without edge types.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the model, the store and what to do.
+    """
+    from .models import RELATIONAL_MODELS
+
+    if config.model in RELATIONAL_MODELS and not store.has_edge_types:
+        raise ConfigError(
+            f"--model {config.model} is relational but store {str(config.store)!r} has no edge "
+            "types; convert MAG240M with --mag240m-graph full (a store with an edge_type "
+            "array), or use --model sage, gcn or gat"
+        )
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -165,6 +165,7 @@ def predict_layerwise(
     tmp_dir: str | Path | None = None,
     prefetch_batches: int = 2,
     stats: dict[str, Any] | None = None,
+    edge_type: NDArray[np.int8] | None = None,
 ) -> torch.Tensor:
     """Exact logits ``[len(nodes), C]`` (CPU) by layer-wise full-neighbourhood inference.
 
@@ -191,11 +192,14 @@ def predict_layerwise(
     stats
         If given, ``hidden_bytes_read`` and ``hidden_bytes_written`` are
         added to it (traffic of the temporary files).
+    edge_type
+        The store's edge types, for a relational model (its blocks carry
+        each edge's relation).
     """
     model.eval()
     nodes = np.array(nodes, dtype=np.int64)  # a writable copy: batches become tensors
     num_nodes = len(indptr) - 1
-    one_hop = NeighborSampler(indptr, indices, [-1], seed=0)
+    one_hop = NeighborSampler(indptr, indices, [-1], seed=0, **_relations(model, edge_type))
     written = 0
     prev: _RowFile | None = None
     with tempfile.TemporaryDirectory(prefix="refresh-layerwise-", dir=tmp_dir) as tmp:
@@ -251,6 +255,14 @@ def predict_layerwise(
     return out  # type: ignore[return-value]  # the last layer's tensor
 
 
+def _relations(model: BlockGNN, edge_type: NDArray[np.int8] | None) -> dict[str, Any]:
+    """Per-relation sampling for a relational model (it has ``num_relations``)."""
+    num = getattr(model, "num_relations", None)
+    if not num or edge_type is None:
+        return {}
+    return {"edge_type": edge_type, "num_relations": num}
+
+
 def evaluate(
     model: BlockGNN,
     store: Any,
@@ -261,7 +273,7 @@ def evaluate(
     device: torch.device,
     seed: int = 0,
     prefetch_batches: int = 2,
-    topology: tuple[NDArray[np.int64], NDArray[np.integer]] | None = None,
+    topology: tuple[NDArray[np.int64], NDArray[np.integer]] | tuple | None = None,
 ) -> dict[str, Any]:
     """Validation and test accuracy of ``model``, with evaluation's own counters.
 
@@ -288,7 +300,8 @@ def evaluate(
         ``(indptr, indices)`` to sample from instead of the store's memory
         maps: the trainer passes its sampler's, a copy in RAM when it made
         one, so that evaluation does not read the topology into the
-        process a second time.
+        process a second time; a third entry, the edge types (or None), is
+        used by relational models (default: the store's).
 
     Returns
     -------
@@ -301,7 +314,8 @@ def evaluate(
     valid = np.asarray(store.valid_idx, dtype=np.int64)
     test = np.asarray(store.test_idx, dtype=np.int64)
     nodes = np.concatenate([valid, test])
-    indptr, indices = topology if topology is not None else (store.indptr, store.indices)
+    indptr, indices, *typed = topology if topology is not None else (store.indptr, store.indices)
+    edge_type = typed[0] if typed and typed[0] is not None else getattr(store, "edge_type", None)
     extra: dict[str, Any] = {}
     try:
         if config.mode == "layerwise":
@@ -316,10 +330,13 @@ def evaluate(
                 tmp_dir=config.tmp_dir,
                 prefetch_batches=prefetch_batches,
                 stats=extra,
+                edge_type=edge_type,
             )
         else:
             fanouts = config.fanouts if config.fanouts is not None else train_fanouts
-            sampler = NeighborSampler(indptr, indices, list(fanouts), seed=seed)
+            sampler = NeighborSampler(
+                indptr, indices, list(fanouts), seed=seed, **_relations(model, edge_type)
+            )
             logits = predict_sampled(
                 model,
                 sampler,

@@ -426,7 +426,7 @@ def plan_memory(
     from refresh_store.store import open_store
 
     from .history import BudgetSplit
-    from .models import build_model
+    from .models import RELATIONAL_MODELS, build_model, model_options
     from .sampler import IN_MEMORY_AUTO_FRACTION
 
     if store is None:
@@ -440,6 +440,7 @@ def plan_memory(
             num_layers=config.layers,
             dropout=config.dropout,
             norm=config.norm,
+            **model_options(config.model, store),
         )
     if available_bytes is None:
         available_bytes = int(psutil.virtual_memory().available)
@@ -499,15 +500,18 @@ def plan_memory(
 
     # --- probe batches (the sampler alone: ids and edges, no features)
     probes, beyond = probe_training(store, config, fanouts, k_min, PROBE_BATCHES)
-    worst = worst_case(config.batch_size, fanouts, n, m)
+    # Per-relation sampling takes up to the fanout from every relation.
+    per_node = store.num_relations if config.model in RELATIONAL_MODELS else 1
+    worst = worst_case(config.batch_size, [f * per_node for f in fanouts], n, m)
     if not probes:  # no training nodes: nothing to measure
         probes, beyond = [worst], [worst[0][0]]
-    extra = 0
+    # Block.edge_type: one byte per sampled edge.
+    extra = sum(max(p[v][2] for p in probes) for v in range(layers)) if per_node > 1 else 0
     if cache == "refresh":
         # Pruning arrays (positions, ids: 24 B per source of a cached layer) and the
         # cached embeddings copied into the batch, at most one per table node.
         srcs = [max(p[v][0] for p in probes) for v in hist_layers]
-        extra = sum(24 * s + min(s, h_max) * table_row for s in srcs)
+        extra += sum(24 * s + min(s, h_max) * table_row for s in srcs)
     shape = _shape(probes, beyond, worst, config.batch_size, row, PROBE_MARGIN, extra)
     probed = f"largest of {shape.probed} batches +{PROBE_MARGIN - 1:.0%}"
 
@@ -522,7 +526,7 @@ def plan_memory(
     else:
         eprobes, eval_nodes = probe_sampled_eval(store, config, eval_fanouts)
         eseeds = min(config.eval.batch_size, max(1, eval_nodes))
-        eworst = worst_case(eseeds, eval_fanouts, n, m)
+        eworst = worst_case(eseeds, [f * per_node for f in eval_fanouts], n, m)
         if not eprobes:
             eprobes = [eworst]
         eval_shape = _shape(eprobes, [p[0][0] for p in eprobes], eworst, eseeds, row, PROBE_MARGIN)
@@ -543,6 +547,9 @@ def plan_memory(
 
     # --- topology, labels, order
     topo = store.indptr.nbytes + store.indices.nbytes
+    # Relational models sample per relation: the sampler holds edge_type too.
+    typed_bytes = store.edge_type.nbytes if config.model in RELATIONAL_MODELS else 0
+    topo += typed_bytes
     in_ram = topo <= IN_MEMORY_AUTO_FRACTION * available_bytes
     if in_ram:
         add(
@@ -552,7 +559,8 @@ def plan_memory(
             "always",
             "exact",
             f"indptr {format_bytes(store.indptr.nbytes)} + indices "
-            f"{format_bytes(store.indices.nbytes)}",
+            f"{format_bytes(store.indices.nbytes)}"
+            + (f" + edge_type {format_bytes(typed_bytes)}" if typed_bytes else ""),
         )
     else:
         add(

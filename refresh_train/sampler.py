@@ -19,6 +19,15 @@ Semantics
   the order of the seeds and of the other nodes in the batch. Use a different
   ``batch_seed`` per batch (:func:`batch_seed` derives one from epoch and
   batch index).
+* Per-relation sampling (typed stores, relational models): given the
+  store's ``edge_type``, each relation is sampled separately, as the OGB-LSC
+  R-GNN baselines do: a node draws up to the layer's fanout in-neighbours
+  *per relation* (or ``relation_fanouts[hop][r]``), uniformly without
+  replacement among its in-edges of that relation, and every
+  :class:`~refresh_train.batch.Block` carries ``edge_type`` (the relation of
+  each sampled edge). Streams are keyed by ``(seed, batch_seed, layer, v, r)``.
+  Without ``edge_type`` nothing changes (a typed store sampled homogeneously
+  gives the untyped store's blocks: its CSC order is the same).
 * Pruning for the historical embedding cache: ``prune(l, ids)`` is called for
   blocks ``l = L-1 .. 1`` with the global ids of block ``l``'s source nodes
   (``int64`` numpy array). It returns either a boolean mask (``True`` = the
@@ -235,15 +244,36 @@ def _as_topology(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
     return ip, ix
 
 
+def _as_edge_type(edge_type, indices: np.ndarray) -> np.ndarray | None:
+    if edge_type is None:
+        return None
+    if isinstance(edge_type, torch.Tensor):
+        edge_type = edge_type.numpy()
+    if (
+        not isinstance(edge_type, np.ndarray)
+        or edge_type.dtype != np.int8
+        or edge_type.shape != indices.shape
+        or not edge_type.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"edge_type must be a C-contiguous int8 array of shape {indices.shape!r} (the "
+            f"store's edge_type); got {getattr(edge_type, 'dtype', type(edge_type).__name__)!s} "
+            f"{getattr(edge_type, 'shape', '')!r}"
+        )
+    return edge_type.view(np.ndarray)
+
+
 IN_MEMORY_AUTO_FRACTION = 0.25
 """``in_memory="auto"`` copies a topology of at most this share of available RAM."""
 
 
-def topology_fits_in_ram(indptr: np.ndarray, indices: np.ndarray) -> bool:
+def topology_fits_in_ram(
+    indptr: np.ndarray, indices: np.ndarray, edge_type: np.ndarray | None = None
+) -> bool:
     """Whether ``in_memory="auto"`` copies this topology (see :class:`NeighborSampler`)."""
     import psutil
 
-    need = indptr.nbytes + indices.nbytes
+    need = indptr.nbytes + indices.nbytes + (0 if edge_type is None else edge_type.nbytes)
     return need <= IN_MEMORY_AUTO_FRACTION * psutil.virtual_memory().available
 
 
@@ -281,6 +311,16 @@ class NeighborSampler:
         computes, 1 leaves the other core to the model.
     prune : PruneFn, optional
         Default pruning hook for :meth:`sample` (see the module docstring).
+    edge_type : numpy.ndarray of int8, shape [E], optional
+        The store's ``edge_type``: sample each relation separately (see the
+        module docstring); the blocks then carry ``edge_type``.
+    num_relations : int, optional
+        Number of relations (``len(store.relations)``); required with
+        ``edge_type``. Edges whose type lies outside ``[0, R)`` are never drawn.
+    relation_fanouts : list of lists of int, optional
+        ``relation_fanouts[hop][r]``: fanout of relation ``r`` at each hop
+        from the seeds outward. Default: every relation takes the hop's
+        ``fanouts`` entry.
     in_memory : bool or "auto"
         Copy the topology into RAM (``4 * E + 8 * N`` bytes for int32
         indices) instead of reading it in place. For topologies that fit:
@@ -316,10 +356,14 @@ class NeighborSampler:
         num_threads: int = 1,
         prune: PruneFn | None = None,
         in_memory: bool | str = False,
+        edge_type: NDArray[np.integer] | None = None,
+        num_relations: int | None = None,
+        relation_fanouts: Sequence[Sequence[int]] | None = None,
     ) -> None:
         self.indptr, self.indices = _as_topology(indptr, indices)
+        self.edge_type = _as_edge_type(edge_type, self.indices)
         if in_memory == "auto":
-            in_memory = topology_fits_in_ram(self.indptr, self.indices)
+            in_memory = topology_fits_in_ram(self.indptr, self.indices, self.edge_type)
         elif not isinstance(in_memory, (bool, np.bool_)):
             raise ValueError(f"in_memory must be True, False or 'auto'; got {in_memory!r}")
         self.in_memory = bool(in_memory)
@@ -329,7 +373,11 @@ class NeighborSampler:
             # back, or RSS counts the topology twice until they are reclaimed.
             drop_resident_pages(indptr)
             drop_resident_pages(indices)
+            if self.edge_type is not None:
+                self.edge_type = _copy_to_ram(self.edge_type)
+                drop_resident_pages(edge_type)
         self.fanouts = check_fanouts(fanouts)
+        self.num_relations, self._rel_fanouts = self._relations(num_relations, relation_fanouts)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.seed = int(seed)
@@ -346,6 +394,37 @@ class NeighborSampler:
     def num_layers(self) -> int:
         """Number of blocks per batch (``len(fanouts)``)."""
         return len(self.fanouts)
+
+    @property
+    def typed(self) -> bool:
+        """Whether each relation is sampled separately (``edge_type`` given)."""
+        return self.edge_type is not None
+
+    def _relations(
+        self, num_relations: int | None, relation_fanouts: Sequence[Sequence[int]] | None
+    ) -> tuple[int, list[np.ndarray]]:
+        if self.edge_type is None:
+            if num_relations is not None or relation_fanouts is not None:
+                raise ValueError("num_relations and relation_fanouts need edge_type")
+            return 0, []
+        if (
+            isinstance(num_relations, bool)
+            or not isinstance(num_relations, (int, np.integer))
+            or not 1 <= num_relations <= 127
+        ):
+            raise ValueError(
+                f"num_relations must be an integer in [1, 127] with edge_type; got {num_relations!r}"
+            )
+        R = int(num_relations)
+        if relation_fanouts is None:
+            return R, [np.full(R, f, dtype=np.int64) for f in self.fanouts]
+        rows = [check_fanouts(f) for f in relation_fanouts]
+        if len(rows) != len(self.fanouts) or any(len(f) != R for f in rows):
+            raise ValueError(
+                f"relation_fanouts must hold {len(self.fanouts)} lists (one per hop) of "
+                f"{R} fanouts (one per relation); got {relation_fanouts!r}"
+            )
+        return R, [np.asarray(f, dtype=np.int64) for f in rows]
 
     def close(self) -> None:
         """Stop the worker threads (only used when ``num_threads > 1``)."""
@@ -418,14 +497,24 @@ class NeighborSampler:
         for layer in range(L - 1, -1, -1):
             fanout = self.fanouts[L - 1 - layer]
             lkey = np.uint64(K.layer_key(key, np.uint64(layer)))
-            # The input block's sources are nobody's destinations: no CSC lookups.
-            src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped, layer >= 1)
+            etype = None
+            if self.edge_type is not None:
+                rel_fanouts = self._rel_fanouts[L - 1 - layer]
+                src, edge_index, etype = self._sample_layer_typed(
+                    sc, dst, rel_fanouts, lkey, mapped
+                )
+            else:
+                # The input block's sources are nobody's destinations: no CSC lookups.
+                src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped, layer >= 1)
             if src is None:
                 raise ValueError(
                     f"seeds must be distinct; {int(edge_index)!r} appears more than once"
                 )
             block = Block(
-                num_src=src.shape[0], num_dst=dst.shape[0], edge_index=torch.from_numpy(edge_index)
+                num_src=src.shape[0],
+                num_dst=dst.shape[0],
+                edge_index=torch.from_numpy(edge_index),
+                edge_type=None if etype is None else torch.from_numpy(etype),
             )
             dst = src
             mapped = True
@@ -512,6 +601,74 @@ class NeighborSampler:
                 sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
             )
         return src_ids[:num].astype(np.int64), edge_index
+
+    def _sample_layer_typed(
+        self, sc: _Scratch, dst: np.ndarray, rel_fanouts: np.ndarray, lkey: np.uint64, mapped: bool
+    ):
+        """One layer of per-relation sampling: ``(src, edge_index, edge_type)``.
+
+        Draws per (destination, relation) unit (``typed_sample_kernel``),
+        then relabels exactly as the homogeneous path does, with the units'
+        edges grouped per destination.
+        """
+        n = dst.shape[0]
+        R = self.num_relations
+        uoff = sc.get("t_offsets", n * R + 1, np.int64)
+        starts = sc.get("t_starts", n, np.int64)
+        degs = sc.get("t_degs", n, np.int64)
+        counts = sc.get("t_counts", n * R, np.int64)
+        total = int(
+            K.typed_count_kernel(
+                self.indptr, self.edge_type, dst, rel_fanouts, uoff, starts, degs, counts
+            )
+        )
+        edge_index = np.empty((2, total), dtype=np.int64)
+        etype = np.empty(total, dtype=np.int8)
+        args = (self.indices, self.edge_type, dst, starts, degs, counts, uoff, R, lkey)
+        if self._pool is None or n < 256:
+            K.typed_sample_kernel(*args, 0, n, edge_index[0], etype)
+        else:
+            noff = uoff[: n * R + 1 : R]
+            bounds = self._chunks(noff, n, total, self.num_threads * 8)
+            futs = [
+                self._pool.submit(K.typed_sample_kernel, *args, lo, hi, edge_index[0], etype)
+                for lo, hi in zip(bounds[:-1], bounds[1:])
+                if hi > lo
+            ]
+            for f in futs:
+                f.result()
+        # Edges per destination: the units of dst[i] are i*R .. i*R+R-1.
+        offsets = np.ascontiguousarray(uoff[: n * R + 1 : R])
+        if not self._dense_map:
+            src = sc.get("src", n + total, np.int64)
+            size = 1 << max(4, int(2 * (n + total)).bit_length())
+            keys = sc.get("keys", size, np.int64)[:size]
+            keys.fill(-1)
+            vals = sc.get("vals", size, np.int64)[:size]
+            shift = 64 - (size.bit_length() - 1)
+            num = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
+            if num < 0:
+                return None, dst[-1 - num], None
+            return src[:num].copy(), edge_index, etype
+        src_ids = sc.get("src_ids", n + total, np.int32, keep=n if mapped else 0)
+        if sc.local_map is None:
+            sc.local_map = np.zeros(self.num_nodes, dtype=np.int32)
+        if not mapped:
+            sc.base += sc.used
+            sc.used = 0
+            if sc.base + n + total >= _STAMP_LIMIT:
+                sc.local_map.fill(0)
+                sc.base = 1
+        sc.used = max(sc.used, n + total)
+        if mapped:
+            num = n
+        else:
+            num = int(K.map_dst_kernel(dst, sc.local_map, sc.base, src_ids))
+            if num < 0:
+                return None, dst[-1 - num], None
+        unused = sc.get("t_unused", 1, np.int64)
+        num = self._relabel(sc, 0, n, offsets, src_ids, edge_index, num, unused, unused, False)
+        return src_ids[:num].astype(np.int64), edge_index, etype
 
     def _relabel(self, sc, lo, hi, offsets, src_ids, edge_index, num, starts, degs, expand) -> int:
         """Relabel destinations ``[lo, hi)``'s drawn neighbours (see ``relabel_kernel``)."""

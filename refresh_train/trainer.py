@@ -35,12 +35,12 @@ from refresh_store.store import open_store
 
 from .batch import MiniBatch
 from .checkpoint import CheckpointError, load_checkpoint, restore_rng_state, save_checkpoint
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, check_model_store
 from .evaluate import evaluate
 from .loader import BatchLoader
 from .memory_plan import plan_memory
 from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
-from .models import build_model
+from .models import build_model, model_options, sampler_options
 from .modes import CACHE_MODES
 from .sampler import NeighborSampler, batch_seed, epoch_batches
 from .tiers import resolve_device
@@ -96,6 +96,7 @@ class Trainer:
         store = self.store
         if store.num_classes < 1:
             raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
+        check_model_store(config, store)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         model = build_model(
@@ -106,6 +107,7 @@ class Trainer:
             num_layers=config.layers,
             dropout=config.dropout,
             norm=config.norm,
+            **model_options(config.model, store),
         )
         # Sized before anything big is allocated or anything written: a run
         # that cannot fit stops here.
@@ -133,6 +135,7 @@ class Trainer:
             list(self.fanouts),
             seed=config.seed,
             in_memory=self.plan.topology_in_ram,
+            **sampler_options(config.model, store),
         )
         self.row_bytes = store.region("features").row_bytes
         self.labels = np.asarray(store.labels, dtype=np.int64)
@@ -297,7 +300,7 @@ class Trainer:
                 device=self.device,
                 seed=self.config.seed,
                 prefetch_batches=max(1, self.config.loader.prefetch_batches),
-                topology=(self.sampler.indptr, self.sampler.indices),
+                topology=(self.sampler.indptr, self.sampler.indices, self.sampler.edge_type),
             )
         finally:
             # Its buffers and I/O threads are held only while it runs.

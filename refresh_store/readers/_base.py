@@ -398,14 +398,28 @@ class EdgeSource:
         For messages.
     num_edges
         Number of edges.
+    relations
+        Typed sources only: the relation names, indexed by type id (reverse
+        relations included); ``None`` for an untyped source.
+    reverse
+        Typed sources only: ``reverse[t]`` is the type a symmetrised graph
+        gives the reverse of an edge of type ``t``.
     """
 
     name: str
     num_edges: int
+    relations: list[str] | None = None
+    reverse: list[int] | None = None
 
     def blocks(self, max_edges: int) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.int64]]]:
         """Yield ``(first_edge_index, src, dst)`` blocks of at most about ``max_edges`` edges."""
         raise NotImplementedError
+
+    def typed_blocks(
+        self, max_edges: int
+    ) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.int64], NDArray[np.int8]]]:
+        """Yield ``(first_edge_index, src, dst, edge_type)`` blocks (typed sources only)."""
+        raise NotImplementedError(f"{self.name!r} has no edge types")
 
     def close(self) -> None:
         """Release files and mappings."""
@@ -511,12 +525,45 @@ class CscEdges(EdgeSource):
 
 
 class ChainEdges(EdgeSource):
-    """Several edge sources whose node ids are shifted into one id space (MAG240M full graph)."""
+    """Several edge sources whose node ids are shifted into one id space (MAG240M full graph).
 
-    def __init__(self, parts: list[tuple[EdgeSource, int, int]], name: str) -> None:
+    With ``types`` (one type id per part), ``relations`` and ``reverse`` the
+    chain is typed: every edge of part ``i`` has type ``types[i]``.
+    """
+
+    def __init__(
+        self,
+        parts: list[tuple[EdgeSource, int, int]],
+        name: str,
+        *,
+        types: list[int] | None = None,
+        relations: list[str] | None = None,
+        reverse: list[int] | None = None,
+    ) -> None:
         self.parts = parts  # (edges, src_offset, dst_offset)
         self.name = name
         self.num_edges = sum(p.num_edges for p, _, _ in parts)
+        if types is not None and (relations is None or reverse is None or len(types) != len(parts)):
+            raise ValueError("a typed chain needs one type per part, relations and reverse")
+        self.types, self.relations, self.reverse = types, relations, reverse
+
+    def typed_blocks(
+        self, max_edges: int
+    ) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.int64], NDArray[np.int8]]]:
+        if self.types is None:
+            raise NotImplementedError(f"{self.name!r} has no edge types")
+        buf = np.empty(0, dtype=np.int8)
+        base = 0
+        for (edges, src_off, dst_off), t in zip(self.parts, self.types):
+            for first, src, dst in edges.blocks(max_edges):
+                src += src_off
+                dst += dst_off
+                if len(buf) < len(src):
+                    buf = np.empty(len(src), dtype=np.int8)
+                et = buf[: len(src)]
+                et.fill(t)
+                yield base + first, src, dst, et
+            base += edges.num_edges
 
     def blocks(self, max_edges: int) -> Iterator[tuple[int, NDArray[np.int64], NDArray[np.int64]]]:
         base = 0

@@ -9,10 +9,18 @@ memory-mapped ``.npy`` files under ``processed/``.
 Two graphs can be built. ``papers``: the paper citation graph with the paper
 features. ``full``: one homogeneous graph of papers ``[0, P)``, authors
 ``[P, P+A)`` and institutions ``[P+A, P+A+I)`` with the cites, writes and
-affiliated_with edges; as in the official MAG240M baselines, an author's
+affiliated_with edges, typed; as in the official MAG240M baselines, an author's
 features are the mean of the features of the papers it wrote and an
 institution's the mean of its authors' features. Those means are computed out
 of core by :func:`mean_rows` before the feature pass.
+
+The full graph's edges keep their relation (:data:`FULL_RELATIONS`), as the
+OGB-LSC R-GNN baselines use it: ``cites`` (paper -> paper, made symmetric as
+one relation, its reverse is itself), ``writes`` (author -> paper) and its
+reverse ``written_by`` (paper -> author), ``affiliated_with`` (author ->
+institution) and its reverse ``affiliation_of`` (institution -> author). Node
+types decide the relation of a (source, destination) pair, so deduplication
+never meets one pair under two relations here.
 """
 
 from __future__ import annotations
@@ -33,7 +41,13 @@ from ..errors import InputDataError, SourceFormatError
 from ._base import ArrayEdges, ChainEdges, ConcatRows, EdgeSource, MappedRows, RowSource, Source
 from .npy import open_npy
 
-__all__ = ["load_torch_pickle", "mean_rows", "read_mag240m", "find_mag240m_dir"]
+__all__ = [
+    "FULL_RELATIONS",
+    "load_torch_pickle",
+    "mean_rows",
+    "read_mag240m",
+    "find_mag240m_dir",
+]
 
 _DIR = "mag240m_kddcup2021"
 _MAX_OPEN_FILES = 256  # bucket files open at once (per sweep over the edges)
@@ -42,6 +56,10 @@ _RELATIONS = {
     "writes": "author___writes___paper",
     "affiliated_with": "author___affiliated_with___institution",
 }
+#: Relations of the full graph's edges, by type id (a store's ``relations``).
+FULL_RELATIONS = ["cites", "writes", "written_by", "affiliated_with", "affiliation_of"]
+#: Type id of the reverse of each relation (what symmetrising gives).
+_FULL_REVERSE = [0, 2, 1, 4, 3]
 
 
 def _numpy_allowlist() -> list[Any]:
@@ -313,6 +331,9 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
     edges = ChainEdges(
         [(rel["cites"], 0, 0), (rel["writes"], p, 0), (rel["affiliated_with"], p, p + a)],
         "mag240m full graph",
+        types=[FULL_RELATIONS.index(r) for r in ("cites", "writes", "affiliated_with")],
+        relations=list(FULL_RELATIONS),
+        reverse=list(_FULL_REVERSE),
     )
     no_label = np.nan if labels.dtype.kind == "f" else -1
     labels = ConcatRows([labels, FillRows(a + i, no_label, labels.dtype, "no labels")], "labels")
