@@ -28,6 +28,7 @@ _EXPORTS = {
     "HistoryConfig": "config",
     "Trainer": "trainer",
     "train": "trainer",
+    "train_distributed": "distributed",
 }
 
 __all__ = sorted(_EXPORTS)

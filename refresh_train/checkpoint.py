@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "atomic_torch_save",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -117,14 +118,23 @@ def save_checkpoint(
         "config_json": json.dumps(config, sort_keys=True),
         "extra": extra or {},
     }
-    final = directory / CHECKPOINT_NAME
-    tmp = directory / (CHECKPOINT_NAME + ".partial")
+    return atomic_torch_save(directory / CHECKPOINT_NAME, payload)
+
+
+def atomic_torch_save(path: str | Path, payload: dict[str, Any]) -> Path:
+    """``torch.save`` to ``path.partial``, fsync, rename over ``path``, fsync the directory.
+
+    A crash at any moment leaves either the old file or the new one.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".partial")
     with open(tmp, "wb") as f:
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    _fsync_dir(final.parent)
     return final
 
 
@@ -161,3 +171,52 @@ def load_checkpoint(
     payload["records"] = json.loads(payload.pop("records_json"))
     payload["config"] = json.loads(payload.pop("config_json"))
     return payload
+
+
+# ------------------------------------------------- data-parallel training
+# Each rank of data-parallel training whose cache mode keeps state (its own
+# history table) saves it in a file of its own, named by epoch, next to rank
+# 0's checkpoint (see refresh_train.distributed.save_checkpoint_ranks).
+
+
+def rank_state_path(directory: str | Path, rank: int, epoch: int) -> Path:
+    """Where rank ``rank`` keeps its cache state of the checkpoint of epoch ``epoch``."""
+    return Path(directory) / f"cache-rank{rank}.epoch{epoch}.pt"
+
+
+def save_rank_state(directory: str | Path, rank: int, epoch: int, state: dict[str, Any]) -> Path:
+    """Write rank ``rank``'s cache state for the checkpoint of epoch ``epoch``, atomically."""
+    return atomic_torch_save(rank_state_path(directory, rank, epoch), {"epoch": epoch, **state})
+
+
+def load_rank_state(
+    directory: str | Path, rank: int, epoch: int, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Rank ``rank``'s cache state of the checkpoint of epoch ``epoch``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing or unreadable.
+    """
+    path = rank_state_path(directory, rank, epoch)
+    if not path.is_file():
+        raise CheckpointError(
+            f"rank {rank} has no cache state {str(path)!r} for the checkpoint of epoch {epoch} "
+            "(each rank keeps its own next to its checkpoint); start a new run without --resume"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot read cache state {str(path)!r}: {exc}") from exc
+    state.pop("epoch", None)
+    return state
+
+
+def prune_rank_states(directory: str | Path, rank: int, keep_epoch: int) -> None:
+    """Remove rank ``rank``'s cache states of checkpoints older than ``keep_epoch``."""
+    prefix = f"cache-rank{rank}.epoch"
+    for path in Path(directory).glob(f"{prefix}*.pt"):
+        epoch = path.name[len(prefix) : -len(".pt")]
+        if epoch.isdigit() and int(epoch) < keep_epoch:
+            path.unlink(missing_ok=True)

@@ -12,6 +12,11 @@ Example::
 the flag names (``cache-budget = "1GiB"``, ``fanouts = "15,10,5"`` or
 ``[15, 10, 5]``, ``resume = true``); flags given on the command line win over
 the file. Bad input prints one line on stderr and exits with status 2.
+
+Launched by torchrun (``torchrun --nproc_per_node 2 -m refresh_train ...``),
+each process is one rank of data-parallel training
+(:mod:`refresh_train.distributed`); bad input is then reported once, by
+rank 0 (or by the rank that alone met it), and every process exits with 2.
 """
 
 from __future__ import annotations
@@ -317,11 +322,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(args[1:])
-    try:
-        config = config_from_args(argv)
-        from .trainer import train  # after parsing: --help and usage errors stay fast
+    from .distributed import DistContext, DistributedAbort
 
-        train(config)
+    launch = None
+    try:
+        launch = DistContext.from_env()
+        config = config_from_args(argv)
+    except RefreshError as exc:
+        # The flags are the same on every rank: under torchrun, rank 0 speaks for them.
+        if launch is None or launch.is_main:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if launch is None:
+            from .trainer import train  # after parsing: --help and usage errors stay fast
+
+            train(config)
+        else:
+            from .distributed import train_distributed
+
+            train_distributed(config, launch)
+    except DistributedAbort:
+        return 2  # another rank failed, and rank 0 said why
     except RefreshError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -77,22 +77,32 @@ def predict_sampled(
     batch_size: int,
     device: torch.device,
     prefetch_batches: int = 2,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
-    """Logits ``[len(nodes), C]`` (on the CPU) from sampled neighbourhoods.
+    """Logits (on the CPU) from sampled neighbourhoods.
 
     Batches are drawn with fixed batch seeds, so every call samples the same
     neighbourhoods. The model is put in ``eval()`` mode and left there.
+    With ``shard=(rank, world)`` only the nodes at :func:`shard_positions`
+    are computed, each with its batch's seed (so with the logits a single
+    process gives them), and the result has one row per such node, in order.
     """
     model.eval()
     nodes = np.array(nodes, dtype=np.int64)  # a writable copy: batches become tensors
-    parts = [nodes[i : i + batch_size] for i in range(0, len(nodes), batch_size)]
-    seeds = [derive_seed(_EVAL_SEED_TAG, i) for i in range(len(parts))]
+    rank, world = shard
+    parts, seeds = [], []
+    for i, start in enumerate(range(0, len(nodes), batch_size)):
+        part = nodes[start : start + batch_size][rank::world]
+        if len(part):
+            parts.append(np.ascontiguousarray(part))
+            seeds.append(derive_seed(_EVAL_SEED_TAG, i))
+    num_out = sum(len(p) for p in parts)
 
     def fetch(batch: MiniBatch) -> MiniBatch:
         batch.features = tiers.read(batch.input_nodes)
         return _to_device(batch, device)
 
-    out = torch.empty((len(nodes), model.dims[-1]), dtype=torch.float32)
+    out = torch.empty((num_out, model.dims[-1]), dtype=torch.float32)
     loader = BatchLoader(parts, seeds, sampler.sample, fetch, prefetch_batches)
     pos = 0
     for batch in loader:
@@ -101,6 +111,22 @@ def predict_sampled(
         out[pos : pos + batch.num_seeds] = logits.float().cpu()
         pos += batch.num_seeds
     return out
+
+
+def shard_positions(n: int, batch_size: int, shard: tuple[int, int]) -> NDArray[np.int64]:
+    """Positions (of ``n`` evaluation nodes) that rank ``shard[0]`` of ``shard[1]`` evaluates.
+
+    The nodes are cut into batches of ``batch_size`` as a single process cuts
+    them, and each batch is split ``batch[rank::world]``, as training batches are.
+    """
+    rank, world = shard
+    pos = np.arange(n, dtype=np.int64)
+    if world == 1:
+        return pos
+    return np.concatenate(
+        [pos[i : i + batch_size][rank::world] for i in range(0, n, batch_size)]
+        or [np.empty(0, dtype=np.int64)]
+    )
 
 
 class _RowFile:
@@ -274,6 +300,7 @@ def evaluate(
     seed: int = 0,
     prefetch_batches: int = 2,
     topology: tuple[NDArray[np.int64], NDArray[np.integer]] | tuple | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Validation and test accuracy of ``model``, with evaluation's own counters.
 
@@ -302,6 +329,15 @@ def evaluate(
         one, so that evaluation does not read the topology into the
         process a second time; a third entry, the edge types (or None), is
         used by relational models (default: the store's).
+    shard
+        ``(rank, world)`` of data-parallel evaluation: only this rank's
+        share of the nodes (:func:`shard_positions`) is evaluated, and the
+        result also has ``valid_correct``, ``valid_labelled``,
+        ``test_correct`` and ``test_labelled`` for the ranks to sum (its
+        accuracies are those of the share). Layer-wise inference computes
+        the hidden layers of every node on each rank (they need the
+        previous layer of the whole graph), and only the last layer of the
+        share.
 
     Returns
     -------
@@ -313,7 +349,11 @@ def evaluate(
     tiers.reset_stats()
     valid = np.asarray(store.valid_idx, dtype=np.int64)
     test = np.asarray(store.test_idx, dtype=np.int64)
-    nodes = np.concatenate([valid, test])
+    all_nodes = nodes = np.concatenate([valid, test])
+    positions = None
+    if shard is not None:
+        positions = shard_positions(len(nodes), config.batch_size, shard)
+        nodes = nodes[positions]
     indptr, indices, *typed = topology if topology is not None else (store.indptr, store.indices)
     edge_type = typed[0] if typed and typed[0] is not None else getattr(store, "edge_type", None)
     extra: dict[str, Any] = {}
@@ -341,23 +381,26 @@ def evaluate(
                 model,
                 sampler,
                 tiers,
-                nodes,
+                all_nodes,
                 batch_size=config.batch_size,
                 device=device,
                 prefetch_batches=prefetch_batches,
+                shard=(0, 1) if shard is None else shard,
             )
     finally:
         model.train(was_training)
     pred = logits.argmax(dim=1).numpy()
     labels = np.asarray(store.labels[nodes], dtype=np.int64)
     labelled = labels >= 0
-    nv = len(valid)
-    out: dict[str, Any] = {
-        "valid_acc": accuracy(labels[:nv][labelled[:nv]], pred[:nv][labelled[:nv]]),
-        "test_acc": accuracy(labels[nv:][labelled[nv:]], pred[nv:][labelled[nv:]]),
-        "eval_mode": config.mode,
-        "eval_s": time.perf_counter() - t0,
-    }
+    in_valid = (positions if positions is not None else np.arange(len(nodes))) < len(valid)
+    out: dict[str, Any] = {}
+    for split, mask in (("valid", in_valid), ("test", ~in_valid)):
+        mask = mask & labelled
+        out[f"{split}_acc"] = accuracy(labels[mask], pred[mask])
+        if shard is not None:
+            out[f"{split}_correct"] = int(np.count_nonzero(labels[mask] == pred[mask]))
+            out[f"{split}_labelled"] = int(np.count_nonzero(mask))
+    out.update({"eval_mode": config.mode, "eval_s": time.perf_counter() - t0})
     out.update({f"eval_{k}": v for k, v in tiers.stats().items()})
     out.update({f"eval_{k}": v for k, v in extra.items()})
     return out

@@ -23,6 +23,8 @@ One record (a flat dict) per epoch. Keys every record has:
 ``peak_rss_bytes``        highest resident set size during the epoch (exact
                           on Linux: the kernel's VmHWM, reset per epoch)
 ``eval_*``                evaluation's own time and tier counters
+``world_size``            processes of data-parallel training (only there);
+                          its records are :func:`merge_records` of the ranks'
 ========================  ====================================================
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -46,6 +49,7 @@ __all__ = [
     "hit_rates",
     "format_bytes",
     "TABLE_COLUMNS",
+    "merge_records",
 ]
 
 
@@ -228,3 +232,54 @@ def format_table(
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
+
+
+# ------------------------------------------------- data-parallel training
+#: Integer keys of a record that are not summed over ranks.
+_NOT_SUMMED = frozenset({"epoch", "batches", "hist_lag_steps"})
+#: Keys whose largest value over the ranks is reported.
+_MAXED = frozenset({"peak_rss_bytes", "loader_peak_bytes"})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metrics record from every data-parallel rank's (rank order).
+
+    Counters (every integer: rows, bytes, reads, hist hits, correct/labelled
+    counts; also capacities such as ``hist_rows`` and ``host_capacity_rows``,
+    which become the totals of all ranks' tiers) are summed; ``peak_rss_bytes`` and
+    ``loader_peak_bytes`` are the largest rank's; times and other floats are
+    rank 0's; hit rates, ``hist_occupancy``, ``hist_mean_age_of_hits`` and
+    the accuracies are recomputed from the sums. Adds ``world_size``.
+    """
+    out = dict(parts[0])
+    for key in parts[0]:
+        values = [p.get(key) for p in parts]
+        if key in _MAXED and all(_is_int(v) for v in values):
+            out[key] = max(int(v) for v in values)  # type: ignore[arg-type]
+        elif key not in _NOT_SUMMED and all(_is_int(v) for v in values):
+            out[key] = sum(int(v) for v in values)  # type: ignore[arg-type]
+    if any(k.startswith("hit_rate_") for k in out):
+        out.update({f"hit_rate_{k}": v for k, v in hit_rates(out).items()})
+    if any(k.startswith("eval_hit_rate_") for k in out):
+        out.update({f"eval_hit_rate_{k}": v for k, v in hit_rates(out, "eval_").items()})
+    for split in ("valid", "test"):
+        if f"{split}_labelled" in out:
+            n = out[f"{split}_labelled"]
+            out[f"{split}_acc"] = float(out[f"{split}_correct"]) / n if n else None
+    if "hist_occupancy" in out:
+        layers = sum(1 for k in out if k.startswith("hist_lookups_l"))
+        capacity = out.get("hist_rows", 0) * max(1, layers)
+        out["hist_occupancy"] = out.get("hist_entries", 0) / capacity if capacity else 0.0
+    if "hist_mean_age_of_hits" in out:
+        hits = [p.get("hist_hits") or 0 for p in parts]
+        ages = [p.get("hist_mean_age_of_hits") for p in parts]
+        total = sum(hits)
+        out["hist_mean_age_of_hits"] = (
+            sum(a * h for a, h in zip(ages, hits) if a is not None) / total if total else None
+        )
+    out["world_size"] = len(parts)
+    return out

@@ -7,6 +7,12 @@ thread runs forward, backward and the Adam step. Then evaluation (sampled or
 layer-wise), one metrics record (see :mod:`refresh_train.metrics`), the table
 of all epochs so far, and an atomic checkpoint.
 
+Under torchrun, each process is one rank of data-parallel training (see
+:mod:`refresh_train.distributed`): it trains on its share of every global
+batch through its own loader and caches, the model is wrapped in
+``DistributedDataParallel``, evaluation is sharded, records are summed over
+the ranks, and only rank 0 writes metrics and checkpoints.
+
 Everything that depends on ``--cache`` goes through the
 :class:`~refresh_train.modes.CacheMode` hooks (``sample``, ``max_ahead``,
 ``stage``, ``fetch``, ``forward``, ``after_step``, ``end_epoch``,
@@ -27,15 +33,18 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from refresh_store.store import open_store
 
+from . import distributed as ddp
 from .batch import MiniBatch
 from .checkpoint import CheckpointError, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import ConfigError, TrainConfig, check_model_store
+from .distributed import DistContext
 from .evaluate import evaluate
 from .loader import BatchLoader
 from .memory_plan import plan_memory
@@ -78,6 +87,10 @@ class Trainer:
     ----------
     config
         The run's settings.
+    dist
+        This process's rank in a torchrun launch (its process group already
+        joined; see :func:`refresh_train.distributed.train_distributed`), or
+        ``None`` for single-process training.
 
     Raises
     ------
@@ -87,10 +100,42 @@ class Trainer:
         A setting does not fit the store or the machine.
     CheckpointError
         ``config.resume`` and no usable checkpoint.
+    refresh_train.distributed.DistributedAbort
+        Another rank failed to start (rank 0 raises that rank's error).
     """
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, dist: DistContext | None = None) -> None:
         self.config = config
+        self.dist = dist
+        self.rank = dist.rank if dist is not None else 0
+        self.world = dist.world_size if dist is not None else 1
+        self.is_main = self.rank == 0
+        # Under DDP a rank that fails here must not leave the others waiting
+        # in a collective: every rank learns of it and stops (ddp.agree).
+        ddp.agree(dist, lambda: self._setup(config))
+        if dist is not None:
+            ddp.agree(dist, lambda: ddp.check_same_store(self.store))
+        self.records: list[dict[str, Any]] = []
+        self._plan_recorded = False
+        self.epochs_done = 0
+        self.step = 0
+        self._shares: list[ddp.BatchShare] = []
+        if config.resume:
+            ddp.agree(dist, self._resume)
+        self.trained_model: torch.nn.Module = self.model
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Inputs are on the device already (device_ids=None: DDP moves nothing).
+            self.trained_model = DistributedDataParallel(self.model)
+        self.metrics = (
+            JsonlWriter(config.metrics_out, self.records if config.resume else None)
+            if config.metrics_out and self.is_main
+            else None
+        )
+        self.rss = RssMonitor()
+
+    def _setup(self, config: TrainConfig) -> None:
         self.device = available_device(config.device)
         self.store = open_store(config.store)
         store = self.store
@@ -109,10 +154,16 @@ class Trainer:
             norm=config.norm,
             **model_options(config.model, store),
         )
+        available = None
+        if self.dist is not None:
+            # Dropout masks from a stream of this rank's own.
+            torch.manual_seed(ddp.dropout_seed(config.seed, self.rank))
+            # The processes on this machine share its memory, each with a whole plan.
+            available = int(psutil.virtual_memory().available) // self.dist.local_world_size
         # Sized before anything big is allocated or anything written: a run
         # that cannot fit stops here.
-        self.plan = plan_memory(config, store, model=model)
-        if config.progress:
+        self.plan = plan_memory(config, store, model=model, available_bytes=available)
+        if config.progress and self.is_main:
             print(self.plan.format_table(), flush=True)
         self.plan.check()
         self.model = model.to(self.device)
@@ -139,23 +190,15 @@ class Trainer:
         )
         self.row_bytes = store.region("features").row_bytes
         self.labels = np.asarray(store.labels, dtype=np.int64)
-        self.records: list[dict[str, Any]] = []
-        self._plan_recorded = False
-        self.epochs_done = 0
-        self.step = 0
-        if config.resume:
-            self._resume()
-        self.metrics = (
-            JsonlWriter(config.metrics_out, self.records if config.resume else None)
-            if config.metrics_out
-            else None
-        )
-        self.rss = RssMonitor()
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> None:
-        assert self.config.checkpoint_dir is not None  # TrainConfig checks it
-        state = load_checkpoint(self.config.checkpoint_dir, map_location=self.device)
+        directory = self.config.checkpoint_dir
+        assert directory is not None  # TrainConfig checks it
+        if self.dist is None:
+            state = load_checkpoint(directory, map_location=self.device)
+        else:
+            state = ddp.load_checkpoint_everywhere(directory, self.dist)
         saved = state["config"]
         mine = self.config.to_dict()
         diff = [
@@ -168,13 +211,18 @@ class Trainer:
                 f"checkpoint in {self.config.checkpoint_dir!r} was written with "
                 f"{', '.join(diff)}; resume with the same settings or start a new run"
             )
+        ddp.check_world_size(state, directory, self.world)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
         self.records = list(state["records"])
         self.epochs_done = int(state["epoch"])
         self.step = int(state["extra"].get("step", 0))
-        self.cache.load_state_dict(state["extra"].get("cache", {}))
+        if self.dist is None:
+            rng, cache_state = state["rng"], state["extra"].get("cache", {})
+        else:
+            rng, cache_state = ddp.rank_resume_state(state, directory, self.dist)
+        restore_rng_state(rng)
+        self.cache.load_state_dict(cache_state)
 
     # ------------------------------------------------------------------ stages
     def _sampling(self, batch_seeds: list[int], first_step: int):
@@ -201,7 +249,11 @@ class Trainer:
         """The loader of epoch ``epoch`` (0-based) of this run."""
         cfg = self.config
         parts = list(epoch_batches(self.store.train_idx, cfg.batch_size, cfg.seed, epoch))
-        return self.loader(parts, [batch_seed(epoch, i) for i in range(len(parts))])
+        seeds = [batch_seed(epoch, i) for i in range(len(parts))]
+        if self.dist is not None:
+            # This rank's share of each global batch, sampled with the global batch's seed.
+            parts, self._shares = ddp.shard_epoch(parts, self.labels, self.rank, self.world)
+        return self.loader(parts, seeds)
 
     def loader(self, seed_batches: list[np.ndarray], batch_seeds: list[int]) -> BatchLoader:
         """A training loader over these seed batches, trained from the current step on."""
@@ -233,27 +285,32 @@ class Trainer:
             total=len(loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.is_main),
             leave=False,
             file=sys.stderr,
         )
         t_epoch = time.perf_counter()
         try:
-            for batch in loader:
+            for i, batch in enumerate(loader):
                 t0 = time.perf_counter()
                 if self.device.type == "cuda" and batch.features is not None:
                     # Made on the tiers' stream; keep it alive until this stream is done.
                     batch.features.record_stream(torch.cuda.current_stream(self.device))
-                logits = self.cache.forward(self.model, batch)
+                logits = self.cache.forward(self.trained_model, batch)
                 labels = batch.labels
-                loss = F.cross_entropy(logits, labels, ignore_index=-1)
+                if self.dist is None:
+                    loss = F.cross_entropy(logits, labels, ignore_index=-1)
+                    n = batch.num_seeds
+                    loss_part = loss.detach().double() * n
+                else:
+                    share = self._shares[i]
+                    loss, loss_part, labels, n = ddp.share_loss(logits, labels, share, self.world)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.cache.after_step(batch, logits.detach(), self.step)
                 self.step += 1
-                n = batch.num_seeds
-                loss_sum += loss.detach().double() * n
+                loss_sum += loss_part
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
                 seen += n
                 compute_s += time.perf_counter() - t0
@@ -271,7 +328,10 @@ class Trainer:
         stats = self.cache.stats()
         self.cache.end_epoch()
         times = loader.times
-        return {
+        loss_total, correct_total, seen = ddp.sum_over_ranks(
+            (float(loss_sum.item()), int(correct.item()), seen), self.dist
+        )
+        record = {
             "epoch": epoch + 1,
             "epoch_time_s": epoch_time,
             "sample_s": times.sample_s,
@@ -282,16 +342,17 @@ class Trainer:
             "batches": times.batches,
             "batches_per_s": times.batches / epoch_time if epoch_time > 0 else 0.0,
             "loader_peak_bytes": loader.peak_bytes_in_flight,
-            "train_loss": float(loss_sum.item() / max(1, seen)),
-            "train_acc": float(correct.item() / max(1, seen)),
+            "train_loss": loss_total / max(1, seen),
+            "train_acc": correct_total / max(1, seen),
             **{k: v for k, v in stats.items()},
             **{f"hit_rate_{k}": v for k, v in hit_rates(stats).items()},
         }
+        return ddp.merge_over_ranks(record, self.dist)
 
     def evaluate(self) -> dict[str, Any]:
         """Validation and test accuracy through the exact evaluation tiers."""
         try:
-            return evaluate(
+            out = evaluate(
                 self.model,
                 self.store,
                 self.cache.eval_tiers(),
@@ -301,10 +362,14 @@ class Trainer:
                 seed=self.config.seed,
                 prefetch_batches=max(1, self.config.loader.prefetch_batches),
                 topology=(self.sampler.indptr, self.sampler.indices, self.sampler.edge_type),
+                shard=None if self.dist is None else (self.rank, self.world),
             )
         finally:
             # Its buffers and I/O threads are held only while it runs.
             self.cache.release_eval_tiers()
+        # Each rank evaluated its share: the sums of the counts give every
+        # rank the accuracy of the whole valid and test sets.
+        return ddp.merge_over_ranks(out, self.dist)
 
     def run(self) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done; every epoch's record."""
@@ -317,7 +382,7 @@ class Trainer:
                 record.update(self.evaluate())
             else:
                 record.update({"valid_acc": None, "test_acc": None})
-            record["peak_rss_bytes"] = self.rss.peak()
+            record["peak_rss_bytes"] = ddp.max_over_ranks(self.rss.peak(), self.dist)
             record["cache"] = cfg.tiers.cache
             if not self._plan_recorded:  # the first record of this run (or resumed run)
                 record["memory_plan"] = self.plan.to_dict()
@@ -325,23 +390,41 @@ class Trainer:
             self.records.append(record)
             self.epochs_done = epoch + 1
             if cfg.checkpoint_dir is not None:
-                save_checkpoint(
-                    cfg.checkpoint_dir,
-                    epoch=self.epochs_done,
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    records=self.records,
-                    config=cfg.to_dict(),
-                    extra={"step": self.step, "cache": self.cache.state_dict()},
-                )
+                self._save_checkpoint()
             if self.metrics is not None:
                 self.metrics.write(record)
-            if cfg.progress:
+            if cfg.progress and self.is_main:
                 print(format_table(self.records), flush=True)
         return self.records
 
+    def _save_checkpoint(self) -> None:
+        """The checkpoint of the epochs done so far (under DDP, every rank's part)."""
+        directory = self.config.checkpoint_dir
+        assert directory is not None
+
+        def write(extra: dict[str, Any]) -> None:
+            save_checkpoint(
+                directory,
+                epoch=self.epochs_done,
+                model=self.model,
+                optimizer=self.optimizer,
+                records=self.records,
+                config=self.config.to_dict(),
+                extra=extra,
+            )
+
+        extra = {"step": self.step, "cache": self.cache.state_dict()}
+        if self.dist is None:
+            write(extra)
+        else:
+            ddp.save_checkpoint_ranks(directory, self.dist, self.epochs_done, extra, write)
+
     def close(self) -> None:
         """Stop threads and release tiers and files."""
+        # DDP's reducer holds the process group. Freed after the group is
+        # destroyed, it would destroy the group itself with the GIL held,
+        # which can deadlock with gloo's threads (pytorch#56297): free it now.
+        self.trained_model = self.model
         self.rss.close()
         self.cache.close()
         self.sampler.close()
