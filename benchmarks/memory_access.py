@@ -567,12 +567,18 @@ def targets(result: dict[str, Any]) -> list[dict[str, str]]:
             and r["section"] in ("grid", "models")]  # fmt: skip
     if accs:
         worst = min(accs, key=lambda r: r["acc_minus_none_points"])
-        ok = all(abs(r["acc_minus_none_points"]) <= 0.5 for r in accs)
+        best = max(accs, key=lambda r: r["acc_minus_none_points"])
+        # The target guards against a loss of accuracy; a gain is reported beside it.
+        ok = worst["acc_minus_none_points"] >= -0.5
+
+        def where(r: dict[str, Any]) -> str:
+            return f"{r['dataset']}, {r['model']}, {r['mode']}, {100 * r['budget_frac']:.0f} %"
+
         out.append({
-            "target": "test accuracy within 0.5 point of none (every dataset, model, budget)",
-            "result": f"{'met' if ok else 'not met'}: largest change "
-            f"{worst['acc_minus_none_points']:+.2f} points ({worst['dataset']}, {worst['model']}, "
-            f"{worst['mode']}, {100 * worst['budget_frac']:.0f} %)",
+            "target": "test accuracy at most 0.5 point below none (every dataset, model, budget)",
+            "result": f"{'met' if ok else 'not met'}: largest drop "
+            f"{worst['acc_minus_none_points']:+.2f} points ({where(worst)}); largest gain "
+            f"{best['acc_minus_none_points']:+.2f} ({where(best)})",
         })  # fmt: skip
     return out
 
