@@ -53,8 +53,11 @@ sys.path.insert(0, str(ROOT))
 
 from _common import drop_cache  # noqa: E402
 
-from refresh_store._io_config import AUTO_AIO_MAX_DEPTH  # noqa: E402
-from refresh_store.io_scheduler import IOConfig, IOScheduler  # noqa: E402
+from refresh_store.io import (  # noqa: E402
+    AUTO_AIO_MAX_DEPTH,  # noqa: E402
+    IOConfig,
+    IOScheduler,
+)
 from refresh_store.store import StoreWriter, open_store  # noqa: E402
 
 GIB = 1 << 30

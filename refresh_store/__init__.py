@@ -18,7 +18,7 @@ from .errors import (
 )
 from .export import ExportError, ExportSummary, export_store
 from .format import FORMAT_VERSION, RowRegion
-from .io_scheduler import IOConfig, IOScheduler
+from .io import IOConfig, IOScheduler
 from .store import Store, StoreWriter, open_store, write_store
 from .synthetic import make_dataset
 from .verify import VerifyReport, verify_store

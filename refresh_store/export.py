@@ -207,7 +207,7 @@ class _Exporter:
                 yield np.asarray(src[a:b])
             return
         if name == "features":
-            from .io_scheduler import IOConfig, IOScheduler
+            from .io import IOConfig, IOScheduler
 
             with IOScheduler(self.store.region("features"), IOConfig(mode="buffered")) as io:
                 for a, b in _spans(self.n, self.block):

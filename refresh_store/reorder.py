@@ -45,7 +45,7 @@ from ._convert_kernels import (
     select_window,
     stable_bucket_order,
 )
-from ._io_config import aligned_empty as aligned_bytes
+from .io.config import aligned_empty as aligned_bytes
 from .readers import MappedRows, RowSource
 from .readers._base import as_words, exponent_mask
 

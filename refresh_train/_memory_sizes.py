@@ -230,7 +230,7 @@ def scheduler_bytes(queue_depth: int, row_bytes: int, gather_rows: int) -> int:
     assumed, the coarsest alignment); a gather's plan takes seven int64 per
     requested row.
     """
-    from refresh_store.io_scheduler import IOConfig
+    from refresh_store.io import IOConfig
 
     block = 4096
     buf = max(IOConfig().max_read_bytes, -(-row_bytes // block) * block + block)

@@ -160,7 +160,7 @@ class TierConfig:
             raise ConfigError(
                 f"io_queue_depth must be an integer >= 1, got {self.io_queue_depth!r}"
             )
-        from refresh_store.io_scheduler import ENGINES
+        from refresh_store.io import ENGINES
 
         if self.io_engine not in ENGINES:
             raise ConfigError(f"io_engine must be one of {ENGINES}, got {self.io_engine!r}")

@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 
 from refresh_store.format import RowRegion
-from refresh_store.io_scheduler import IOConfig, IOScheduler
+from refresh_store.io import IOConfig, IOScheduler
 
 from .batch import MiniBatch
 from .config import EvalConfig

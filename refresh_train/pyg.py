@@ -74,7 +74,7 @@ from torch_geometric.data import EdgeAttr, FeatureStore, GraphStore, TensorAttr
 from torch_geometric.sampler import BaseSampler, NodeSamplerInput, SamplerOutput
 
 from refresh_store.errors import RefreshError
-from refresh_store.io_scheduler import IOConfig
+from refresh_store.io import IOConfig
 from refresh_store.store import Store, open_store
 
 from .sampler import NeighborSampler, derive_seed

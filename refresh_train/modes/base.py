@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from refresh_store.io_scheduler import IOConfig
+from refresh_store.io import IOConfig
 
 from ..tiers import DeviceTier, FeatureTier, HostTier, build_raw_tiers, resolve_device
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from refresh_store.io_scheduler import IOConfig
+from refresh_store.io import IOConfig
 
 from ._base import BATCH_BUFFERS, LOWER_BATCH_BUFFERS, FeatureTier, check_ids, resolve_device
 from ._lookahead import StagedRows, first_window

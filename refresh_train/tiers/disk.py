@@ -9,7 +9,7 @@ import torch
 from numpy.typing import NDArray
 
 from refresh_store.format import RowRegion
-from refresh_store.io_scheduler import IOConfig, IOScheduler
+from refresh_store.io import IOConfig, IOScheduler
 
 from ._base import FeatureTier
 

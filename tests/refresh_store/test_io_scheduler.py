@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from refresh_store import _io_kernels as kernels
 from refresh_store.errors import IOSchedulerError
 from refresh_store.format import RowRegion
-from refresh_store.io_scheduler import IOConfig, IOScheduler
+from refresh_store.io import IOConfig, IOScheduler
+from refresh_store.io import _kernels as kernels
 
 # mode[-engine]: direct mode runs with either engine.
 MODES = ["auto", "direct-aio", "direct-threads", "buffered", "mmap"]
@@ -462,7 +462,7 @@ def test_engines(tmp_path, monkeypatch):
 
 def test_auto_engine_by_depth(tmp_path, monkeypatch):
     """``auto``: AIO at shallow depths in direct mode, threads deeper or where AIO is refused."""
-    from refresh_store import _io_config
+    from refresh_store.io import config as _io_config
 
     region, data = make_region(tmp_path)
     ids = np.random.default_rng(12).integers(0, region.nrows, 300)
@@ -485,7 +485,7 @@ def test_auto_engine_by_depth(tmp_path, monkeypatch):
 
 
 def test_direct_alignment_detected(tmp_path, monkeypatch):
-    from refresh_store import _io_config
+    from refresh_store.io import config as _io_config
 
     # 1536 B rows: at 4 KiB blocks one row in four needs an 8 KiB read.
     region, data = make_region(tmp_path, nrows=2000, row_shape=(768,), dtype=np.float16)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refresh_store.io_scheduler import IOConfig, IOScheduler
+from refresh_store.io import IOConfig, IOScheduler
 from refresh_store.store import open_store, write_store
 
 _N = 3000

@@ -2,7 +2,7 @@
 
 :class:`IOConfig` is what a user sets; the functions below turn it into an
 open file descriptor, a read alignment and an engine for one file, probing what
-the file system and the kernel accept. :mod:`refresh_store.io_scheduler`
+the file system and the kernel accept. :mod:`refresh_store.io`
 re-exports the public names.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _io_kernels as kernels
-from .errors import IOSchedulerError
+from ..errors import IOSchedulerError
+from . import _kernels as kernels
 
-__all__ = ["ENGINES", "MODES", "IOConfig"]
+__all__ = ["AUTO_AIO_MAX_DEPTH", "ENGINES", "MODES", "IOConfig", "aligned_empty"]
 
 #: Values accepted by :attr:`IOConfig.mode`.
 MODES = ("auto", "direct", "buffered", "mmap")
@@ -37,7 +37,7 @@ BUFFER_ALIGN = 4096
 
 @dataclass(frozen=True)
 class IOConfig:
-    """How an :class:`~refresh_store.io_scheduler.IOScheduler` reads.
+    """How an :class:`~refresh_store.io.scheduler.IOScheduler` reads.
 
     Attributes
     ----------

@@ -3,7 +3,7 @@
 Given a batch of row ids (any order, duplicates allowed), :class:`IOScheduler`
 returns those rows in request order and reads only what it needs:
 
-1. *Plan* (Numba, :func:`refresh_store._io_kernels.plan_reads`): map ids to
+1. *Plan* (Numba, :func:`refresh_store.io._kernels.plan_reads`): map ids to
    byte offsets through the store's chunk table, sort and deduplicate them,
    widen each row to the aligned blocks it touches (a row may span two
    blocks), merge neighbours whose gap is at most ``max_gap_bytes`` into one
@@ -69,8 +69,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _io_kernels as kernels
-from ._io_config import (
+from ..errors import IOSchedulerError
+from . import _kernels as kernels
+from .config import (
     BUFFER_ALIGN,
     ENGINES,
     MODES,
@@ -82,10 +83,9 @@ from ._io_config import (
     fs_block_bytes,
     open_file,
 )
-from .errors import IOSchedulerError
 
 if TYPE_CHECKING:
-    from .format import RowRegion
+    from ..format import RowRegion
 
 __all__ = ["ENGINES", "MODES", "IOConfig", "IOScheduler"]
 

@@ -1,4 +1,4 @@
-"""Numba kernels of the I/O scheduler (see :mod:`refresh_store.io_scheduler`).
+"""Numba kernels of the I/O scheduler (see :mod:`refresh_store.io.scheduler`).
 
 Plain kernels: contiguous arrays in, caller-allocated arrays out, no checks.
 The wrapper validates everything before calling them.
