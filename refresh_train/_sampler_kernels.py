@@ -18,8 +18,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from refresh_store._splitmix import GOLDEN as _GOLDEN
-from refresh_store._splitmix import mix64
+from refresh_store.splitmix import GOLDEN as _GOLDEN
+from refresh_store.splitmix import mix64
 
 _S32 = np.uint64(32)
 _ONE = np.uint64(1)

@@ -16,8 +16,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._splitmix import GOLDEN as _GOLDEN
-from .._splitmix import mix64 as _mix64
+from ..splitmix import GOLDEN as _GOLDEN
+from ..splitmix import mix64 as _mix64
 
 _S11 = np.uint64(11)
 _ONE = np.uint64(1)
