@@ -58,7 +58,8 @@ from refresh_store.io import (  # noqa: E402
     IOConfig,
     IOScheduler,
 )
-from refresh_store.store import StoreWriter, open_store  # noqa: E402
+from refresh_store.store import open_store  # noqa: E402
+from refresh_store.writer import StoreWriter  # noqa: E402
 
 GIB = 1 << 30
 # (row bytes, dtype, feature dim): papers100M rows and MAG240M rows.

@@ -19,9 +19,10 @@ from .errors import (
 from .export import ExportError, ExportSummary, export_store
 from .format import FORMAT_VERSION, RowRegion
 from .io import IOConfig, IOScheduler
-from .store import Store, StoreWriter, open_store, write_store
+from .store import Store, open_store
 from .synthetic import make_dataset
 from .verify import VerifyReport, verify_store
+from .writer import StoreWriter, write_store
 
 __all__ = [
     "FORMAT_VERSION",

@@ -26,7 +26,7 @@ from .reorder import (
     permute_rows,
     write_inverse,
 )
-from .store import ArrayWriter, StoreWriter
+from .writer import ArrayWriter, StoreWriter
 
 __all__ = [
     "CRASH_ENV",

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import ConvertError
 from .readers import MappedRows, RowSource
-from .store import ArrayWriter
+from .writer import ArrayWriter
 
 __all__ = ["DirectWriter", "read_rows", "stage_rows"]
 

@@ -51,7 +51,7 @@ from .format import MAX_RELATIONS
 from .readers import ArrayEdges, Source, open_source
 from .reorder import choose_strategy
 from .sizes import parse_size as _parse_size
-from .store import StoreWriter, check_destination
+from .writer import StoreWriter, check_destination
 
 __all__ = ["ConvertOptions", "ConvertSummary", "convert", "parse_size", "CRASH_ENV", "STEPS"]
 

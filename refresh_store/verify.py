@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .checksums import array_checksums
 from .errors import StoreFormatError
 from .format import ARRAY_NAMES, OPTIONAL_ARRAY_NAMES, RowRegion
-from .store import array_checksums, open_store
+from .store import open_store
 
 __all__ = ["VerifyReport", "verify_store"]
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import _pyg_baseline as pb  # noqa: E402
 
-from refresh_store.store import write_store  # noqa: E402
+from refresh_store.writer import write_store  # noqa: E402
 
 
 @pytest.fixture

@@ -567,7 +567,7 @@ def test_disk_full_up_front(datasets, tmp_path, capsys, monkeypatch):
 
 
 def test_disk_full_while_writing(datasets, tmp_path, capsys, monkeypatch):
-    from refresh_store.store import ArrayWriter
+    from refresh_store.writer import ArrayWriter
 
     real = ArrayWriter.write
     calls = []
@@ -600,8 +600,9 @@ def test_script_exits_2_without_traceback(tmp_path):
 
 def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
     from refresh_store._rowio import DirectWriter
+    from refresh_store.checksums import array_checksums
     from refresh_store.reorder import aligned_empty
-    from refresh_store.store import StoreWriter, array_checksums
+    from refresh_store.writer import StoreWriter
 
     writer = StoreWriter(tmp_path / "s")
     aw = writer.create_array("features", (10_000, 3), np.float32)

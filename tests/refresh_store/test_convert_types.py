@@ -15,9 +15,10 @@ from refresh_store.errors import StoreFormatError
 from refresh_store.format import FORMAT_VERSION, FORMAT_VERSION_EDGE_TYPES
 from refresh_store.readers.mag240m import FULL_RELATIONS
 from refresh_store.reorder import degree_order
-from refresh_store.store import open_store, write_store
+from refresh_store.store import open_store
 from refresh_store.synthetic import make_dataset
 from refresh_store.verify import verify_store
+from refresh_store.writer import write_store
 
 QUIET = {"progress": False}
 REVERSE = np.array([0, 2, 1, 4, 3])  # cites <-> cites, writes <-> written_by, ...

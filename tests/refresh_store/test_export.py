@@ -13,7 +13,8 @@ from refresh_store.cli import main
 from refresh_store.convert import convert
 from refresh_store.export import DEFAULT_ARRAYS, ExportError, export_store
 from refresh_store.format import ARRAY_NAMES
-from refresh_store.store import open_store, write_store
+from refresh_store.store import open_store
+from refresh_store.writer import write_store
 
 QUIET = {"progress": False}
 

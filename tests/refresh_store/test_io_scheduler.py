@@ -533,7 +533,7 @@ def test_direct_reads_refused_falls_back(tmp_path, monkeypatch):
 
 
 def test_store_written_by_store_writer(tmp_path):
-    store_mod = pytest.importorskip("refresh_store.store")
+    store_mod = pytest.importorskip("refresh_store.writer")
     rng = np.random.default_rng(8)
     n = 5000
     feats = rng.standard_normal((n, 96)).astype(np.float16)  # 192 B rows

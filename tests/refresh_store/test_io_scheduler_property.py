@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refresh_store.io import IOConfig, IOScheduler
-from refresh_store.store import open_store, write_store
+from refresh_store.store import open_store
+from refresh_store.writer import write_store
 
 _N = 3000
 

@@ -9,9 +9,11 @@ import pytest
 import tensorstore as ts
 import zarr
 
+from refresh_store.checksums import array_checksums
 from refresh_store.errors import ConvertError, StoreFormatError, StoreIncompleteError
 from refresh_store.format import FORMAT_VERSION
-from refresh_store.store import StoreWriter, array_checksums, open_store, write_store
+from refresh_store.store import open_store
+from refresh_store.writer import StoreWriter, write_store
 
 
 def _arrays(n: int = 1001, d: int = 7, dtype=np.float32, seed: int = 0) -> dict:

@@ -8,8 +8,9 @@ import crc32c
 import numpy as np
 import pytest
 
-from refresh_store import store as store_mod
-from refresh_store.store import ChecksumLog, StoreWriter, array_checksums, crc32c_combine
+from refresh_store import writer as store_mod
+from refresh_store.checksums import ChecksumLog, array_checksums, crc32c_combine
+from refresh_store.writer import StoreWriter
 
 
 @pytest.mark.parametrize("len_a, len_b", [(0, 5), (5, 0), (1, 1), (1000, 12_345), (7, 1 << 20)])

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from refresh_store.checksums import array_checksums
 from refresh_store.cli import main
 from refresh_store.convert import convert
-from refresh_store.store import array_checksums, open_store
+from refresh_store.store import open_store
 from refresh_store.verify import verify_store
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from refresh_store.store import Store, write_store
+from refresh_store.store import Store
+from refresh_store.writer import write_store
 
 
 def planted_arrays(

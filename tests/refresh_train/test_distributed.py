@@ -21,7 +21,8 @@ import pytest
 import torch
 from _planted import planted_arrays
 
-from refresh_store.store import open_store, write_store
+from refresh_store.store import open_store
+from refresh_store.writer import write_store
 from refresh_train import distributed
 from refresh_train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from refresh_train.cli import config_from_args, main

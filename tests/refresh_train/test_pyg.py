@@ -14,7 +14,7 @@ from _planted import planted_arrays, planted_store
 from torch_geometric.loader import NodeLoader
 from torch_geometric.nn import GraphSAGE
 
-from refresh_store.store import write_store
+from refresh_store.writer import write_store
 from refresh_train.config import EvalConfig, LoaderConfig, TierConfig, TrainConfig
 from refresh_train.pyg import (
     PygAdapterError,

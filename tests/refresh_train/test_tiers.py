@@ -16,7 +16,8 @@ import pytest
 import torch
 from _planted import planted_arrays
 
-from refresh_store.store import Store, write_store
+from refresh_store.store import Store
+from refresh_store.writer import write_store
 from refresh_train.tiers import (
     POLICIES,
     DeviceTier,
