@@ -83,7 +83,7 @@ class ArrayWriter:
         self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
         #: Checksums of what is written through this writer (None: not tracked,
         #: e.g. an array reopened on resume). Other writers of the file's rows
-        #: (such as ``_rowio.DirectWriter``) add their pieces to it too.
+        #: (such as ``convert._row_writers.DirectWriter``) add their pieces to it too.
         self.crc_log = crc_log
 
     @property

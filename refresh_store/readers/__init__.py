@@ -12,16 +12,9 @@ import os
 from pathlib import Path
 
 from ..errors import SourceFormatError
-from ._base import (
-    ArrayEdges,
-    ChainEdges,
-    ConcatRows,
-    CscEdges,
-    EdgeSource,
-    MappedRows,
-    RowSource,
-    Source,
-)
+from ._edges import ArrayEdges, ChainEdges, CscEdges, EdgeSource
+from ._rows import ConcatRows, MappedRows, RowSource
+from ._source import Source
 from .mag240m import find_mag240m_dir, load_torch_pickle, read_mag240m
 from .npy import npz_member, open_npy, read_npy_layout
 from .ogbn import read_ogbn

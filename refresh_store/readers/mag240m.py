@@ -36,9 +36,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .._convert_kernels import find_buckets, scatter_add_rows
 from ..errors import InputDataError, SourceFormatError
-from ._base import ArrayEdges, ChainEdges, ConcatRows, EdgeSource, MappedRows, RowSource, Source
+from ..kernels import find_buckets, scatter_add_rows
+from ._edges import ArrayEdges, ChainEdges, EdgeSource
+from ._rows import ConcatRows, MappedRows, RowSource
+from ._source import Source
 from .npy import open_npy
 
 __all__ = [

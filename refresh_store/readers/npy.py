@@ -24,7 +24,9 @@ import numpy.lib.format as npformat
 from numpy.typing import NDArray
 
 from ..errors import SourceFormatError
-from ._base import ArrayEdges, CscEdges, EdgeSource, MappedRows, RowSource, Source
+from ._edges import ArrayEdges, CscEdges, EdgeSource
+from ._rows import MappedRows, RowSource
+from ._source import Source
 
 __all__ = [
     "read_npy_header",

@@ -20,7 +20,9 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from ..errors import SourceFormatError
-from ._base import EdgeSource, RowSource, Source
+from ._edges import EdgeSource
+from ._rows import RowSource
+from ._source import Source
 
 __all__ = ["CsvRows", "CsvEdges", "read_csv_ids", "find_split_dir", "read_ogbn"]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceFormatError
-from ._base import ArrayEdges, Source
+from ._edges import ArrayEdges
+from ._source import Source
 from .npy import npz_member
 from .ogbn import find_split_dir, read_splits, single_count
 

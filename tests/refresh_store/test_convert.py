@@ -16,13 +16,14 @@ import tensorstore as ts
 import torch
 import zarr
 
-from refresh_store import _csc
 from refresh_store.cli import main
+from refresh_store.convert import _topology as _csc
 from refresh_store.convert import convert, parse_size
+from refresh_store.convert.permute import permute_rows
+from refresh_store.convert.reorder import degree_order
 from refresh_store.errors import ConvertError
 from refresh_store.format import ARRAY_NAMES
 from refresh_store.readers import open_source
-from refresh_store.reorder import degree_order, permute_rows
 from refresh_store.store import open_store
 from refresh_store.synthetic import make_dataset
 
@@ -599,9 +600,8 @@ def test_script_exits_2_without_traceback(tmp_path):
 
 
 def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
-    from refresh_store._rowio import DirectWriter
     from refresh_store.checksums import array_checksums
-    from refresh_store.reorder import aligned_empty
+    from refresh_store.convert._row_writers import DirectWriter, aligned_empty
     from refresh_store.writer import StoreWriter
 
     writer = StoreWriter(tmp_path / "s")
@@ -628,7 +628,7 @@ def test_direct_writer_writes_aligned_blocks_and_tails(tmp_path):
 
 
 def test_block_writer_splits_blocks_at_aligned_rows():
-    from refresh_store.reorder import _Writer, aligned_empty
+    from refresh_store.convert._row_writers import _Writer, aligned_empty
 
     block = aligned_empty((10_000, 3), np.float32)
     assert block.ctypes.data % 4096 == 0 and block.flags.writeable
@@ -651,7 +651,7 @@ def test_block_writer_splits_blocks_at_aligned_rows():
 
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
 def test_bucket_file_reads_back_its_segments_without_padding(tmp_path, direct):
-    from refresh_store.reorder import _SegmentFile, aligned_empty
+    from refresh_store.convert._row_writers import _SegmentFile, aligned_empty
 
     rng = np.random.default_rng(3)
     parts = [rng.bytes(k) for k in (1, 5000, 4096, 12_345, 3)]

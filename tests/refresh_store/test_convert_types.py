@@ -9,12 +9,12 @@ import pytest
 import torch
 import zarr
 
-from refresh_store import _csc
+from refresh_store.convert import _topology as _csc
 from refresh_store.convert import convert
+from refresh_store.convert.reorder import degree_order
 from refresh_store.errors import StoreFormatError
 from refresh_store.format import FORMAT_VERSION, FORMAT_VERSION_EDGE_TYPES
 from refresh_store.readers.mag240m import FULL_RELATIONS
-from refresh_store.reorder import degree_order
 from refresh_store.store import open_store
 from refresh_store.synthetic import make_dataset
 from refresh_store.verify import verify_store

@@ -9,9 +9,9 @@ manifest. Steps:
 ``plan``            options and source fingerprints (a resume must match them)
 ``stage``           compressed or csv sources that a step reads out of order become raw files
 ``derive``          MAG240M full graph: author and institution features (means)
-``edges_bucketed``  edge keys into destination buckets        (:mod:`refresh_store._csc`)
+``edges_bucketed``  edge keys into destination buckets        (:mod:`refresh_store.convert._topology`)
 ``edges_deduped``   sort, deduplicate, in-degrees
-``reordered``       ``new_id``/``old_id``                      (:mod:`refresh_store.reorder`)
+``reordered``       ``new_id``/``old_id``                      (:mod:`refresh_store.convert.reorder`)
 ``edges_relabelled``  keys in new ids (degree reordering only)
 ``topology``        ``indptr``/``indices``
 ``features``        rows in the new order, dtype conversion, NaN/inf check
@@ -36,7 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from ._convert_steps import (
+from ..errors import ConvertError, InputDataError, SourceFormatError
+from ..format import MAX_RELATIONS
+from ..readers import ArrayEdges, Source, open_source
+from ..sizes import parse_size as _parse_size
+from ..writer import StoreWriter, check_destination
+from ._pass_log import PassLog, PassRecord, format_bytes, peak_rss_bytes
+from ._steps import (
     CRASH_ENV,
     STEPS,
     Conversion,
@@ -45,13 +51,7 @@ from ._convert_steps import (
     crash_point,
     fingerprint_files,
 )
-from ._passes import PassLog, PassRecord, format_bytes, peak_rss_bytes
-from .errors import ConvertError, InputDataError, SourceFormatError
-from .format import MAX_RELATIONS
-from .readers import ArrayEdges, Source, open_source
-from .reorder import choose_strategy
-from .sizes import parse_size as _parse_size
-from .writer import StoreWriter, check_destination
+from .permute import choose_strategy
 
 __all__ = ["ConvertOptions", "ConvertSummary", "convert", "parse_size", "CRASH_ENV", "STEPS"]
 
@@ -106,7 +106,7 @@ class ConvertOptions:
     split
         Split folder (ogbn, papers100m) or test key of ``split_dict.pt`` (mag240m).
     feature_strategy
-        ``'auto'``, ``'gather'`` or ``'shuffle'`` (see :mod:`refresh_store.reorder`).
+        ``'auto'``, ``'gather'`` or ``'shuffle'`` (see :mod:`refresh_store.convert.permute`).
     progress
         Show tqdm bars on stderr.
     """

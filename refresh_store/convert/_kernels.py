@@ -1,8 +1,9 @@
 """Numba kernels of the converter (see :mod:`refresh_store.convert`).
 
 Plain kernels: contiguous arrays in, caller-allocated arrays out, no checks;
-the callers in :mod:`refresh_store._csc`, :mod:`refresh_store.reorder` and
-:mod:`refresh_store._permute` validate inputs first.
+the callers in ``_topology.py``, :mod:`~refresh_store.convert.reorder` and
+:mod:`~refresh_store.convert.permute` validate inputs first. Kernels the
+readers use too are in :mod:`refresh_store.kernels`.
 
 An edge ``s -> d`` travels between passes as one int64 *key*
 ``(d - lo) * num_nodes + s``, relative to the first node ``lo`` of its bucket,
@@ -24,8 +25,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..kernels import bucket_index as _bucket
+
 __all__ = [
-    "find_buckets",
     "edge_keys_by_bucket",
     "dedupe_sorted",
     "local_degrees",
@@ -38,30 +40,7 @@ __all__ = [
     "invert_window",
     "select_window",
     "stable_bucket_order",
-    "scatter_add_rows",
-    "copy_rows",
 ]
-
-
-@njit(cache=True, nogil=True)
-def _bucket(v, bounds):
-    # bounds is increasing with bounds[0] <= v < bounds[-1]
-    lo = 0
-    hi = len(bounds) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if bounds[mid] <= v:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True, nogil=True)
-def find_buckets(values, bounds, out):
-    """out[i] = k such that bounds[k] <= values[i] < bounds[k + 1]."""
-    for i in range(len(values)):
-        out[i] = _bucket(values[i], bounds)
 
 
 @njit(cache=True, nogil=True)
@@ -270,43 +249,3 @@ def stable_bucket_order(bucket, counts, order):
         b = bucket[i]
         order[pos[b]] = i
         pos[b] += 1
-
-
-@njit(cache=True, nogil=True)
-def scatter_add_rows(acc, cnt, dst, rows):
-    """acc[dst[i]] += rows[i] (in float32) and cnt[dst[i]] += 1."""
-    d = acc.shape[1]
-    for i in range(len(dst)):
-        t = dst[i]
-        cnt[t] += 1
-        for j in range(d):
-            acc[t, j] += np.float32(rows[i, j])
-
-
-@njit(cache=True, nogil=True)
-def copy_rows(src, src_rows, dst_rows, out, exp_mask):
-    """out[dst_rows[k]] = src[src_rows[k]] for 2-D arrays of unsigned words.
-
-    Float rows travel as their bit patterns (numba has no float16); when
-    ``exp_mask`` (the exponent bits of the float type) is non-zero, a word with
-    all exponent bits set is a NaN or an infinity: the copy stops after that
-    row and returns its ``k``. Returns -1 when every row was copied.
-    """
-    w = src.shape[1]
-    for k in range(len(src_rows)):
-        r = src_rows[k]
-        o = dst_rows[k]
-        if exp_mask != 0:
-            # Count hits over the whole row instead of branching per word: the
-            # loop then vectorises and the check costs little over a plain copy.
-            hits = 0
-            for j in range(w):
-                x = src[r, j]
-                out[o, j] = x
-                hits += (x & exp_mask) == exp_mask
-            if hits:
-                return k
-        else:
-            for j in range(w):
-                out[o, j] = src[r, j]
-    return -1

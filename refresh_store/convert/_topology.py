@@ -1,7 +1,7 @@
 """Building the CSC topology of the sampling graph out of core.
 
 Edges never sit in memory all at once. They travel as int64 keys (see
-:mod:`refresh_store._convert_kernels`) through bucket files, each bucket a
+:mod:`refresh_store.convert._kernels`) through bucket files, each bucket a
 range of destination nodes small enough to sort in the memory budget:
 
 1. :func:`bucket_edges` reads the source's edges in blocks, symmetrises and
@@ -15,7 +15,7 @@ range of destination nodes small enough to sort in the memory budget:
 4. :func:`write_csc` writes ``indptr`` and ``indices`` front to back.
 
 Typed edges (a source with relations, ``num_types > 1``) carry their type in
-the key (see :mod:`refresh_store._convert_kernels`), so every pass moves the
+the key (see :mod:`refresh_store.convert._kernels`), so every pass moves the
 type with its edge: deduplication keeps one edge per (destination, type,
 source), and :func:`write_csc` writes ``edge_type`` aligned with ``indices``;
 each node's in-edges are sorted by source as without types (then by type).
@@ -36,17 +36,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._convert_kernels import (
+from ..errors import ConvertError, InputDataError
+from ..kernels import find_buckets
+from ..readers import EdgeSource
+from ._kernels import (
     dedupe_sorted,
     edge_keys_by_bucket,
-    find_buckets,
     keys_to_sources,
     keys_to_sources_types,
     local_degrees,
     relabel_keys,
 )
-from .errors import ConvertError, InputDataError
-from .readers import EdgeSource
 
 __all__ = [
     "Bucket",

@@ -14,19 +14,14 @@ from typing import Any
 import crc32c
 import numpy as np
 
-from . import _csc
-from ._passes import PassLog
-from ._rowio import DirectWriter, read_rows, stage_rows
-from .errors import ConvertError, InputDataError
-from .readers import ArrayEdges, MappedRows, RowSource, Source
-from .reorder import (
-    choose_strategy,
-    degree_runs,
-    degrees_to_new_ids,
-    permute_rows,
-    write_inverse,
-)
-from .writer import ArrayWriter, StoreWriter
+from ..errors import ConvertError, InputDataError
+from ..readers import ArrayEdges, MappedRows, RowSource, Source
+from ..writer import ArrayWriter, StoreWriter
+from . import _topology
+from ._pass_log import PassLog
+from ._row_writers import DirectWriter, read_rows, stage_rows
+from .permute import choose_strategy, permute_rows
+from .reorder import degree_runs, degrees_to_new_ids, write_inverse
 
 __all__ = [
     "CRASH_ENV",
@@ -245,8 +240,8 @@ class Conversion:
     ) -> ArrayWriter:
         return self.writer.create_array(name, shape, dtype, chunk_rows)
 
-    def _buckets(self, step: str) -> list[_csc.Bucket]:
-        return [_csc.Bucket(**b) for b in self.writer.step_info(step)["buckets"]]
+    def _buckets(self, step: str) -> list[_topology.Bucket]:
+        return [_topology.Bucket(**b) for b in self.writer.step_info(step)["buckets"]]
 
     def _new_id_table(self) -> np.ndarray:
         """The new id of every source node, in memory (loaded from the store on resume)."""
@@ -378,7 +373,7 @@ class Conversion:
         if not self._todo("edges_bucketed"):
             return
         with self.log.run("edges: bucket", self.edges.num_edges) as tick:
-            buckets = _csc.bucket_edges(
+            buckets = _topology.bucket_edges(
                 self.edges,
                 self.plan.num_nodes,
                 undirected=self.plan.undirected,
@@ -400,7 +395,7 @@ class Conversion:
             return int(self.writer.step_info("edges_deduped")["num_edges"])
         self.table = np.zeros(self.plan.num_nodes, dtype=self.plan.idx_dtype)
         with self.log.run("edges: sort + dedupe", self.plan.num_nodes) as tick:
-            buckets, num_edges = _csc.dedupe_buckets(
+            buckets, num_edges = _topology.dedupe_buckets(
                 self._buckets("edges_bucketed"),
                 self.plan.num_nodes,
                 add_self_loops=self.opts.self_loops == "add",
@@ -441,10 +436,10 @@ class Conversion:
         if self.opts.reorder != "degree" or not self._todo("edges_relabelled"):
             return
         runs = np.load(self.tmp / "degree_runs.npy", allow_pickle=False)
-        bounds = _csc.new_id_bounds(runs[0], runs[1], self.plan.capacity)
+        bounds = _topology.new_id_bounds(runs[0], runs[1], self.plan.capacity)
         old = self._buckets("edges_deduped")
         with self.log.run("edges: relabel", self.plan.num_nodes) as tick:
-            buckets = _csc.relabel_buckets(
+            buckets = _topology.relabel_buckets(
                 old,
                 self.plan.num_nodes,
                 self._new_id_table(),
@@ -470,7 +465,7 @@ class Conversion:
         if self.plan.relations is not None:
             types = self._writer_fn(self._array("edge_type", (num_edges,), np.int8))
         with self.log.run("topology: write CSC", n) as tick:
-            written = _csc.write_csc(
+            written = _topology.write_csc(
                 buckets,
                 n,
                 write_indptr=self._writer_fn(indptr),
