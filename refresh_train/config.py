@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refresh_store.byte_sizes import parse_size as _parse_size
 from refresh_store.errors import RefreshError
-from refresh_store.sizes import parse_size as _parse_size
 
 __all__ = [
     "ConfigError",

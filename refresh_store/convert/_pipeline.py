@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from ..byte_sizes import parse_size as _parse_size
 from ..errors import ConvertError, InputDataError, SourceFormatError
 from ..format import MAX_RELATIONS
 from ..readers import ArrayEdges, Source, open_source
-from ..sizes import parse_size as _parse_size
 from ..writer import StoreWriter, check_destination
 from ._pass_log import PassLog, PassRecord, format_bytes, peak_rss_bytes
 from ._steps import (

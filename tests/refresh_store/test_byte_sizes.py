@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refresh_store.sizes import parse_size
+from refresh_store.byte_sizes import parse_size
 
 
 @pytest.mark.parametrize(
