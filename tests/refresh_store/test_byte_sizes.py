@@ -1,4 +1,4 @@
-"""Tests of refresh_store.sizes.parse_size, the one size parser of every command."""
+"""Tests of refresh_store.byte_sizes.parse_size, the one size parser of every command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of refresh_store.io_scheduler against numpy fancy indexing."""
+"""Tests of refresh_store.io.scheduler against numpy fancy indexing."""
 
 from __future__ import annotations
 

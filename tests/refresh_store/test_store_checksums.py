@@ -1,4 +1,4 @@
-"""Checksums gathered while writing, and what mark_step fsyncs (refresh_store.store)."""
+"""Checksums gathered while writing, and what mark_step fsyncs (refresh_store.checksums, refresh_store.writer)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of refresh_store/synthetic.py and tools/make_dataset.py."""
+"""Tests of refresh_store/synthetic/ and tools/make_dataset.py."""
 
 from __future__ import annotations
 
