@@ -101,9 +101,10 @@ FIO = dict(name="this VM's disk (fio)", iops=75_000, bandwidth=1.9e9,
 #: A stated NVMe drive: Samsung 980 PRO 2 TB, PCIe 4.0 (data sheet: random
 #: read 4 KiB QD32 up to 1,000K IOPS, sequential read up to 7,000 MB/s).
 NVME = dict(name="Samsung 980 PRO 2 TB", iops=1_000_000, bandwidth=7.0e9,
-            source="Samsung 980 PRO data sheet (semiconductor.samsung.com/consumer-storage/"
-                   "internal-ssd/980pro/): random read 4 KB QD32 up to 1,000K IOPS, "
-                   "sequential read up to 7,000 MB/s")  # fmt: skip
+            source="Samsung 980 PRO (MZ-V8P2T0B) published specification: sequential read up to "
+                   "7,000 MB/s, random 4 KB read up to 1,000,000 IOPS (Samsung's 980 PRO data "
+                   "sheet; as listed at pugetsystems.com/parts/Hard-Drive/"
+                   "Samsung-980-Pro-2TB-Gen4-M-2-SSD-13831/)")  # fmt: skip
 
 #: Published epoch times (seconds, GraphSAGE). ``None`` = not found.
 PUBLISHED: list[dict[str, Any]] = [
@@ -454,23 +455,44 @@ def uncoalesced_share(density: float, gap_rows: int) -> float:
     return (1.0 - d) ** gap_rows
 
 
-def _rate_at_top(recs: list[dict[str, Any]], num: Any, den: Any) -> float:
-    """Median of ``num(r) / den(r)`` over the two largest sizes (the closest to full scale)."""
-    top = recs[-2:]
-    return statistics.median(num(r) / max(den(r), 1e-12) for r in top)
+def _rates_at_top(recs: list[dict[str, Any]], num: Any, den: Any) -> tuple[float, float]:
+    """``num(r) / den(r)`` at the two largest sizes (the closest to full scale): (min, max)."""
+    vals = [num(r) / max(den(r), 1e-12) for r in recs[-2:]]
+    return min(vals), max(vals)
+
+
+def effective_gap(reads_per_row: float, density: float) -> float | None:
+    """The ``gap_rows`` for which :func:`uncoalesced_share` gives the measured reads per row.
+
+    ``None`` when it is undefined (every row its own read, or a full window).
+    """
+    if not 0.0 < reads_per_row < 1.0 or not 0.0 < density < 1.0:
+        return None
+    return math.log(reads_per_row) / math.log(1.0 - density)
+
+
+def window_batches(disk_rows: float, row_bytes: int, lookahead: int) -> int:
+    """Batches a lookahead window holds: up to ``lookahead``, as many as fit its budget."""
+    if lookahead <= 1:
+        return 1
+    return int(max(1, min(lookahead, LOOKAHEAD_BUDGET_BYTES // max(1, int(disk_rows * row_bytes)))))
 
 
 def analyse(records: list[dict[str, Any]], gpu: dict[str, Any]) -> dict[str, Any]:
     """Fits per dataset and figure, and the projected epochs (a low and a high end).
 
-    Counts that level off or keep growing with ``N`` are fitted (rows and
-    edges per batch: both fits, the two projections bracket the figure).
-    What a row or an edge costs is taken at the largest sizes and not
-    extrapolated: the share of rows beyond the device tier, the reads per
-    disk row (it can only rise towards 1 as a batch's rows thin out over a
-    larger file: coalescing finds fewer neighbours; so ``[measured, 1]``),
-    the bytes per disk row (falls towards the aligned row: ``[aligned row,
-    measured]``), sampler seconds per sampled edge, compute seconds per row.
+    Rows and edges per batch are fitted two ways; the two projections (capped
+    at what a batch can hold) are the low and high ends. Costs per row or per
+    edge are taken at the two largest sizes, not extrapolated (low end: the
+    smaller of the two, high end: the larger): the share of a batch's rows
+    left to the disk, sampler and compute seconds per sampled edge. Reads
+    per disk row follow :func:`uncoalesced_share` at the full graph's
+    density, with the gap between the effective one measured at the largest
+    sizes and the scheduler's nominal ``MAX_GAP_BYTES`` (the two ends); bytes
+    are the aligned rows plus, at the high end, one full gap per merge. A
+    lookahead window (``raw-la``) counts the rows of its batches together
+    (density x batches per window); on the full graph its batches share
+    fewer rows, so its high end takes ``raw``'s disk share.
     """
     out: dict[str, Any] = {}
     for ds, spec in DATASETS.items():
@@ -482,7 +504,7 @@ def analyse(records: list[dict[str, Any]], gpu: dict[str, Any]) -> dict[str, Any
         fits: dict[str, Any] = {}
         fits["rows"] = fit_and_project(n, [r["sampler"]["rows"] for r in recs], nf)
         fits["edges"] = fit_and_project(n, [r["sampler"]["edges"] for r in recs], nf)
-        for c in CONFIGS:  # reported; the projection uses the rates below
+        for c in CONFIGS:  # reported; the projection models reads from the density
             fits[f"{c}.reads"] = fit_and_project(n, [max(r[c]["reads"], 1e-9) for r in recs], nf)
         fits["sample_s"] = fit_and_project(n, [r["sampler"]["sample_s"] for r in recs], nf)
         fits["compute_s"] = fit_and_project(n, [r["compute"]["compute_s"] for r in recs], nf)
@@ -495,38 +517,46 @@ def analyse(records: list[dict[str, Any]], gpu: dict[str, Any]) -> dict[str, Any
         edges = both(fits["edges"], EDGES_CAP)
         row_bytes = recs[-1]["row_bytes"]
         aligned = math.ceil(row_bytes / ALIGN_BYTES) * ALIGN_BYTES
-        gap_rows = max(1, MAX_GAP_BYTES // row_bytes)
+        nominal_gap = max(1, MAX_GAP_BYTES // aligned)
         rates: dict[str, Any] = {
-            "sample_s_per_edge": _rate_at_top(recs, lambda r: r["sampler"]["sample_s"],
-                                              lambda r: r["sampler"]["edges"]),
-            "compute_s_per_edge": _rate_at_top(recs, lambda r: r["compute"]["compute_s"],
+            "sample_s_per_edge": _rates_at_top(recs, lambda r: r["sampler"]["sample_s"],
                                                lambda r: r["sampler"]["edges"]),
+            "compute_s_per_edge": _rates_at_top(recs, lambda r: r["compute"]["compute_s"],
+                                                lambda r: r["sampler"]["edges"]),
         }  # fmt: skip
-        t_sample = tuple(rates["sample_s_per_edge"] * e for e in edges)
-        t_cpu = tuple(rates["compute_s_per_edge"] * e for e in edges)
+        t_sample = tuple(rates["sample_s_per_edge"][i] * edges[i] for i in (0, 1))
+        t_cpu = tuple(rates["compute_s_per_edge"][i] * edges[i] for i in (0, 1))
         t_gpu = tuple(t / gpu["factor"] for t in t_cpu)
         batches = math.ceil(spec["full_train"] / BATCH)
         proj: dict[str, Any] = {}
         for c in CONFIGS:
-            share = _rate_at_top(recs, lambda r, c=c: r[c]["rows_disk"],
-                                 lambda r: r["sampler"]["rows"])  # fmt: skip
-            rpr = _rate_at_top(recs, lambda r, c=c: r[c]["reads"], lambda r, c=c: r[c]["rows_disk"])
-            bpr = _rate_at_top(recs, lambda r, c=c: r[c]["bytes_read"],
-                               lambda r, c=c: r[c]["rows_disk"])  # fmt: skip
-            rates[c] = {"disk_share": share, "reads_per_disk_row": rpr,
-                        "bytes_per_disk_row": bpr}  # fmt: skip
-            # A lookahead window dedupes rows its batches share; on the full graph
-            # they share fewer (high end: no sharing beyond raw's).
-            share_hi = max(share, rates["raw"]["disk_share"]) if c == "raw-la" else share
-            disk_rows = (share * rows[0], share_hi * rows[1])
-            per_read = (
-                1
-                if c != "raw-la"
-                else max(1, min(8, LOOKAHEAD_BUDGET_BYTES // max(1, int(disk_rows[1] * row_bytes))))
-            )
-            reads_hi = disk_rows[1] * uncoalesced_share(per_read * disk_rows[1] / nf, gap_rows)
-            reads = (disk_rows[0] * min(rpr, 1.0), max(reads_hi, disk_rows[0] * min(rpr, 1.0)))
-            nbytes = (disk_rows[0] * min(aligned, bpr), disk_rows[1] * max(aligned, bpr))
+            la = 8 if c == "raw-la" else 1
+            share = _rates_at_top(recs, lambda r, c=c: r[c]["rows_disk"],
+                                  lambda r: r["sampler"]["rows"])  # fmt: skip
+            gaps = []
+            for r in recs[-2:]:
+                w = window_batches(r["raw"]["rows_disk"], row_bytes, la)
+                g = effective_gap(
+                    r[c]["reads"] / r[c]["rows_disk"], w * r[c]["rows_disk"] / r["nodes"]
+                )
+                if g is not None:
+                    gaps.append(g)
+            g_lo = min(gaps + [nominal_gap])
+            g_hi = max(gaps + [nominal_gap])
+            rates[c] = {
+                "disk_share": share,
+                "effective_gap_rows": gaps,
+                "nominal_gap_rows": nominal_gap,
+            }
+            # On the full graph a window's batches share fewer rows (high end: none beyond raw's).
+            share_hi = max(share[1], rates["raw"]["disk_share"][1]) if c == "raw-la" else share[1]
+            disk_rows = (share[0] * rows[0], share_hi * rows[1])
+            reads = []
+            for i, gap in ((0, g_hi), (1, g_lo)):  # more merging at the low end
+                w = window_batches(disk_rows[i] / max(share[i], 1e-12) * share_hi, row_bytes, la)
+                reads.append(disk_rows[i] * uncoalesced_share(w * disk_rows[i] / nf, round(gap)))
+            nbytes = (disk_rows[0] * aligned,
+                      disk_rows[1] * aligned + (disk_rows[1] - reads[1]) * MAX_GAP_BYTES)  # fmt: skip
             for key, disk, t_comp, dev in (("fio_cpu", FIO, t_cpu, "CPU (2 cores)"),
                                            ("nvme_gpu", NVME, t_gpu, "GPU")):  # fmt: skip
                 ends = []
@@ -680,17 +710,22 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{rng(p, 't_compute', lambda x: f'{x:.3f}')} | {bound} | "
                 f"{rng(p, 'pipelined_s', _t)} | {rng(p, 'serial_s', _t)} |"
             )
-    lines += ["", "Rates taken at the two largest sizes (not extrapolated):", "",
+    lines += ["", "Costs taken at the two largest sizes (not extrapolated; min - max of the two):", "",
               "| dataset | sampler s per edge | compute s per edge (CPU) | config | disk rows / rows "
-              "| reads / disk row | bytes / disk row |",
+              "| effective gap (rows) | nominal gap (rows) |",
               "|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
+
+    def mm(t: Any, fmt: str) -> str:
+        return f"{t[0]:{fmt}} - {t[1]:{fmt}}"
+
     for ds, v in a.items():
         r = v["rates"]
         for c in CONFIGS:
+            gaps = ", ".join(f"{g:.1f}" for g in r[c]["effective_gap_rows"]) or "-"
             lines.append(
-                f"| {ds} | {r['sample_s_per_edge']:.3g} | {r['compute_s_per_edge']:.3g} | {c} | "
-                f"{r[c]['disk_share']:.3f} | {r[c]['reads_per_disk_row']:.3f} | "
-                f"{r[c]['bytes_per_disk_row']:,.0f} |"
+                f"| {ds} | {mm(r['sample_s_per_edge'], '.3g')} | "
+                f"{mm(r['compute_s_per_edge'], '.3g')} | {c} | {mm(r[c]['disk_share'], '.3f')} | "
+                f"{gaps} | {r[c]['nominal_gap_rows']} |"
             )
     lines += [
         "",

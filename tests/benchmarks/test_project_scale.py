@@ -120,3 +120,16 @@ def test_analyse_projects_an_epoch_with_a_low_and_a_high_end():
     # epoch = batches x the slowest per-batch stage
     slowest = max(none["t_io"], none["t_sample"], none["t_compute"])
     assert none["pipelined_s"] == pytest.approx(v["batches_full"] * slowest)
+
+
+def test_effective_gap_inverts_the_coalescing_model():
+    share = ps.uncoalesced_share(0.05, 12)
+    assert ps.effective_gap(share, 0.05) == pytest.approx(12.0)
+    assert ps.effective_gap(1.0, 0.05) is None  # nothing merged: undefined
+    assert ps.effective_gap(0.5, 1.0) is None  # a window holding every row
+
+
+def test_window_batches_respects_the_lookahead_budget():
+    assert ps.window_batches(1e6, 512, 1) == 1
+    assert ps.window_batches(1e5, 512, 8) == 8  # 51 MB a batch: 8 fit in 2 GiB
+    assert ps.window_batches(1e6, 1536, 8) == 1  # 1.5 GB a batch: one at a time
