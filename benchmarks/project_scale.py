@@ -27,13 +27,17 @@ the first ``--batches`` batches of epoch 0 are measured:
 ``compute``  forward + backward + Adam step of SAGE 3x256 on the CPU over the
              fetched batches (median seconds per batch, first step dropped)
 
-Each per-batch figure ``y(N)`` is fitted two ways over the sizes: a power
-law ``y = a N^b`` (log-log least squares) and a saturating curve ``1/y =
-1/y_max + c/N`` (what counts of distinct rows do when the sampled positions
-per batch are bounded). The fit with the smaller log residual is used, the
-other is reported, and a hold-out check (fit without the largest size,
-predict it) says how well a 2x extrapolation worked; the projection
-extrapolates 50-60x.
+Rows and sampled edges per batch ``y(N)`` are fitted two ways over the
+sizes: a power law ``y = a N^b`` (log-log least squares) and a saturating
+curve ``1/y = 1/y_max + c/N`` (what counts of distinct rows do when the
+sampled positions per batch are bounded); the two projections, capped at
+what a batch can hold, are the low and high ends. A hold-out check (fit
+without the largest size, predict it) says how well a 2x step worked; the
+projection steps 50-60x. What a row or an edge costs (disk share after the
+device tier, sampler and compute seconds per edge) is taken at the largest
+sizes, and read calls follow from the full graph's density (coalescing
+fades as a batch's rows thin out; see :func:`analyse`), not from fitting
+the reads measured on dense small graphs.
 
 Projection, per configuration: ``epoch = batches x max(t_io, t_sample,
 t_compute)``, because the trainer's loader runs sampling and fetching on
@@ -41,7 +45,7 @@ their own threads ahead of compute (pipelined), so the slowest stage sets
 the pace when cores are free; the sum of the three is reported as the
 no-overlap bound (this 2-core machine, where compute takes both cores, lies
 between). ``t_io = max(reads / IOPS, bytes / bandwidth)``: this machine's
-disk as measured by fio (``FIO``, in ``/work/shared/FINDINGS.md``) and a
+disk as measured by fio (``FIO``, from the project's shared findings) and a
 Samsung 980 PRO (``NVME``, its published figures). ``t_compute`` on a GPU is
 the CPU figure divided by a factor measured by ``benchmarks/epoch_time.py``
 on this CPU and on an H200 (``benchmarks/results/epoch_time*.json``).
@@ -109,7 +113,9 @@ NVME = dict(name="Samsung 980 PRO 2 TB", iops=1_000_000, bandwidth=7.0e9,
 #: Published epoch times (seconds, GraphSAGE). ``None`` = not found.
 PUBLISHED: list[dict[str, Any]] = [
     dict(system="DiskGNN", papers100m=76.28, mag240m=53.35,
-         note="one epoch, GraphSAGE; +2-3 s of amortised pre-processing",
+         note="+2-3 s of amortised pre-processing; the authors' run script "
+              "(examples/run_temp.sh) trains SAGE with fanouts 10,15,20, hidden 256, 2 GB GPU + "
+              "3 GB CPU feature cache; their machine is not restated here",
          source="Liu et al., 'DiskGNN: Bridging I/O Efficiency and Model Accuracy for Out-of-Core "
                 "GNN Training', arXiv:2405.05231, end-to-end figure (GraphSAGE); values from the "
                 "authors' plot data, github.com/Liu-rj/DiskGNN VLDB_plot/offgs_plot/offgs_plot/"
@@ -813,9 +819,9 @@ CAVEATS = [
     "largest sizes, so `raw`'s disk rows are on the high side. The host tier is off: "
     "GraphBolt's 93 % CPU-cache hits show what a large host tier (and reuse across "
     "batches) would buy at full scale, which 16 batches cannot measure.",
-    "CPU times were measured while other jobs loaded the 2 cores (see the load "
-    "average): compute took ~8 s per batch here against ~2.2 s in the epoch-time "
-    "benchmark at a lower load, so the CPU projections are high.",
+    "CPU times come from a shared 2-core machine (load averages above) and moved 2-3x "
+    "between runs of this benchmark: the CPU projections move with the load; the GPU "
+    "ones, bound by I/O, do not.",
 ]
 
 
