@@ -53,7 +53,7 @@ on this CPU and on an H200 (``benchmarks/results/epoch_time*.json``).
 Usage::
 
     python benchmarks/project_scale.py            # 4 sizes x 2 datasets, ~15-20 min on 2 cores
-    python benchmarks/project_scale.py --quick    # 2 small sizes each, few batches (~3 min)
+    python benchmarks/project_scale.py --quick    # 3 small sizes each, 6 batches (~4 min)
     python benchmarks/project_scale.py --report   # rewrite md/png from the JSON
 
 Stores are cached under ``bench_cache/project_scale`` (generated once, about
@@ -931,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compute-batches", type=int, default=5, help="training steps timed per size")
     p.add_argument("--budget", type=float, default=0.10,
                    help="device tier of raw, share of the feature bytes (default 0.10)")  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="2 small sizes each, 6 batches")
+    p.add_argument("--quick", action="store_true", help="3 small sizes each, 6 batches")
     p.add_argument("--report", action="store_true", help="only rewrite md/png from --out")
     p.add_argument("--data-dir", default=str(CACHE_DIR))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "project_scale.json"))
