@@ -164,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--resume", action="store_true", default=None, help="continue from --checkpoint-dir"
     )
+    o.add_argument(
+        "--predict-out",
+        metavar="DIR",
+        help="after training, write predictions for --predict-split here (OGB submission file)",
+    )
+    o.add_argument(
+        "--predict-split",
+        help="test | valid | train, or MAG240M's test-dev | test-challenge | test-whole "
+        "(default test: the store's test split)",
+    )
     o.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar and no per-epoch table")  # fmt: skip
     return p
@@ -177,6 +187,7 @@ _KEYS = {
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
     "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_fraction",
     "hist_lag", "hist_dtype", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
+    "predict_out", "predict_split",
 }  # fmt: skip
 
 
@@ -300,6 +311,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         progress=bool(_pick(values, "progress", True)),
         max_rss_bytes=_optional_size(values, "max_rss"),
         device_memory_bytes=_optional_size(values, "device_memory"),
+        predict_out=values.get("predict_out"),
+        predict_split=_pick(values, "predict_split", "test"),
     )
 
 

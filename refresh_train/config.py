@@ -23,6 +23,7 @@ from refresh_store.errors import RefreshError
 
 __all__ = [
     "ConfigError",
+    "PREDICT_SPLITS",
     "TierConfig",
     "LoaderConfig",
     "EvalConfig",
@@ -165,6 +166,10 @@ class TierConfig:
         if self.io_engine not in ENGINES:
             raise ConfigError(f"io_engine must be one of {ENGINES}, got {self.io_engine!r}")
 
+
+#: ``--predict-split`` names: the store's splits, and MAG240M's test split names
+#: (a MAG240M store holds the one its conversion chose; see :mod:`refresh_train.predict`).
+PREDICT_SPLITS = ("train", "valid", "test", "test-dev", "test-challenge", "test-whole")
 
 #: Admission policies of the history table (``--hist-policy``); see
 #: :mod:`refresh_train.history.policy`.
@@ -389,6 +394,12 @@ class TrainConfig:
         The same for device memory (CUDA only; on the CPU the device's
         structures count in ``max_rss_bytes``). ``None`` = the device's free
         memory when the run starts; 0 = no check.
+    predict_out
+        After the last epoch, write the model's predictions for
+        ``predict_split`` into this directory (an OGB submission file; see
+        :mod:`refresh_train.predict`), or ``None``.
+    predict_split
+        One of :data:`PREDICT_SPLITS`; ``"test"`` is the store's test split.
     """
 
     store: str
@@ -413,6 +424,8 @@ class TrainConfig:
     progress: bool = True
     max_rss_bytes: int | None = None
     device_memory_bytes: int | None = None
+    predict_out: str | None = None
+    predict_split: str = "test"
 
     def __post_init__(self) -> None:
         from .models import MODELS, NORMS, RELATIONAL_MODELS
@@ -467,6 +480,12 @@ class TrainConfig:
                 f"hist_layers {bad[0]!r} is not a hidden layer of a {self.layers}-layer model; "
                 f"choose from 1..{self.layers - 1} (the input of block l)"
             )
+        if self.predict_split not in PREDICT_SPLITS:
+            raise ConfigError(
+                f"predict_split must be one of {list(PREDICT_SPLITS)}, got {self.predict_split!r}"
+            )
+        if self.predict_out is not None:
+            object.__setattr__(self, "predict_out", str(self.predict_out))
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("resume needs checkpoint_dir: say where the checkpoint is")
 

@@ -18,7 +18,8 @@ Each node is computed once per layer, so the cost is linear in the graph.
 Both read raw features through an exact tier chain with its own counters
 (:meth:`refresh_train.modes.CacheMode.eval_tiers`): evaluation never uses a
 cache that could change its result. Accuracy comes from
-``ogb.nodeproppred.Evaluator``.
+``ogb.nodeproppred.Evaluator``, or from ``ogb.lsc.MAG240MEvaluator`` for a
+store converted from MAG240M (the manifest records the source).
 """
 
 from __future__ import annotations
@@ -43,22 +44,61 @@ from .models import BlockGNN
 from .sampler import NeighborSampler, derive_seed
 from .tiers import FeatureTier
 
-__all__ = ["accuracy", "predict_sampled", "predict_layerwise", "evaluate"]
+__all__ = [
+    "MAG240M_EVALUATOR",
+    "OGBN_EVALUATOR",
+    "accuracy",
+    "evaluate",
+    "predict_layerwise",
+    "predict_sampled",
+    "store_evaluator",
+    "store_source",
+]
 
 # Every ogbn node task scores plain accuracy; this name only selects that metric.
 _OGB_ACC_TASK = "ogbn-papers100M"
+#: Official evaluators by name: MAG240M stores are scored by OGB-LSC's, others by ogbn's.
+OGBN_EVALUATOR = "ogb.nodeproppred.Evaluator"
+MAG240M_EVALUATOR = "ogb.lsc.MAG240MEvaluator"
 _EVAL_SEED_TAG = 0xE7A1
 
 
-def accuracy(y_true: NDArray[np.int64], y_pred: NDArray[np.int64]) -> float | None:
-    """Accuracy as ``ogb.nodeproppred.Evaluator`` computes it (``None`` for no nodes)."""
-    from ogb.nodeproppred import Evaluator
+def accuracy(
+    y_true: NDArray[np.int64], y_pred: NDArray[np.int64], *, evaluator: str = OGBN_EVALUATOR
+) -> float | None:
+    """Accuracy as the named official evaluator computes it (``None`` for no nodes).
 
-    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1, 1)
-    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1, 1)
+    ``evaluator`` is :data:`OGBN_EVALUATOR` (``ogb.nodeproppred.Evaluator``)
+    or :data:`MAG240M_EVALUATOR` (``ogb.lsc.MAG240MEvaluator``, 1-D inputs).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
     if len(y_true) == 0:
         return None
-    return float(Evaluator(_OGB_ACC_TASK).eval({"y_true": y_true, "y_pred": y_pred})["acc"])
+    if evaluator == MAG240M_EVALUATOR:
+        from ogb.lsc import MAG240MEvaluator
+
+        got = MAG240MEvaluator().eval(
+            {"y_true": torch.from_numpy(y_true), "y_pred": torch.from_numpy(y_pred)}
+        )
+        return float(got["acc"])
+    if evaluator != OGBN_EVALUATOR:
+        raise ValueError(f"evaluator must be {OGBN_EVALUATOR!r} or {MAG240M_EVALUATOR!r}")
+    from ogb.nodeproppred import Evaluator
+
+    pair = {"y_true": y_true.reshape(-1, 1), "y_pred": y_pred.reshape(-1, 1)}
+    return float(Evaluator(_OGB_ACC_TASK).eval(pair)["acc"])
+
+
+def store_source(store: Any) -> dict[str, Any]:
+    """The manifest's ``source`` entry (format, MAG240M test split) of an open store."""
+    source = getattr(store, "manifest", {}).get("source", {})
+    return source if isinstance(source, dict) else {}
+
+
+def store_evaluator(store: Any) -> str:
+    """The official evaluator of a store's task: OGB-LSC's for a MAG240M store."""
+    return MAG240M_EVALUATOR if store_source(store).get("format") == "mag240m" else OGBN_EVALUATOR
 
 
 def _to_device(batch: MiniBatch, device: torch.device) -> MiniBatch:
@@ -394,13 +434,15 @@ def evaluate(
     labelled = labels >= 0
     in_valid = (positions if positions is not None else np.arange(len(nodes))) < len(valid)
     out: dict[str, Any] = {}
+    evaluator = store_evaluator(store)
     for split, mask in (("valid", in_valid), ("test", ~in_valid)):
         mask = mask & labelled
-        out[f"{split}_acc"] = accuracy(labels[mask], pred[mask])
+        out[f"{split}_acc"] = accuracy(labels[mask], pred[mask], evaluator=evaluator)
         if shard is not None:
             out[f"{split}_correct"] = int(np.count_nonzero(labels[mask] == pred[mask]))
             out[f"{split}_labelled"] = int(np.count_nonzero(mask))
     out.update({"eval_mode": config.mode, "eval_s": time.perf_counter() - t0})
+    out["evaluator"] = evaluator
     out.update({f"eval_{k}": v for k, v in tiers.stats().items()})
     out.update({f"eval_{k}": v for k, v in extra.items()})
     return out

@@ -51,6 +51,7 @@ from .memory_plan import plan_memory
 from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model, model_options, sampler_options
 from .modes import CACHE_MODES
+from .predict import predict_split, resolve_target
 from .sampler import NeighborSampler, batch_seed, epoch_batches
 from .tiers import resolve_device
 
@@ -142,6 +143,14 @@ class Trainer:
         if store.num_classes < 1:
             raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
         check_model_store(config, store)
+        if config.predict_out is not None and self.dist is not None:
+            raise ConfigError(
+                "--predict-out runs in one process: train under torchrun, then predict with "
+                "the same flags, --resume and --predict-out in a single process"
+            )
+        # Checked now, not after the last epoch: a bad split or an existing file stops the run here.
+        self.predict_target = resolve_target(config, store)
+        self.prediction: dict[str, Any] | None = None
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         model = build_model(
@@ -395,6 +404,16 @@ class Trainer:
                 self.metrics.write(record)
             if cfg.progress and self.is_main:
                 print(format_table(self.records), flush=True)
+        if self.predict_target is not None:
+            self.prediction = predict_split(self, self.predict_target)
+            if cfg.progress:
+                p = self.prediction
+                acc = "" if p["predict_acc"] is None else f", accuracy {p['predict_acc']:.4f}"
+                print(
+                    f"predictions of {p['predict_nodes']:,} {p['predict_split']} nodes "
+                    f"-> {p['predict_path']} ({p['evaluator']}{acc})",
+                    flush=True,
+                )
         return self.records
 
     def _save_checkpoint(self) -> None:
