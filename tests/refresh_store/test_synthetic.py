@@ -136,7 +136,7 @@ def test_mag240m_opens_with_ogb_lsc(tmp_path, monkeypatch, no_prompt):
     assert path == tmp_path / "mag240m_kddcup2021"
     ds = MAG240MDataset(str(tmp_path))
     assert (ds.num_papers, ds.num_classes) == (n, c)
-    assert ds.num_authors == 2 * n and ds.num_institutions >= 1
+    assert ds.num_authors == round(1.005 * n) and ds.num_institutions >= 1  # 122.4M / 121.8M
     feat = ds.paper_feat
     assert feat.shape == (n, 24) and feat.dtype == np.float16
     assert ds.paper_label.shape == (n,) and ds.paper_year.shape == (n,)
