@@ -3,7 +3,7 @@
 One command measures, on the same feature store and the same random unique
 row ids, with the page cache emptied before every round:
 
-* ``scheduler`` - :class:`refresh_store.io_scheduler.IOScheduler` (``O_DIRECT``,
+* ``scheduler`` - :class:`refresh_store.io.IOScheduler` (``O_DIRECT``,
   coalescing, ``queue_depth`` threads of nogil ``pread``);
 * ``memmap`` - ``numpy.memmap`` fancy indexing of the shard's data region;
 * ``zarr`` - zarr-python orthogonal indexing (``oindex``) of the same store;

@@ -255,7 +255,7 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     checksums. Found in a store whose manifest records
     ``convert.allow_nan = false`` (the converter refused them), they are a
     failure: the data changed after conversion. Otherwise (``--allow-nan``,
-    or a store written by :func:`refresh_store.store.write_store`, which
+    or a store written by :func:`refresh_store.writer.write_store`, which
     records no such promise) they are reported in ``notes`` and do not fail.
 
     Returns

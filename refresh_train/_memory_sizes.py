@@ -223,7 +223,7 @@ def policy_bytes(policy: str, capacity: int, num_keys: int) -> int:
 
 
 def scheduler_bytes(queue_depth: int, row_bytes: int, gather_rows: int) -> int:
-    """An I/O scheduler's read buffers and one gather's plan (``refresh_store.io_scheduler``).
+    """An I/O scheduler's read buffers and one gather's plan (``refresh_store.io``).
 
     Each of ``queue_depth`` reader threads (or AIO slots) holds a buffer of
     ``max_read_bytes`` or one row and the blocks it straddles (4 KiB blocks

@@ -40,7 +40,7 @@ class ConfigError(RefreshError, ValueError):
 
 
 def parse_size(value: str | int, *, name: str = "size") -> int:
-    """:func:`refresh_store.sizes.parse_size` for training options.
+    """:func:`refresh_store.byte_sizes.parse_size` for training options.
 
     Raises
     ------
@@ -112,7 +112,7 @@ class TierConfig:
         the benchmark machine (10M-node store, interleaved passes).
     io_engine
         How the I/O scheduler keeps reads in flight (``"auto"``, ``"threads"``
-        or ``"aio"``; see :class:`refresh_store.io_scheduler.IOConfig`).
+        or ``"aio"``; see :class:`refresh_store.io.IOConfig`).
     lookahead_batches
         ``"raw"`` reads the disk rows of up to this many upcoming batches in
         one pass (a lookahead window; 0 or 1 = each batch reads its own).

@@ -1,7 +1,7 @@
 """Convert a downloaded dataset into a ReFresh store, streaming, in bounded memory.
 
 :func:`convert` runs a fixed list of steps inside ``DST.partial/`` (see
-:class:`~refresh_store.store.StoreWriter`); each step records itself when its
+:class:`~refresh_store.writer.StoreWriter`); each step records itself when its
 output is on disk, so ``resume=True`` skips finished steps after a crash, and
 the store appears at ``DST`` only by the atomic rename that follows the
 manifest. Steps:
