@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	REFRESH_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

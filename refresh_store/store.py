@@ -9,6 +9,7 @@ array read-only; rows are addressed by byte offset through :class:`RowRegion`
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from functools import cached_property
@@ -40,17 +41,34 @@ __all__ = [
 ]
 
 
+# A zarr.json holds a few KiB (a manifest ~16 bytes per 64 MiB of data): a
+# bigger one is not a store's, and is not read into memory.
+_MAX_JSON_BYTES = 64 << 20  # 64 MiB
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """The JSON document at ``path`` (a ``zarr.json``); StoreFormatError when missing or invalid."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read(_MAX_JSON_BYTES + 1)
+        if len(text) > _MAX_JSON_BYTES:
+            raise StoreFormatError(
+                f"{str(path)!r} is larger than {_MAX_JSON_BYTES >> 20} MiB; not a ReFresh store"
+            )
+        doc = json.loads(text)
     except FileNotFoundError:
         raise StoreFormatError(f"{str(path)!r} is missing; this is not a ReFresh store") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise StoreFormatError(f"{str(path)!r} is a folder; this is not a ReFresh store") from None
+    # ValueError: bad JSON, or an integer past Python's digit limit;
+    # RecursionError: nesting deeper than the parser's stack.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise StoreFormatError(
-            f"{str(path)!r} is not valid JSON ({exc}); the store is damaged"
+            f"{str(path)!r} is not valid JSON ({str(exc)[:200]}); the store is damaged"
         ) from None
+    if not isinstance(doc, dict):
+        raise StoreFormatError(f"{str(path)!r} is not a JSON object; the store is damaged")
+    return doc
 
 
 def is_complete_store(path: str | os.PathLike[str]) -> bool:
@@ -62,7 +80,7 @@ def is_complete_store(path: str | os.PathLike[str]) -> bool:
         attrs = read_json(meta).get("attributes", {})
     except StoreFormatError:
         return False
-    return isinstance(attrs.get(MANIFEST_KEY), dict)
+    return isinstance(attrs, dict) and isinstance(attrs.get(MANIFEST_KEY), dict)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -95,7 +113,8 @@ class Store:
         meta = read_json(group_meta)
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
             raise StoreFormatError(f"{str(self.path)!r} is not a Zarr v3 group")
-        manifest = meta.get("attributes", {}).get(MANIFEST_KEY)
+        attrs = meta.get("attributes", {})
+        manifest = attrs.get(MANIFEST_KEY) if isinstance(attrs, dict) else None
         if not isinstance(manifest, dict):
             raise StoreIncompleteError(
                 f"store {str(self.path)!r} has no manifest: its conversion did not finish; "
@@ -122,12 +141,23 @@ class Store:
         self.manifest: dict[str, Any] = manifest
         #: Relation names indexed by edge type id, or None for a store without edge types.
         self.relations: list[str] | None = list(relations) if typed else None
-        self.num_nodes = int(manifest["num_nodes"])
-        self.num_edges = int(manifest["num_edges"])
-        self.feature_dim = int(manifest["feature_dim"])
-        self.dtype = np.dtype(manifest["dtype"])
-        self.num_classes = int(manifest["num_classes"])
+        self.num_nodes = self._count("num_nodes")
+        self.num_edges = self._count("num_edges")
+        self.feature_dim = self._count("feature_dim")
+        self.num_classes = self._count("num_classes")
+        self.dtype = _plain_dtype(manifest.get("dtype"), f"store {str(self.path)!r} manifest")
         self._regions: dict[str, RowRegion] = {}
+
+    def _count(self, key: str) -> int:
+        # A manifest is data from whoever wrote the store: a count is an int >= 0
+        # (JSON true/false and floats are refused, not coerced).
+        value = self.manifest.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise StoreFormatError(
+                f"store {str(self.path)!r} has {key} = {value!r} in its manifest, not an "
+                "integer >= 0; the store is damaged — reconvert it"
+            )
+        return value
 
     def __repr__(self) -> str:
         return (
@@ -145,7 +175,7 @@ class Store:
         """Read-only memory map of array ``name``."""
         region = self.region(name)
         shape = (region.nrows, *region.row_shape)
-        if region.nrows == 0:
+        if region.nrows == 0 or region.row_bytes == 0:
             return np.empty(shape, dtype=region.dtype)
         if not region.contiguous:
             raise StoreFormatError(
@@ -231,57 +261,120 @@ def drop_resident_pages(array: Any) -> bool:
     return False
 
 
+#: Element types a store array may have: booleans, integers and floats. Anything
+#: else (objects, strings, structured or zero-sized types) is refused at open.
+_PLAIN_KINDS = "biuf"
+
+
+def _plain_dtype(value: Any, where: str) -> np.dtype:
+    """``value`` as a little-endian numeric dtype; StoreFormatError naming ``where`` otherwise."""
+    try:
+        dtype = np.dtype(value) if isinstance(value, str) else None
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in _PLAIN_KINDS or dtype.itemsize < 1:
+        raise StoreFormatError(
+            f"{where} has data type {value!r}; a store holds booleans, integers or floats "
+            "only — the store is damaged, reconvert it"
+        )
+    return dtype.newbyteorder("<")
+
+
+def _inside(root: Path, path: Path) -> None:
+    # Paths in a store never escape it: a link (of the array folder, its
+    # zarr.json or its shard) that resolves outside the store is refused.
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise StoreFormatError(
+            f"{str(path)!r} points outside the store {str(root)!r}; refusing to read it"
+        )
+
+
+def _int_list(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise TypeError(f"{value!r} is not a list of integers")
+    return tuple(value)
+
+
 def open_region(root: Path, name: str) -> RowRegion:
-    """Where the rows of array ``name`` of the store (or partial store) at ``root`` lie on disk."""
+    """Where the rows of array ``name`` of the store (or partial store) at ``root`` lie on disk.
+
+    Everything the array's ``zarr.json`` says is checked before anything is
+    read or allocated: numeric data type, non-negative shape, one
+    uncompressed shard of row chunks, a shard index whose size follows from
+    the real file's size (so a header claiming 10^15 rows is refused), chunk
+    offsets inside the file, and no path leaving the store.
+
+    Raises
+    ------
+    StoreFormatError
+        Any of the above does not hold.
+    """
     if name not in ARRAY_NAMES and name not in OPTIONAL_ARRAY_NAMES:
         names = ", ".join(ARRAY_NAMES + OPTIONAL_ARRAY_NAMES)
         raise ValueError(f"unknown array {name!r}; a store holds {names}")
+    _inside(root, root / name)
+    _inside(root, root / name / "zarr.json")
     meta = read_json(root / name / "zarr.json")
+    where = f"array {name!r} of {str(root)!r}"
     try:
-        shape = tuple(int(s) for s in meta["shape"])
-        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        if not isinstance(meta, dict):
+            raise TypeError("zarr.json is not an object")
+        shape = _int_list(meta["shape"])
+        dtype = _plain_dtype(meta["data_type"], where)
         (codec,) = meta["codecs"]
         if codec["name"] != "sharding_indexed":
             raise KeyError("sharding_indexed")
         cfg = codec["configuration"]
-        inner = tuple(int(s) for s in cfg["chunk_shape"])
+        inner = _int_list(cfg["chunk_shape"])
         inner_codecs = [c["name"] for c in cfg["codecs"]]
-        shard_shape = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        shard_shape = _int_list(meta["chunk_grid"]["configuration"]["chunk_shape"])
         index_at_end = cfg.get("index_location", "end") == "end"
-    except (KeyError, TypeError, ValueError) as exc:
+        separator = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StoreFormatError(
-            f"array {name!r} of {str(root)!r} is not laid out as one uncompressed shard "
+            f"{where} is not laid out as one uncompressed shard "
             f"({exc!r}); reconvert the store with tools/convert.py"
         ) from None
     if (
         inner_codecs != ["bytes"]
         or not index_at_end
+        or separator not in (None, "/")
+        or not shape
+        or len(inner) != len(shape)
+        or len(shard_shape) != len(shape)
+        or min(shape) < 0
+        or inner[0] < 1
         or shard_shape[0] < shape[0]
+        or shard_shape[0] % inner[0]
         or inner[1:] != shape[1:]
         or shard_shape[1:] != shape[1:]
     ):
         raise StoreFormatError(
-            f"array {name!r} of {str(root)!r} is compressed or not a single row-chunked shard; "
+            f"{where} is compressed or not a single row-chunked shard "
+            f"(shape {list(shape)}, shard {list(shard_shape)}, chunks {list(inner)}); "
             "reconvert the store with tools/convert.py"
         )
     chunk_rows = inner[0]
     n_inner = shard_shape[0] // chunk_rows
     path = shard_path(root / name, len(shape))
-    # A shard reached through a link that leaves the store is refused: paths in
-    # a store never escape it.
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise StoreFormatError(f"{str(path)!r} points outside the store {str(root)!r}")
+    _inside(root, path)
     index = read_shard_index(path, n_inner)
-    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    row_bytes = dtype.itemsize * math.prod(shape[1:])  # Python ints: no overflow
+    chunk_bytes = chunk_rows * row_bytes
     used = -(-shape[0] // chunk_rows)  # inner chunks that hold rows
-    if np.any(index[:used, 0] == np.uint64(2**64 - 1)) or np.any(
-        index[:used, 1] != np.uint64(chunk_rows * row_bytes)
-    ):
-        raise StoreFormatError(
-            f"array {name!r} of {str(root)!r} has missing or odd-sized chunks; reconvert it"
-        )
     size = os.path.getsize(path)
-    if used and int(index[:used, 0].max()) + chunk_rows * row_bytes > size:
+    if used and chunk_bytes > size:
+        raise StoreFormatError(
+            f"{where} claims chunks of {chunk_bytes} bytes but its shard {str(path)!r} is "
+            f"{size} bytes; the store is damaged — reconvert it"
+        )
+    if np.any(index[:used, 0] == np.uint64(2**64 - 1)) or np.any(
+        index[:used, 1] != np.uint64(chunk_bytes)
+    ):
+        raise StoreFormatError(f"{where} has missing or odd-sized chunks; reconvert it")
+    if used and int(index[:used, 0].max()) + chunk_bytes > size:
         raise StoreFormatError(f"shard {str(path)!r} is truncated; the store is damaged")
     return RowRegion(
         path=str(path),
