@@ -15,6 +15,7 @@ resident set, and the converter promises a bounded one.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -142,9 +143,10 @@ class MappedRows(RowSource):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.fortran_order = fortran_order
-        nbytes = self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+        # Python ints: a header's shape cannot overflow into a small size.
+        nbytes = self.dtype.itemsize * math.prod(self.shape)
         size = os.path.getsize(self.path)
-        if offset + nbytes > size:
+        if min(self.shape, default=0) < 0 or offset + nbytes > size:
             raise SourceFormatError(
                 f"{self.name!r} is truncated: its header announces {nbytes} bytes of data "
                 f"at offset {offset}, the file has {size - offset} — download it again"

@@ -70,6 +70,11 @@ def read_npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], bool, np.d
             f"{name!r} holds Python objects (dtype {dtype}); only plain numeric arrays are "
             "read, since objects would need unpickling"
         )
+    if any(int(s) < 0 for s in shape):
+        raise SourceFormatError(
+            f"{name!r} has a negative dimension in its header (shape {tuple(shape)}); "
+            "the file is damaged — download it again"
+        )
     return tuple(int(s) for s in shape), bool(fortran), np.dtype(dtype)
 
 
