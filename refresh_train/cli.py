@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="test | valid | train, or MAG240M's test-dev | test-challenge | test-whole "
         "(default test: the store's test split)",
     )
+    o.add_argument(
+        "--verify-store",
+        action="store_true",
+        default=None,
+        help="check every checksum and invariant of the store before training (a fast "
+        "check of its manifest, sizes and a sample of checksums always runs)",
+    )
     o.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar and no per-epoch table")  # fmt: skip
     return p
@@ -187,7 +194,7 @@ _KEYS = {
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
     "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_fraction",
     "hist_lag", "hist_dtype", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
-    "predict_out", "predict_split",
+    "predict_out", "predict_split", "verify_store",
 }  # fmt: skip
 
 
@@ -313,6 +320,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         device_memory_bytes=_optional_size(values, "device_memory"),
         predict_out=values.get("predict_out"),
         predict_split=_pick(values, "predict_split", "test"),
+        verify_store=bool(_pick(values, "verify_store", False)),
     )
 
 

@@ -400,6 +400,11 @@ class TrainConfig:
         :mod:`refresh_train.predict`), or ``None``.
     predict_split
         One of :data:`PREDICT_SPLITS`; ``"test"`` is the store's test split.
+    verify_store
+        Before training, check every checksum and invariant of the store
+        (:func:`refresh_store.verify.verify_store`, reads it all). Without it a
+        fast check runs (:func:`refresh_store.verify.verify_store_fast`:
+        manifest, sizes and at most 64 MiB of sampled checksums).
     """
 
     store: str
@@ -426,6 +431,7 @@ class TrainConfig:
     device_memory_bytes: int | None = None
     predict_out: str | None = None
     predict_split: str = "test"
+    verify_store: bool = False
 
     def __post_init__(self) -> None:
         from .models import MODELS, NORMS, RELATIONAL_MODELS

@@ -139,6 +139,7 @@ class Trainer:
     def _setup(self, config: TrainConfig) -> None:
         self.device = available_device(config.device)
         self.store = open_store(config.store)
+        _check_store(config)
         store = self.store
         if store.num_classes < 1:
             raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
@@ -294,7 +295,7 @@ class Trainer:
             total=len(loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
-            disable=not (cfg.progress and self.is_main),
+            disable=None if (cfg.progress and self.is_main) else True,  # None: only on a TTY
             leave=False,
             file=sys.stderr,
         )
@@ -453,6 +454,26 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_store(config: TrainConfig) -> None:
+    """Verify the store before training: fast (bounded) by default, full with ``verify_store``.
+
+    Raises
+    ------
+    StoreFormatError
+        One line naming the store and its first failure.
+    """
+    from refresh_store.errors import StoreFormatError
+    from refresh_store.verify import verify_store, verify_store_fast
+
+    report = (verify_store if config.verify_store else verify_store_fast)(config.store)
+    if not report.ok:
+        more = f" (and {len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
+        raise StoreFormatError(
+            f"store {config.store!r} fails verification: {report.failures[0]}{more}; run "
+            "`refresh-convert verify` on it for the full report, or reconvert it"
+        )
 
 
 def _plain(value: Any) -> Any:

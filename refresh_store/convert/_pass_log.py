@@ -75,7 +75,9 @@ class PassLog:
             desc=name,
             unit="rows",
             unit_scale=True,
-            disable=not self.show,
+            # None: drawn only when stderr is a terminal, so a CI log or a script's
+            # captured stderr holds the error line alone.
+            disable=None if self.show else True,
             file=sys.stderr,
             mininterval=0.5,
             dynamic_ncols=True,

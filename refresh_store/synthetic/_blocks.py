@@ -20,7 +20,12 @@ def _progress(plan: _Plan, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, desc=desc, unit="node", unit_scale=True, disable=not plan.progress, leave=False
+        total=total,
+        desc=desc,
+        unit="node",
+        unit_scale=True,
+        disable=None if plan.progress else True,  # None: only on a terminal
+        leave=False,
     )
 
 

@@ -1,0 +1,86 @@
+"""The trainer verifies its store at open: fast always, full with --verify-store."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from _planted import planted_store
+
+from refresh_store.verify import verify_store_fast
+from refresh_train.cli import config_from_args, main
+
+_TRAIN = "--fanouts 4,4 --hidden 16 --batch-size 128 --epochs 1 --eval-batch-size 256"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return planted_store(tmp_path_factory.mktemp("trust") / "s", num_nodes=600)
+
+
+def _flip_feature_byte(path) -> None:
+    shard = path / "features" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def test_verify_store_flag_and_toml_key_reach_the_config(store, tmp_path):
+    assert not config_from_args(["--store", str(store.path)]).verify_store
+    assert config_from_args(["--store", str(store.path), "--verify-store"]).verify_store
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'store = "{store.path}"\nverify-store = true\n')
+    assert config_from_args(["--config", str(toml)]).verify_store
+
+
+def test_fast_verify_is_quick_on_a_small_store(store):
+    verify_store_fast(store.path)  # warm imports
+    t = time.perf_counter()
+    report = verify_store_fast(store.path)
+    took = time.perf_counter() - t
+    assert report.ok, report.failures
+    assert took < 0.25, took  # well under a second (measured ~5 ms)
+
+
+def test_fast_verify_reads_a_bounded_sample(store, tmp_path):
+    path = tmp_path / "s"
+    shutil.copytree(store.path, path)
+    _flip_feature_byte(path)
+    assert not verify_store_fast(path).ok  # small store: every block checked
+    report = verify_store_fast(path, sample_bytes=0)
+    assert report.ok and "checksums of 0 of" in report.checked[-1]
+
+
+def test_damaged_store_is_refused_at_open_in_one_line(store, tmp_path, capsys):
+    path = tmp_path / "s"
+    shutil.copytree(store.path, path)
+    _flip_feature_byte(path)
+    assert main(["--store", str(path), *_TRAIN.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fails verification" in err and "features" in err
+    assert "Traceback" not in err
+
+
+def test_verify_store_flag_runs_the_full_check(store, tmp_path, capsys):
+    # A damaged label the checksums were recomputed for: only the full check
+    # (labels in [-1, num_classes)) sees it.
+    from refresh_store.checksums import array_checksums
+    from refresh_store.store import read_json
+
+    path = tmp_path / "s"
+    shutil.copytree(store.path, path)
+    shard = path / "labels" / "c" / "0"
+    data = bytearray(shard.read_bytes())
+    data[0:8] = np.int64(1000).tobytes()
+    shard.write_bytes(bytes(data))
+    meta = read_json(path / "zarr.json")
+    meta["attributes"]["refresh"]["checksums"]["labels"] = array_checksums(path, "labels")
+    import json
+
+    (path / "zarr.json").write_text(json.dumps(meta))
+    assert verify_store_fast(path).ok
+    assert main(["--store", str(path), "--verify-store", *_TRAIN.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fails verification" in err and "labels" in err
