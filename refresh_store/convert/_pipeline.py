@@ -321,6 +321,10 @@ def convert(
     check_destination(dst, overwrite=opts.overwrite)
     source = open_source(src, opts.format, split=opts.split, mag240m_graph=opts.mag240m_graph)
     try:
+        if source.num_nodes < 1:
+            raise SourceFormatError(
+                f"source {str(src)!r} has {source.num_nodes} nodes; a store needs at least one"
+            )
         plan = _plan(source, opts)
         check_splits(source.splits, plan.num_nodes)
         partial = dst.with_name(dst.name + ".partial")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import struct
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,7 +65,20 @@ def read_npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], bool, np.d
             shape, fortran, dtype = npformat.read_array_header_2_0(f)
         else:
             raise ValueError(f"unknown npy version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+    # numpy parses the header dict with ast/tokenize, which raise SyntaxError
+    # or TokenError on a damaged one; a compressed npz member raises zlib.error
+    # or BadZipFile while its header is inflated.
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        SyntaxError,
+        tokenize.TokenError,
+        zlib.error,
+        zipfile.BadZipFile,
+        RecursionError,
+        MemoryError,
+    ) as exc:
         raise SourceFormatError(f"{name!r} is not a valid .npy array ({exc})") from None
     if dtype.hasobject:
         raise SourceFormatError(
@@ -133,8 +148,13 @@ class ZipStreamRows(RowSource):
         self._next = 0
 
     def _open(self) -> BinaryIO:
-        self._zip = zipfile.ZipFile(self.path)
-        fh = self._zip.open(self.member)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+            fh = self._zip.open(self.member)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, zlib.error) as exc:
+            raise SourceFormatError(
+                f"{self.name!r} is damaged ({exc}); download it again"
+            ) from None
         read_npy_header(fh, self.name)  # type: ignore[arg-type]
         return fh  # type: ignore[return-value]
 
@@ -155,7 +175,7 @@ class ZipStreamRows(RowSource):
                 if not n:
                     break
                 got += n
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
             raise SourceFormatError(
                 f"{self.name!r} is damaged ({exc}); download it again"
             ) from None
@@ -205,7 +225,7 @@ def npz_member(path: str | os.PathLike[str], key: str, label: str | None = None)
                 header_len = fh.tell()
     except FileNotFoundError:
         raise SourceFormatError(f"{str(path)!r} is missing") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise SourceFormatError(f"{str(path)!r} is not a readable .npz file ({exc})") from None
     if info.compress_type != zipfile.ZIP_STORED:
         return ZipStreamRows(path, info.filename, shape, fortran, dtype, label)

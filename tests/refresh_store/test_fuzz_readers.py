@@ -96,6 +96,7 @@ def _check_npy(path: Path) -> None:
 @example(descr="<f4", fortran=False, shape=(-1, 4), payload=b"\0" * 64, version=1)
 @example(descr="<f4", fortran=False, shape=(10**15, 128), payload=b"", version=1)
 @example(descr="|O", fortran=False, shape=(1,), payload=b"\0" * 64, version=1)
+@example(descr="<f4'}", fortran=False, shape=(), payload=b"", version=1)  # TokenError
 def test_malformed_npy_headers(descr, fortran, shape, payload, version):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "x.npy"
@@ -110,6 +111,7 @@ def test_malformed_npy_headers(descr, fortran, shape, payload, version):
     cut=st.integers(0, 300),
     flips=st.lists(st.integers(0, 140), max_size=3),
 )
+@example(shape=(0, 1), dtype="<f4", fortran=False, cut=0, flips=[8])  # TokenError
 def test_truncated_and_corrupted_npy(shape, dtype, fortran, cut, flips):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "x.npy"
@@ -129,6 +131,7 @@ def test_truncated_and_corrupted_npy(shape, dtype, fortran, cut, flips):
     cut=st.integers(0, 400),
     flip=st.lists(st.integers(0, 2000), max_size=3),
 )
+@example(compressed=True, n=0, cut=0, flip=[103])  # zlib.error in the header
 def test_truncated_and_corrupted_npz(compressed, n, cut, flip):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "data.npz"
@@ -284,6 +287,7 @@ _CSV_LINES = st.lists(
     gzip_cut=st.sampled_from([0, 3, 12]),
 )
 @example(edge_lines=["0,1", "1,2"], num_edges="{e}", num_nodes="4", feat_cut=0, gzip_cut=0)
+@example(edge_lines=[], num_edges="{e}", num_nodes="0", feat_cut=0, gzip_cut=0)  # 0 nodes
 def test_malformed_ogbn_csv_converts_right_or_refuses(
     edge_lines, num_edges, num_nodes, feat_cut, gzip_cut
 ):
