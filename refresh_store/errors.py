@@ -14,6 +14,7 @@ __all__ = [
     "InputDataError",
     "ConvertError",
     "IOSchedulerError",
+    "InvalidIdsError",
 ]
 
 
@@ -43,3 +44,10 @@ class ConvertError(RefreshError):
 
 class IOSchedulerError(RefreshError, OSError):
     """A read of the store failed or returned fewer bytes than planned."""
+
+
+class InvalidIdsError(RefreshError, IndexError, ValueError, TypeError):
+    """Row or node ids passed to a reader are not a 1-D integer array inside ``[0, N)``.
+
+    Also an ``IndexError``/``ValueError``/``TypeError``, as callers caught before.
+    """

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from refresh_store.errors import InvalidIdsError
 from refresh_store.store import drop_resident_pages
 from refresh_train import _sampler_kernels as K
 from refresh_train.batch import Block, MiniBatch
@@ -457,22 +458,32 @@ class NeighborSampler:
 
         Raises
         ------
+        InvalidIdsError
+            (a ``ValueError``) If seeds are not 1-D integers, out of range or repeated.
         ValueError
-            If seeds are out of range or repeated, or ``batch_seed`` is negative,
+            If ``batch_seed`` is negative,
             or ``prune`` returns an array of the wrong shape or dtype.
         """
         if isinstance(seeds, torch.Tensor):
             seeds = seeds.cpu().numpy()
-        s = np.asarray(seeds)
+        try:
+            s = np.asarray(seeds)
+        except (ValueError, TypeError, OverflowError) as exc:  # ragged or odd sequences
+            raise InvalidIdsError(f"seeds must be a 1-D integer array ({exc})") from None
         if s.ndim != 1 or (s.size and not np.issubdtype(s.dtype, np.integer)):
-            raise ValueError(
+            raise InvalidIdsError(
                 f"seeds must be a 1-D integer array; got dtype {s.dtype!s} shape {s.shape!r}"
+            )
+        # uint64 seeds past int64 would wrap to negatives below: refuse them as such.
+        if s.size and s.dtype.kind == "u" and int(s.max()) >= self.num_nodes:
+            raise InvalidIdsError(
+                f"seeds must lie in [0, {self.num_nodes}); got max {int(s.max())!r}"
             )
         # A private copy: the batch's seed tensor must not alias the caller's
         # array (or a read-only memmap, which torch.from_numpy rejects).
         s = np.array(s, dtype=np.int64, copy=True)
         if s.size and (int(s.min()) < 0 or int(s.max()) >= self.num_nodes):
-            raise ValueError(
+            raise InvalidIdsError(
                 f"seeds must lie in [0, {self.num_nodes}); got min {int(s.min())!r}, max {int(s.max())!r}"
             )
         if (
@@ -507,7 +518,7 @@ class NeighborSampler:
                 # The input block's sources are nobody's destinations: no CSC lookups.
                 src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped, layer >= 1)
             if src is None:
-                raise ValueError(
+                raise InvalidIdsError(
                     f"seeds must be distinct; {int(edge_index)!r} appears more than once"
                 )
             block = Block(

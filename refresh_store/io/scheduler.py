@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import IOSchedulerError
+from ..errors import InvalidIdsError, IOSchedulerError
 from . import _kernels as kernels
 from .config import (
     BUFFER_ALIGN,
@@ -370,17 +370,20 @@ class IOScheduler:
     def _check_ids(self, ids: Any, copy: bool) -> NDArray[np.int64]:
         if _is_torch_tensor(ids):
             ids = ids.detach().cpu().numpy()
-        a = np.asarray(ids)
+        try:
+            a = np.asarray(ids)
+        except (ValueError, TypeError, OverflowError) as exc:  # ragged or odd sequences
+            raise InvalidIdsError(f"ids must be a 1-D integer array ({exc})") from None
         if a.ndim != 1:
-            raise ValueError(f"ids must be 1-D, got an array of shape {a.shape}")
+            raise InvalidIdsError(f"ids must be 1-D, got an array of shape {a.shape}")
         if a.size == 0:
             return np.empty(0, np.int64)
         if a.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got dtype {a.dtype.name!r}")
+            raise InvalidIdsError(f"ids must be integers, got dtype {a.dtype.name!r}")
         lo, hi = a.min(), a.max()
         if lo < 0 or hi >= self.nrows:
             bad = int(np.flatnonzero((a < 0) | (a >= self.nrows))[0])
-            raise IndexError(
+            raise InvalidIdsError(
                 f"ids[{bad}] = {int(a[bad])!r} is out of range for {self.path!r}, which has "
                 f"{self.nrows} rows; allowed 0 <= id < {self.nrows}"
             )
