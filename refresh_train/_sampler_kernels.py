@@ -89,17 +89,25 @@ def count_kernel(indptr, dst, fanout, offsets, starts, degs):
     """Per destination ``dst[i]``: its CSC start and degree, and the prefix sums
     of how many neighbours each takes (``offsets``, length ``len(dst) + 1``).
 
-    Returns the total number of sampled edges.
+    Returns the total number of sampled edges, or -1 when ``dst`` or the
+    CSC ranges leave the topology (a damaged store: nothing is read out of
+    bounds).
     """
     n = dst.shape[0]
+    n_nodes = indptr.shape[0] - 1
+    e_end = indptr[n_nodes]
     offsets[0] = 0
     total = 0
     for i in range(n):
         if i + _AHEAD < n:
             prefetch(indptr, dst[i + _AHEAD])
         v = dst[i]
+        if v < 0 or v >= n_nodes:
+            return -1
         s = indptr[v]
         d = indptr[v + 1] - s
+        if s < 0 or d < 0 or s + d > e_end:
+            return -1
         starts[i] = s
         degs[i] = d
         total += _num_sampled(d, fanout)
@@ -249,10 +257,12 @@ def relabel_kernel(
     block's destinations, and looking them up here, with the map entries'
     prefetches, replaces a separate pass of random ``indptr`` reads.
 
-    Returns the new ``num``.
+    Returns the new ``num``, or -1 when a neighbour id or its CSC range
+    leaves the topology (a damaged store: nothing is read out of bounds).
     """
     n_map = local_map.shape[0]
     e_end = offsets[hi]
+    csc_end = indptr[indptr.shape[0] - 1]
     for e in range(offsets[lo], min(offsets[lo] + _AHEAD, e_end)):
         if edge_out[0, e] < n_map:
             prefetch(local_map, edge_out[0, e])
@@ -267,6 +277,8 @@ def relabel_kernel(
                     if expand:
                         prefetch(indptr, ahead)
             u = edge_out[0, e]
+            if u < 0 or u >= n_map:
+                return -1
             lc = np.int64(local_map[u]) - base
             if lc >= 0 and lc < num:
                 local = lc
@@ -276,8 +288,11 @@ def relabel_kernel(
                 src_ids[num] = u
                 if expand:
                     st = indptr[u]
+                    dg = indptr[u + 1] - st
+                    if st < 0 or dg < 0 or st + dg > csc_end:
+                        return -1
                     starts[num] = st
-                    degs[num] = indptr[u + 1] - st
+                    degs[num] = dg
                 num += 1
             edge_out[0, e] = local
             edge_out[1, e] = i
@@ -355,18 +370,25 @@ def typed_count_kernel(indptr, edge_type, dst, rel_fanouts, offsets, starts, deg
     unit takes (``offsets``, length ``len(dst) * R + 1``; relation ``r`` takes
     up to ``rel_fanouts[r]``). Types outside ``[0, R)`` are never sampled.
 
-    Returns the total number of sampled edges.
+    Returns the total number of sampled edges, or -1 when ``dst`` or the
+    CSC ranges leave the topology (a damaged store).
     """
     n = dst.shape[0]
     R = rel_fanouts.shape[0]
+    n_nodes = indptr.shape[0] - 1
+    e_end = min(indptr[n_nodes], edge_type.shape[0])
     offsets[0] = 0
     total = 0
     for i in range(n):
         if i + _AHEAD < n:
             prefetch(indptr, dst[i + _AHEAD])
         v = dst[i]
+        if v < 0 or v >= n_nodes:
+            return -1
         s = indptr[v]
         d = indptr[v + 1] - s
+        if s < 0 or d < 0 or s + d > e_end:
+            return -1
         starts[i] = s
         degs[i] = d
         base = i * R

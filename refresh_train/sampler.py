@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from refresh_store.errors import InvalidIdsError
+from refresh_store.errors import InvalidIdsError, StoreFormatError
 from refresh_store.store import drop_resident_pages
 from refresh_train import _sampler_kernels as K
 from refresh_train.batch import Block, MiniBatch
@@ -213,6 +213,16 @@ def check_fanouts(fanouts: Sequence[int]) -> list[int]:
             f"(-1 = all neighbours); got {fanouts!r}"
         )
     return [int(f) for f in out]
+
+
+def _checked(result: int) -> int:
+    """A kernel's count, or StoreFormatError when it found the topology leaving its bounds."""
+    if result < 0:
+        raise StoreFormatError(
+            "the store's topology is damaged: indptr/indices point outside the graph; "
+            "run `refresh-convert verify` on the store, or train with --verify-store"
+        )
+    return int(result)
 
 
 def _as_topology(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -568,7 +578,7 @@ class NeighborSampler:
         if not self._dense_map:
             starts = sc.get("starts", n, np.int64)
             degs = sc.get("degs", n, np.int64)
-            total = int(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
+            total = _checked(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
             edge_index = np.empty((2, total), dtype=np.int64)
             return self._relabel_hashed(sc, dst, offsets, starts, degs, lkey, total, edge_index)
         if mapped:
@@ -578,7 +588,7 @@ class NeighborSampler:
         else:
             starts = sc.get("starts", n, np.int64)
             degs = sc.get("degs", n, np.int64)
-            total = int(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
+            total = _checked(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
         # Slots n .. n+total-1 receive the new sources (and their CSC lookups).
         starts = sc.get("starts", n + total, np.int64, keep=n)
         degs = sc.get("degs", n + total, np.int64, keep=n)
@@ -628,7 +638,7 @@ class NeighborSampler:
         starts = sc.get("t_starts", n, np.int64)
         degs = sc.get("t_degs", n, np.int64)
         counts = sc.get("t_counts", n * R, np.int64)
-        total = int(
+        total = _checked(
             K.typed_count_kernel(
                 self.indptr, self.edge_type, dst, rel_fanouts, uoff, starts, degs, counts
             )
@@ -660,7 +670,7 @@ class NeighborSampler:
             num = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
             if num < 0:
                 return None, dst[-1 - num], None
-            return src[:num].copy(), edge_index, etype
+            return self._in_range(src[:num].copy(), n), edge_index, etype
         src_ids = sc.get("src_ids", n + total, np.int32, keep=n if mapped else 0)
         if sc.local_map is None:
             sc.local_map = np.zeros(self.num_nodes, dtype=np.int32)
@@ -683,19 +693,21 @@ class NeighborSampler:
 
     def _relabel(self, sc, lo, hi, offsets, src_ids, edge_index, num, starts, degs, expand) -> int:
         """Relabel destinations ``[lo, hi)``'s drawn neighbours (see ``relabel_kernel``)."""
-        return K.relabel_kernel(
-            offsets,
-            lo,
-            hi,
-            sc.local_map,
-            sc.base,
-            src_ids,
-            edge_index,
-            num,
-            self.indptr,
-            starts,
-            degs,
-            expand,
+        return _checked(
+            K.relabel_kernel(
+                offsets,
+                lo,
+                hi,
+                sc.local_map,
+                sc.base,
+                src_ids,
+                edge_index,
+                num,
+                self.indptr,
+                starts,
+                degs,
+                expand,
+            )
         )
 
     def _parallel_sample_relabel(
@@ -792,7 +804,15 @@ class NeighborSampler:
         num_src = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
         if num_src < 0:
             return None, dst[-1 - num_src]
-        return src[:num_src].copy(), edge_index
+        return self._in_range(src[:num_src].copy(), dst.shape[0]), edge_index
+
+    def _in_range(self, src: np.ndarray, n_dst: int) -> np.ndarray:
+        # The hash relabelling reads no array at the sampled ids; a damaged
+        # store's out-of-range neighbours are caught here instead.
+        new = src[n_dst:]
+        if new.size and (int(new.min()) < 0 or int(new.max()) >= self.num_nodes):
+            _checked(-1)
+        return src
 
     @staticmethod
     def _apply_prune(prune: PruneFn, layer: int, src: np.ndarray, block: Block) -> np.ndarray:
