@@ -345,6 +345,8 @@ def open_region(root: Path, name: str) -> RowRegion:
         or len(inner) != len(shape)
         or len(shard_shape) != len(shape)
         or min(shape) < 0
+        # numpy refuses arrays past 2^62 bytes even when a dimension is 0
+        or math.prod(max(1, d) for d in shape) * dtype.itemsize >= 2**62
         or inner[0] < 1
         or shard_shape[0] < shape[0]
         or shard_shape[0] % inner[0]

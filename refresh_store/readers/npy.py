@@ -13,6 +13,7 @@ The npy layout is a folder with ``features.npy`` ``[N, D]``, ``labels.npy``
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import tokenize
@@ -89,6 +90,14 @@ def read_npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], bool, np.d
         raise SourceFormatError(
             f"{name!r} has a negative dimension in its header (shape {tuple(shape)}); "
             "the file is damaged — download it again"
+        )
+    # Zero-sized elements hold no data (and let a header claim any count of
+    # them); a shape past numpy's limits cannot be a real array either.
+    itemsize = np.dtype(dtype).itemsize
+    if itemsize == 0 or math.prod(max(1, int(s)) for s in shape) * itemsize >= 2**62:
+        raise SourceFormatError(
+            f"{name!r} announces shape {tuple(shape)} of dtype {np.dtype(dtype)} in its header, "
+            "which no file holds; the file is damaged — download it again"
         )
     return tuple(int(s) for s in shape), bool(fortran), np.dtype(dtype)
 

@@ -97,6 +97,9 @@ def _check_npy(path: Path) -> None:
 @example(descr="<f4", fortran=False, shape=(10**15, 128), payload=b"", version=1)
 @example(descr="|O", fortran=False, shape=(1,), payload=b"\0" * 64, version=1)
 @example(descr="<f4'}", fortran=False, shape=(), payload=b"", version=1)  # TokenError
+@example(descr="|V0", fortran=False, shape=(2**63,), payload=b"", version=1)  # numpy's limit
+@example(descr="<f4", fortran=False, shape=(0, 2**62), payload=b"", version=1)
+@example(descr="|V0", fortran=False, shape=(3, 2**62), payload=b"", version=1)
 def test_malformed_npy_headers(descr, fortran, shape, payload, version):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "x.npy"

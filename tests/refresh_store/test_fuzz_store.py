@@ -325,3 +325,17 @@ def test_shard_truncated_after_open_is_an_error_not_sigbus(tmp_path, mode):
     )
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
     assert "refused:" in proc.stdout
+
+
+def test_empty_array_with_huge_rows_is_refused(pristine, tmp_path):
+    # 0 rows of 2^62 elements: no data to check against the file, but numpy
+    # cannot even build the empty array.
+    path = tmp_path / "store"
+    shutil.copytree(pristine, path)
+    meta = json.loads((path / "features" / "zarr.json").read_text())
+    meta["shape"] = [0, 2**62]
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [64, 2**62]
+    meta["codecs"][0]["configuration"]["chunk_shape"] = [16, 2**62]
+    (path / "features" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreFormatError, match="single row-chunked shard"):
+        open_store(path).array("features")
