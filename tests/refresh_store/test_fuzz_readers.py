@@ -320,3 +320,45 @@ def test_malformed_ogbn_csv_converts_right_or_refuses(
             )
     finally:
         shutil.rmtree(d)
+
+
+# ----------------------------------------------------------------------------- damaged layouts
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    from refresh_store.synthetic import make_dataset
+
+    out = {}
+    for layout in ("papers100m", "mag240m", "ogbn"):
+        root = tmp_path_factory.mktemp(layout)
+        out[layout] = make_dataset(
+            layout, 300, root, seed=3, feature_dim=4, num_classes=3, progress=False
+        )
+    return out
+
+
+@settings(max_examples=_CONVERT_EXAMPLES)
+@given(
+    layout=st.sampled_from(["papers100m", "mag240m", "ogbn"]),
+    which=st.integers(0, 100),
+    cut=st.sampled_from([0, 0, 1, 17, 200, 10**9]),
+    flips=st.lists(st.integers(0, 10**6), max_size=3),
+)
+def test_damaged_dataset_files_convert_or_refuse(layouts, layout, which, cut, flips):
+    """A truncated or corrupted file of a real layout: a store that verifies, or a RefreshError."""
+    d = Path(tempfile.mkdtemp(prefix="fuzz-layout-"))
+    try:
+        src = d / "src"
+        shutil.copytree(layouts[layout], src)
+        files = sorted(p for p in src.rglob("*") if p.is_file())
+        target = files[which % len(files)]
+        data = bytearray(target.read_bytes())
+        for i in flips:
+            if data:
+                data[i % len(data)] ^= 0x5A
+        target.write_bytes(bytes(data[: max(0, len(data) - cut)]))
+        if _convert_or_refuse(src, d / "dst"):
+            assert verify_store(d / "dst").ok
+    finally:
+        shutil.rmtree(d)

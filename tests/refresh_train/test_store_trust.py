@@ -84,3 +84,29 @@ def test_verify_store_flag_runs_the_full_check(store, tmp_path, capsys):
     assert main(["--store", str(path), "--verify-store", *_TRAIN.split()]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fails verification" in err and "labels" in err
+
+
+@pytest.mark.parametrize("damage", ["huge_rows", "link_out", "bad_dtype"])
+def test_hostile_store_exits_2_in_one_line(store, tmp_path, capsys, damage):
+    import json
+    import os
+
+    path = tmp_path / "s"
+    shutil.copytree(store.path, path)
+    meta_path = path / "features" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    if damage == "huge_rows":
+        meta["shape"][0] = 10**15
+        meta["chunk_grid"]["configuration"]["chunk_shape"][0] = 10**15
+    elif damage == "bad_dtype":
+        meta["data_type"] = "|O"
+    meta_path.write_text(json.dumps(meta))
+    if damage == "link_out":
+        outside = tmp_path / "outside"
+        shutil.copytree(path / "features", outside)
+        shutil.rmtree(path / "features")
+        os.symlink(outside, path / "features")
+    assert main(["--store", str(path), *_TRAIN.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "features" in err
