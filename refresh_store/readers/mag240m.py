@@ -102,6 +102,13 @@ def load_torch_pickle(path: str | os.PathLike[str], name: str) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise SourceFormatError(f"{name!r} cannot be read as a torch file ({exc})") from None
+    # A damaged pickle stream makes the weights-only unpickler (which runs
+    # nothing outside its allow-list) fail in its own bookkeeping: KeyError
+    # for a missing memo entry, LookupError for a mangled encoding name, ...
+    except Exception as exc:  # noqa: BLE001 - any of them means a damaged file
+        raise SourceFormatError(
+            f"{name!r} is damaged ({type(exc).__name__}: {str(exc)[:100]}); download it again"
+        ) from None
 
 
 def find_mag240m_dir(path: Path) -> Path | None:

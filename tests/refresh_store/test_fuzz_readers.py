@@ -171,6 +171,8 @@ def test_npz_with_an_object_member_is_refused(tmp_path):
 
 @given(cut=st.integers(0, 2000), flips=st.lists(st.integers(0, 3000), max_size=4))
 @example(cut=0, flips=[])
+@example(cut=0, flips=[427])  # KeyError from the unpickler's memo
+@example(cut=0, flips=[174])  # LookupError: unknown encoding
 def test_truncated_and_corrupted_torch_pickles(cut, flips):
     import torch
 
