@@ -78,8 +78,7 @@ from refresh_store.io import IOConfig
 from refresh_store.store import Store, open_store
 
 from .sampler import NeighborSampler, derive_seed
-from .tiers import build_raw_tiers
-from .tiers._base import FeatureTier, resolve_device
+from .tiers import FeatureTier, build_raw_tiers, resolve_device
 
 __all__ = [
     "PygAdapterError",
