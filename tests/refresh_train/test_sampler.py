@@ -1,4 +1,4 @@
-"""Tests of refresh_train/sampler.py (and the plain-torch reference sampler)."""
+"""Tests of refresh_train/sampler.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from scipy import stats
 
 import refresh_train.sampler as sampler_mod
-from refresh_train._reference_sampler import ReferenceNeighborSampler
 from refresh_train.sampler import (
     NeighborSampler,
     batch_seed,
@@ -386,35 +385,6 @@ def test_seed_derivation():
         len({derive_seed(1, 2), derive_seed(2, 1), derive_seed(1, 2, 0), derive_seed(1 << 70)}) == 4
     )
     assert 0 <= batch_seed(3, 4) < 2**63
-
-
-@pytest.mark.parametrize(
-    "fanouts", [pytest.param([-1, -1], id="all"), pytest.param([5, 3], id="53")]
-)
-def test_reference_sampler_valid(fanouts):
-    indptr, indices = corner_graph(np.int32)
-    seeds = np.array([0, 1, 5, 7, 195, 42])
-    ref = ReferenceNeighborSampler(indptr, indices, fanouts, seed=1)
-    mb = ref.sample(seeds, 3)
-    check_structure(mb, seeds, indptr, indices, fanouts)
-    if fanouts[0] == -1:
-        # Full neighbourhoods are the same node sets for both samplers.
-        ours = NeighborSampler(indptr, indices, fanouts).sample(seeds, 0)
-        for x, y in zip(mb.layer_nodes, ours.layer_nodes):
-            assert set(x.tolist()) == set(y.tolist())
-    with pytest.raises(ValueError, match="distinct"):
-        ref.sample(np.array([1, 1]), 0)
-
-
-def test_reference_sampler_uniform():
-    indptr, indices = corner_graph()
-    ref = ReferenceNeighborSampler(indptr, indices, [5])
-    picks = Counter()
-    for b in range(1000):
-        mb = ref.sample(np.array([1]), b)
-        picks.update(mb.layer_nodes[0][1:].tolist())
-    assert sorted(picks) == list(range(30, 50))
-    assert stats.chisquare([picks[u] for u in range(30, 50)]).pvalue > 1e-3
 
 
 def skewed_graph(n: int = 3000, m: int = 30000, seed: int = 11):
