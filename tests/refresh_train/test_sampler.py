@@ -468,7 +468,7 @@ def test_id_map_is_never_cleared_yet_exact(wrap):
 
 
 def test_in_memory_auto_copies_only_what_fits(tmp_path, monkeypatch):
-    import refresh_train.sampler as sampler_mod
+    import refresh_train.topology as topology_mod
 
     indptr, indices = skewed_graph()
     np.save(tmp_path / "indptr.npy", indptr)
@@ -477,7 +477,7 @@ def test_in_memory_auto_copies_only_what_fits(tmp_path, monkeypatch):
     ix = np.load(tmp_path / "indices.npy", mmap_mode="r", allow_pickle=False)
     fits = NeighborSampler(ip, ix, [5], seed=0, in_memory="auto")
     assert fits.in_memory and not np.shares_memory(fits.indices, ix)
-    monkeypatch.setattr(sampler_mod, "IN_MEMORY_AUTO_FRACTION", 1e-12)
+    monkeypatch.setattr(topology_mod, "IN_MEMORY_AUTO_FRACTION", 1e-12)
     too_big = NeighborSampler(ip, ix, [5], seed=0, in_memory="auto")
     assert not too_big.in_memory and np.shares_memory(too_big.indices, ix)
     with pytest.raises(ValueError, match="in_memory"):
