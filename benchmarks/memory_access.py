@@ -384,8 +384,9 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
     """Shares of ``none``'s traffic and accuracy spreads per (dataset, model, mode, budget)."""
     out: dict[str, Any] = {}
     for r in records:
+        # The policy as varied by the run (None = the default), not the record's name for it.
         key = (r["dataset"], r["model"], r["mode"], r["budget_frac"], r["section"],
-               r.get("policy"), r.get("grad_quantile"), r.get("staleness_iters"),
+               r.get("run", r).get("policy"), r.get("grad_quantile"), r.get("staleness_iters"),
                tuple(r["layers"]) if r.get("layers") else None)  # fmt: skip
         out.setdefault(key, []).append(r)
     rows = []
@@ -632,16 +633,22 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         pts = sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
                       r["test_acc_mean"], r["share_of_none"]) for r in stale)  # fmt: skip
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label="test accuracy %")
+        h1 = ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label="test accuracy %")
         ax2 = ax.twinx()
-        ax2.plot([p[0] for p in pts], [100 * p[2] for p in pts], "s--", color="C1",
-                 label="memory access, % of none")  # fmt: skip
+        h2 = ax2.plot([p[0] for p in pts], [100 * p[2] for p in pts], "s--", color="C1",
+                      label="memory access, % of none")  # fmt: skip
+        nones = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "none"
+                 and r["model"] == "sage" and r["section"] == "grid"]  # fmt: skip
+        if nones:
+            h1 += [ax.axhline(100 * nones[0]["test_acc_mean"], color="C0", lw=0.8, ls=":",
+                              label="none's test accuracy %")]  # fmt: skip
         ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(-1, 1.5 * max(p[0] for p in pts))
         ax.set_xlabel("--staleness (steps)")
         ax.set_ylabel("test accuracy %")
         ax2.set_ylabel("memory access, % of none")
         ax.set_title("refresh, 10 % budget, papers")
-        fig.legend(loc="lower center")
+        ax.legend(handles=h1 + h2, loc="lower left", fontsize=8)
         fig.tight_layout()
         path = out.with_name(out.stem + "_staleness.png")
         fig.savefig(path, dpi=110)
