@@ -1,7 +1,7 @@
 """Epoch order: which seeds form each batch, and the seeds of the random streams.
 
-Everything random in a run is keyed by integers hashed here (:func:`derive_seed`):
-the shuffle of an epoch by ``(seed, epoch)``, a batch's neighbour draws by
+Random streams are keyed by integers hashed with :func:`derive_seed`: the
+shuffle of an epoch by ``(seed, epoch)``, a batch's neighbour draws by
 ``(seed, batch_seed(epoch, batch))``. A resumed run therefore sees the same
 batches and draws as an uninterrupted one, whatever the threads' timing.
 """
