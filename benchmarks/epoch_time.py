@@ -87,11 +87,11 @@ sys.path.insert(0, str(ROOT))
 
 import _pyg_baseline as pyg_baseline  # noqa: E402
 from _common import drop_cache, preload  # noqa: E402
+from _reference_sampler import ReferenceNeighborSampler  # noqa: E402
 
 from refresh_store.convert import convert  # noqa: E402
 from refresh_store.store import Store, open_store  # noqa: E402
 from refresh_store.synthetic import make_dataset  # noqa: E402
-from refresh_train._reference_sampler import ReferenceNeighborSampler  # noqa: E402
 from refresh_train.config import EvalConfig, LoaderConfig, TierConfig, TrainConfig  # noqa: E402
 from refresh_train.loader import BatchLoader  # noqa: E402
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches  # noqa: E402

@@ -17,7 +17,7 @@ times ``sample()`` per batch (fanouts 15,10,5, batch 1024) on
 
 Samplers, interleaved per batch:
 
-* ``reference``: :class:`refresh_train._reference_sampler.ReferenceNeighborSampler`,
+* ``reference``: :class:`_reference_sampler.ReferenceNeighborSampler` (``benchmarks/_reference_sampler.py``),
   the plain-torch re-implementation of PyG ``NeighborLoader``'s uniform
   sampling (1 and 2 torch threads). ``NeighborLoader`` itself samples through
   pyg-lib or torch-sparse, which do not install here; the report records
@@ -63,11 +63,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _common import preload  # noqa: E402
+from _reference_sampler import ReferenceNeighborSampler  # noqa: E402
 
+# Private on purpose: profile_phases times each phase by wrapping the
+# sampler's kernels where NeighborSampler looks them up (K.<name>); no public
+# API should exist for that.
 import refresh_train._sampler_kernels as kernels  # noqa: E402
 import refresh_train.sampler as sampler_mod  # noqa: E402
 from refresh_store.store import open_store  # noqa: E402
-from refresh_train._reference_sampler import ReferenceNeighborSampler  # noqa: E402
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches  # noqa: E402
 
 # The store benchmarks/epoch_time.py builds with its default arguments.

@@ -47,7 +47,7 @@ def worst_case(
 
 def _cast_rows(width: int) -> int:
     """Rows of one float32 cast chunk (``models._sparse._chunk_len``)."""
-    from .models._sparse import CAST_CHUNK_BYTES
+    from .models import CAST_CHUNK_BYTES
 
     return max(1, CAST_CHUNK_BYTES // (max(1, width) * _F32))
 
@@ -70,7 +70,7 @@ def _layer_terms(
     ``transient``: the largest set of short-lived tensors of one layer,
     forward or backward. The input features are not counted.
     """
-    from .models._sparse import project_first
+    from .models import project_first
 
     n_layers = len(blocks)
     retained = adjacency = transient = 0

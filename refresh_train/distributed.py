@@ -244,7 +244,7 @@ def shard_epoch(
 
 def dropout_seed(seed: int, rank: int) -> int:
     """Seed of rank ``rank``'s global torch generator (dropout masks) after the model is built."""
-    from .sampler import derive_seed
+    from .epoch import derive_seed
 
     return derive_seed(_DROPOUT_TAG, seed, rank)
 

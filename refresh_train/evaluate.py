@@ -39,9 +39,10 @@ from refresh_store.io import IOConfig, IOScheduler
 
 from .batch import MiniBatch
 from .config import EvalConfig
+from .epoch import derive_seed
 from .loader import BatchLoader
 from .models import BlockGNN
-from .sampler import NeighborSampler, derive_seed
+from .sampler import NeighborSampler
 from .tiers import FeatureTier
 
 __all__ = [

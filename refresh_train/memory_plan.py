@@ -59,9 +59,9 @@ from ._memory_sizes import (
     worst_case,
 )
 from .config import ConfigError, TrainConfig
+from .epoch import num_batches
 from .loader import batches_in_flight
 from .metrics import format_bytes
-from .sampler import num_batches
 from .tiers import LOWER_BATCH_BUFFERS
 
 if TYPE_CHECKING:
@@ -427,7 +427,7 @@ def plan_memory(
 
     from .history import BudgetSplit
     from .models import RELATIONAL_MODELS, build_model, model_options
-    from .sampler import IN_MEMORY_AUTO_FRACTION
+    from .topology import IN_MEMORY_AUTO_FRACTION
 
     if store is None:
         store = open_store(config.store)

@@ -77,9 +77,9 @@ from refresh_store.errors import RefreshError
 from refresh_store.io import IOConfig
 from refresh_store.store import Store, open_store
 
-from .sampler import NeighborSampler, derive_seed
-from .tiers import build_raw_tiers
-from .tiers._base import FeatureTier, resolve_device
+from .epoch import derive_seed
+from .sampler import NeighborSampler
+from .tiers import FeatureTier, build_raw_tiers, resolve_device
 
 __all__ = [
     "PygAdapterError",

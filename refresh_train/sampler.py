@@ -1,4 +1,8 @@
-"""Uniform multi-layer neighbour sampling over a CSC topology, and epoch batching.
+"""Uniform multi-layer neighbour sampling over a CSC topology.
+
+Epoch batching and seed hashing live in :mod:`refresh_train.epoch`, the
+topology checks and the RAM heuristic of ``in_memory="auto"`` in
+:mod:`refresh_train.topology`; their public names are importable from here too.
 
 The sampler reads the store's CSC arrays (``indices[indptr[v]:indptr[v+1]]``
 are the in-neighbours of ``v``) in place — ``np.memmap`` views work and are
@@ -47,7 +51,7 @@ Example
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -58,6 +62,14 @@ from refresh_store.errors import InvalidIdsError, StoreFormatError
 from refresh_store.store import drop_resident_pages
 from refresh_train import _sampler_kernels as K
 from refresh_train.batch import Block, MiniBatch
+from refresh_train.epoch import batch_seed, derive_seed, epoch_batches, num_batches
+from refresh_train.topology import (
+    IN_MEMORY_AUTO_FRACTION,
+    as_edge_type,
+    as_topology,
+    copy_to_ram,
+    topology_fits_in_ram,
+)
 
 __all__ = [
     "NeighborSampler",
@@ -67,12 +79,12 @@ __all__ = [
     "num_batches",
     "derive_seed",
     "check_fanouts",
+    "IN_MEMORY_AUTO_FRACTION",
+    "topology_fits_in_ram",
 ]
 
 PruneFn = Callable[[int, NDArray[np.int64]], NDArray]
 """``prune(layer, ids) -> bool mask or int64 history rows (-1 = not cached)``."""
-
-_MASK63 = (1 << 63) - 1
 
 # Stamps (id map values) stay below this; reaching it clears the map once
 # (about every 2**31 / ids-per-batch batches).
@@ -110,88 +122,6 @@ class _Scratch:
         return buf
 
 
-def derive_seed(*parts: int) -> int:
-    """Hash integers into one non-negative 63-bit seed.
-
-    Different tuples give unrelated seeds; the same tuple always the same seed
-    (on every platform and Python version).
-    """
-    z = np.uint64(0x243F6A8885A308D3)
-    for p in parts:
-        p = int(p)
-        if p < 0:
-            raise ValueError(f"seed parts must be non-negative integers; got {p!r}")
-        while True:
-            z = np.uint64(K.mix64(z ^ np.uint64(K.mix64(np.uint64(p & 0xFFFFFFFFFFFFFFFF)))))
-            p >>= 64
-            if p == 0:
-                break
-    return int(z) & _MASK63
-
-
-def batch_seed(epoch: int, batch_index: int) -> int:
-    """The ``batch_seed`` the trainer passes for batch ``batch_index`` of ``epoch``.
-
-    Combined with the sampler's own ``seed``, so two runs with different seeds
-    sample differently at the same (epoch, batch).
-    """
-    return derive_seed(epoch, batch_index)
-
-
-def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
-    """Number of batches :func:`epoch_batches` yields for ``n`` training nodes."""
-    if drop_last:
-        return n // batch_size
-    return -(-n // batch_size)
-
-
-def epoch_batches(
-    train_idx: NDArray[np.integer] | torch.Tensor,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    drop_last: bool = False,
-) -> Iterator[NDArray[np.int64]]:
-    """Shuffle ``train_idx`` for ``(seed, epoch)`` and cut it into batches.
-
-    Parameters
-    ----------
-    train_idx : array of int, shape [n]
-        Global ids of the training nodes (a memmap is read once, not kept).
-    batch_size : int
-        Seeds per batch, >= 1.
-    seed, epoch : int
-        The permutation is a pure function of ``(seed, epoch)``, so a resumed
-        run sees the same batches as an uninterrupted one.
-    drop_last : bool
-        The last partial batch (``n % batch_size`` seeds) is yielded unless
-        this is true. Default False: every training node is seen each epoch.
-
-    Yields
-    ------
-    numpy.ndarray of int64, shape [<= batch_size]
-        The seeds of each batch, in order.
-    """
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    if isinstance(train_idx, torch.Tensor):
-        train_idx = train_idx.numpy()
-    idx = np.asarray(train_idx)
-    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(
-            f"train_idx must be a 1-D integer array; got dtype {idx.dtype!s} shape {idx.shape!r}"
-        )
-    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, epoch, 0x7EA1)))
-    perm = idx[rng.permutation(idx.shape[0])].astype(np.int64, copy=False)
-    n = num_batches(perm.shape[0], int(batch_size), drop_last)
-    for b in range(n):
-        yield perm[b * batch_size : (b + 1) * batch_size]
-
-
 def check_fanouts(fanouts: Sequence[int]) -> list[int]:
     """Validate a fanout list (from the seeds outward) and return it as ints.
 
@@ -223,80 +153,6 @@ def _checked(result: int) -> int:
             "run `refresh-convert verify` on the store, or train with --verify-store"
         )
     return int(result)
-
-
-def _as_topology(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
-    arrs = []
-    for name, a, allowed in (
-        ("indptr", indptr, (np.int64, np.int32)),
-        ("indices", indices, (np.int32, np.int64)),
-    ):
-        if isinstance(a, torch.Tensor):
-            a = a.numpy()
-        if not isinstance(a, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array or memmap; got {type(a).__name__!r}")
-        if a.ndim != 1 or a.dtype not in allowed:
-            raise ValueError(
-                f"{name} must be 1-D of dtype {' or '.join(np.dtype(t).name for t in allowed)}; "
-                f"got dtype {a.dtype!s} shape {a.shape!r}"
-            )
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous (a store memmap is); got a strided view")
-        # A plain ndarray view of a memmap: no copy, and Numba types it as an array.
-        arrs.append(a.view(np.ndarray))
-    ip, ix = arrs
-    if ip.shape[0] < 1:
-        raise ValueError("indptr must have at least one element (num_nodes + 1)")
-    if int(ip[0]) != 0 or int(ip[-1]) > ix.shape[0]:
-        raise ValueError(
-            f"indptr must start at 0 and end at most at len(indices)={ix.shape[0]!r}; "
-            f"got indptr[0]={int(ip[0])!r}, indptr[-1]={int(ip[-1])!r}"
-        )
-    return ip, ix
-
-
-def _as_edge_type(edge_type, indices: np.ndarray) -> np.ndarray | None:
-    if edge_type is None:
-        return None
-    if isinstance(edge_type, torch.Tensor):
-        edge_type = edge_type.numpy()
-    if (
-        not isinstance(edge_type, np.ndarray)
-        or edge_type.dtype != np.int8
-        or edge_type.shape != indices.shape
-        or not edge_type.flags.c_contiguous
-    ):
-        raise ValueError(
-            f"edge_type must be a C-contiguous int8 array of shape {indices.shape!r} (the "
-            f"store's edge_type); got {getattr(edge_type, 'dtype', type(edge_type).__name__)!s} "
-            f"{getattr(edge_type, 'shape', '')!r}"
-        )
-    return edge_type.view(np.ndarray)
-
-
-IN_MEMORY_AUTO_FRACTION = 0.25
-"""``in_memory="auto"`` copies a topology of at most this share of available RAM."""
-
-
-def topology_fits_in_ram(
-    indptr: np.ndarray, indices: np.ndarray, edge_type: np.ndarray | None = None
-) -> bool:
-    """Whether ``in_memory="auto"`` copies this topology (see :class:`NeighborSampler`)."""
-    import psutil
-
-    need = indptr.nbytes + indices.nbytes + (0 if edge_type is None else edge_type.nbytes)
-    return need <= IN_MEMORY_AUTO_FRACTION * psutil.virtual_memory().available
-
-
-def _copy_to_ram(a: np.ndarray) -> np.ndarray:
-    # np.empty of >= 4 MiB is madvise'd for transparent huge pages by numpy;
-    # copying in slices keeps a memmap source from being read all at once
-    # into a temporary.
-    out = np.empty(a.shape, dtype=a.dtype)
-    step = 1 << 24
-    for lo in range(0, a.shape[0], step):
-        out[lo : lo + step] = a[lo : lo + step]
-    return out
 
 
 class NeighborSampler:
@@ -371,21 +227,21 @@ class NeighborSampler:
         num_relations: int | None = None,
         relation_fanouts: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        self.indptr, self.indices = _as_topology(indptr, indices)
-        self.edge_type = _as_edge_type(edge_type, self.indices)
+        self.indptr, self.indices = as_topology(indptr, indices)
+        self.edge_type = as_edge_type(edge_type, self.indices)
         if in_memory == "auto":
             in_memory = topology_fits_in_ram(self.indptr, self.indices, self.edge_type)
         elif not isinstance(in_memory, (bool, np.bool_)):
             raise ValueError(f"in_memory must be True, False or 'auto'; got {in_memory!r}")
         self.in_memory = bool(in_memory)
         if in_memory:
-            self.indptr, self.indices = _copy_to_ram(self.indptr), _copy_to_ram(self.indices)
+            self.indptr, self.indices = copy_to_ram(self.indptr), copy_to_ram(self.indices)
             # The copy read every page of the store's memory maps: give them
             # back, or RSS counts the topology twice until they are reclaimed.
             drop_resident_pages(indptr)
             drop_resident_pages(indices)
             if self.edge_type is not None:
-                self.edge_type = _copy_to_ram(self.edge_type)
+                self.edge_type = copy_to_ram(self.edge_type)
                 drop_resident_pages(edge_type)
         self.fanouts = check_fanouts(fanouts)
         self.num_relations, self._rel_fanouts = self._relations(num_relations, relation_fanouts)

@@ -45,6 +45,7 @@ from .batch import MiniBatch
 from .checkpoint import CheckpointError, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import ConfigError, TrainConfig, check_model_store
 from .distributed import DistContext
+from .epoch import batch_seed, epoch_batches
 from .evaluate import evaluate
 from .loader import BatchLoader
 from .memory_plan import plan_memory
@@ -52,7 +53,7 @@ from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model, model_options, sampler_options
 from .modes import CACHE_MODES
 from .predict import predict_split, resolve_target
-from .sampler import NeighborSampler, batch_seed, epoch_batches
+from .sampler import NeighborSampler
 from .tiers import resolve_device
 
 __all__ = ["Trainer", "train", "RESUME_KEYS"]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ..sampler import derive_seed
+from ..epoch import derive_seed
 
 __all__ = ["AdmissionPolicy", "HIST_POLICIES", "make_policy"]
 

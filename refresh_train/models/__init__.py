@@ -34,6 +34,7 @@ it, with PyG's layers' parameters (state-dict keys unchanged).
 from __future__ import annotations
 
 from refresh_train.models._base import NORMS, BlockGNN
+from refresh_train.models._sparse import CAST_CHUNK_BYTES, project_first
 from refresh_train.models.gat import GAT
 from refresh_train.models.gcn import GCN, BlockGCNConv
 from refresh_train.models.mlp import MLP
@@ -42,6 +43,7 @@ from refresh_train.models.rsage import RGraphSAGE
 from refresh_train.models.sage import GraphSAGE
 
 __all__ = [
+    "CAST_CHUNK_BYTES",
     "MODELS",
     "NORMS",
     "RELATIONAL_MODELS",
@@ -55,6 +57,7 @@ __all__ = [
     "RGraphSAGE",
     "build_model",
     "model_options",
+    "project_first",
     "sampler_options",
 ]
 

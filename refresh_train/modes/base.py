@@ -224,7 +224,7 @@ class CacheMode:
             "host_bytes": host.budget_used_bytes,
             "host_policy": type(host.policy).name,
             "row_bytes": self.tiers.row_bytes,
-            "io_mode": host.below.scheduler.mode,  # type: ignore[union-attr]
+            "io_mode": host.io_mode(),
             "lookahead_batches": self.lookahead_batches(),
             "lookahead_budget_bytes": self.config.lookahead_budget_bytes
             if self.lookahead_batches()

@@ -214,6 +214,19 @@ class FeatureTier(ABC):
                 )
         return self._read(arr, out)
 
+    def read_trusted(self, ids: NDArray[np.int64], out: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`read` without its checks, for the tier above this one.
+
+        The top tier's :meth:`read` checks the ids once; the tiers below are
+        handed the same (or fewer) ids and would only repeat a pass over
+        them. ``ids`` must be a contiguous int64 array within
+        ``[0, num_rows)`` and ``out``, when given, a contiguous CPU or
+        :attr:`device` tensor of this tier's dtype and row shape. Counters
+        are kept by :meth:`_read`, so they are the same as through
+        :meth:`read`.
+        """
+        return self._read(ids, out)
+
     @abstractmethod
     def _read(self, ids: NDArray[np.int64], out: torch.Tensor | None) -> torch.Tensor:
         """Rows of checked ids; fill ``out`` when given."""

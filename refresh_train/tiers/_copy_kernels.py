@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refresh_train._sampler_kernels import prefetch
+from refresh_train.cpu_prefetch import prefetch
 
 __all__ = ["put_rows", "take_rows"]
 

@@ -156,9 +156,9 @@ class DeviceTier(FeatureTier):
             # the trainer matches to the batches in flight.
             out = self._batch_rows(len(ids))
         if n_hit == 0 and on_cpu:
-            return below._read(ids, out)
+            return below.read_trusted(ids, out)
         if n_hit == 0:
-            out.copy_(below._read(ids, None), non_blocking=True)
+            out.copy_(below.read_trusted(ids, None), non_blocking=True)
             return out
         if n_hit == len(ids):
             torch.index_select(self.cache, 0, self._index(ids), out=out)
@@ -167,7 +167,7 @@ class DeviceTier(FeatureTier):
         miss_pos = np.flatnonzero(~hit)
         # The misses come back in a buffer the tier below reuses once this
         # batch drops it (its BufferPool; torch's pinned cache with CUDA).
-        rows = below._read(ids[miss_pos], None)
+        rows = below.read_trusted(ids[miss_pos], None)
         if on_cpu:  # whole-row copies without the GIL (torch's index ops copy per element)
             out_words = row_words(out)
             take_rows(row_words(self.cache), ids[hit_pos], out_words, hit_pos)

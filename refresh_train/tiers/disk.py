@@ -62,6 +62,10 @@ class DiskTier(FeatureTier):
             self._rows += len(ids)
         return out
 
+    def io_mode(self) -> str:
+        """The mode the I/O scheduler opened the store in (:attr:`IOConfig.mode` as probed), for logs."""
+        return self.scheduler.mode
+
     def _own_stats(self) -> dict[str, float | int]:
         s = self.scheduler.stats()
         return {

@@ -14,6 +14,7 @@ from ._base import BufferPool, FeatureTier, row_words
 from ._copy_kernels import put_rows, take_rows
 from ._lookahead import StagedRows
 from ._policies import ReplacementPolicy
+from .disk import DiskTier
 
 __all__ = ["HostTier"]
 
@@ -102,7 +103,7 @@ class HostTier(FeatureTier):
                 ids = ids[self.policy.lookup(ids) < 0]
         rows = self._windows.rows(len(ids), self.row_shape, self.dtype)
         if len(ids):
-            self.below._read(ids, rows)  # type: ignore[union-attr]  # set in __init__
+            self.below.read_trusted(ids, rows)  # type: ignore[union-attr]  # set in __init__
         with self._lock:
             self._staged += len(ids)
         return StagedRows(ids, rows, batches)
@@ -122,7 +123,7 @@ class HostTier(FeatureTier):
             out = self._batch_rows(len(ids), pin=self.pin)
         window: StagedRows | None = getattr(self._local, "window", None)
         if (self.capacity == 0 and window is None) or len(ids) == 0:
-            return below._read(ids, out)
+            return below.read_trusted(ids, out)
         with self._lock:
             # Whole-row copies without the GIL (torch's index ops copy per element).
             out_words = row_words(out)
@@ -148,9 +149,9 @@ class HostTier(FeatureTier):
                 miss_pos = np.flatnonzero(slots < 0)  # admitted below, wherever served from
             rest = np.flatnonzero(~served)
             if len(rest) == len(ids):
-                below._read(ids, out)
+                below.read_trusted(ids, out)
             elif len(rest):
-                put_rows(row_words(below._read(ids[rest], None)), out_words, rest)
+                put_rows(row_words(below.read_trusted(ids[rest], None)), out_words, rest)
             if self.capacity and len(miss_pos):
                 keys, first = np.unique(ids[miss_pos], return_index=True)
                 new_slots = self.policy.admit(keys)
@@ -159,6 +160,13 @@ class HostTier(FeatureTier):
                     take_rows(out_words, miss_pos[first[ok]], row_words(self.buffer), new_slots[ok])
                     self._admitted += int(ok.sum())
         return out
+
+    def io_mode(self) -> str:
+        """How the disk tier under this one reads (its I/O scheduler's mode), for logs."""
+        for tier in self.chain()[1:]:
+            if isinstance(tier, DiskTier):
+                return tier.io_mode()
+        raise TypeError(f"no disk tier below this host tier: {[t.name for t in self.chain()]}")
 
     def _own_stats(self) -> dict[str, float | int]:
         return {

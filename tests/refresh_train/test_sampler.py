@@ -1,4 +1,4 @@
-"""Tests of refresh_train/sampler.py (and the plain-torch reference sampler)."""
+"""Tests of refresh_train/sampler.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from scipy import stats
 
 import refresh_train.sampler as sampler_mod
-from refresh_train._reference_sampler import ReferenceNeighborSampler
 from refresh_train.sampler import (
     NeighborSampler,
     batch_seed,
@@ -388,35 +387,6 @@ def test_seed_derivation():
     assert 0 <= batch_seed(3, 4) < 2**63
 
 
-@pytest.mark.parametrize(
-    "fanouts", [pytest.param([-1, -1], id="all"), pytest.param([5, 3], id="53")]
-)
-def test_reference_sampler_valid(fanouts):
-    indptr, indices = corner_graph(np.int32)
-    seeds = np.array([0, 1, 5, 7, 195, 42])
-    ref = ReferenceNeighborSampler(indptr, indices, fanouts, seed=1)
-    mb = ref.sample(seeds, 3)
-    check_structure(mb, seeds, indptr, indices, fanouts)
-    if fanouts[0] == -1:
-        # Full neighbourhoods are the same node sets for both samplers.
-        ours = NeighborSampler(indptr, indices, fanouts).sample(seeds, 0)
-        for x, y in zip(mb.layer_nodes, ours.layer_nodes):
-            assert set(x.tolist()) == set(y.tolist())
-    with pytest.raises(ValueError, match="distinct"):
-        ref.sample(np.array([1, 1]), 0)
-
-
-def test_reference_sampler_uniform():
-    indptr, indices = corner_graph()
-    ref = ReferenceNeighborSampler(indptr, indices, [5])
-    picks = Counter()
-    for b in range(1000):
-        mb = ref.sample(np.array([1]), b)
-        picks.update(mb.layer_nodes[0][1:].tolist())
-    assert sorted(picks) == list(range(30, 50))
-    assert stats.chisquare([picks[u] for u in range(30, 50)]).pvalue > 1e-3
-
-
 def skewed_graph(n: int = 3000, m: int = 30000, seed: int = 11):
     """A power-law-ish simple graph big enough that frontiers exceed the
     2-thread path's threshold (256 destinations), with isolated nodes."""
@@ -498,7 +468,7 @@ def test_id_map_is_never_cleared_yet_exact(wrap):
 
 
 def test_in_memory_auto_copies_only_what_fits(tmp_path, monkeypatch):
-    import refresh_train.sampler as sampler_mod
+    import refresh_train.topology as topology_mod
 
     indptr, indices = skewed_graph()
     np.save(tmp_path / "indptr.npy", indptr)
@@ -507,7 +477,7 @@ def test_in_memory_auto_copies_only_what_fits(tmp_path, monkeypatch):
     ix = np.load(tmp_path / "indices.npy", mmap_mode="r", allow_pickle=False)
     fits = NeighborSampler(ip, ix, [5], seed=0, in_memory="auto")
     assert fits.in_memory and not np.shares_memory(fits.indices, ix)
-    monkeypatch.setattr(sampler_mod, "IN_MEMORY_AUTO_FRACTION", 1e-12)
+    monkeypatch.setattr(topology_mod, "IN_MEMORY_AUTO_FRACTION", 1e-12)
     too_big = NeighborSampler(ip, ix, [5], seed=0, in_memory="auto")
     assert not too_big.in_memory and np.shares_memory(too_big.indices, ix)
     with pytest.raises(ValueError, match="in_memory"):
