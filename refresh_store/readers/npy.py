@@ -122,14 +122,17 @@ def open_npy(path: str | os.PathLike[str], name: str | None = None) -> MappedRow
 
 
 def load_small_npy(path: str | os.PathLike[str], name: str | None = None) -> np.ndarray:
-    """Load a small ``.npy`` array (splits) into memory, refusing pickles."""
-    path = Path(path)
+    """Load a small ``.npy`` array (splits) into memory, refusing pickles.
+
+    The header is checked against the file's size before anything is
+    allocated (``np.load`` allocates what the header announces first: a
+    header claiming 10^11 ids raised MemoryError).
+    """
+    rows = open_npy(path, name)
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SourceFormatError(f"{str(path)!r} is missing") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise SourceFormatError(f"{name or path.name!r} cannot be read as .npy ({exc})") from None
+        return np.array(rows.array)
+    finally:
+        rows.close()
 
 
 class ZipStreamRows(RowSource):

@@ -364,3 +364,14 @@ def test_damaged_dataset_files_convert_or_refuse(layouts, layout, which, cut, fl
             assert verify_store(d / "dst").ok
     finally:
         shutil.rmtree(d)
+
+
+def test_split_file_claiming_1e11_ids_is_refused_before_allocating(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "features.npy", np.ones((5, 2), dtype=np.float32))
+    np.save(src / "edge_index.npy", np.array([[0, 1], [1, 2]]))
+    (src / "train_idx.npy").write_bytes(_npy_bytes("<i8", False, (10**11,), b"\0" * 80, 1))
+    with pytest.raises(SourceFormatError, match="train_idx.npy.*truncated"):
+        convert(src, tmp_path / "dst", progress=False)
+    assert not is_complete_store(tmp_path / "dst")
