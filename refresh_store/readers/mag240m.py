@@ -280,7 +280,15 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
     meta = load_torch_pickle(root / "meta.pt", "meta.pt")
     if not isinstance(meta, dict) or not {"paper", "num_classes"} <= set(meta):
         raise SourceFormatError("'meta.pt' must be a dict with 'paper', ..., 'num_classes'")
-    counts = {k: int(meta.get(k, 0)) for k in ("paper", "author", "institution", "num_classes")}
+    counts = {}
+    for key in ("paper", "author", "institution", "num_classes"):
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise SourceFormatError(
+                f"'meta.pt'[{key!r}] is {value!r}; expected a count (an integer >= 0) — "
+                "the file is damaged, download it again"
+            )
+        counts[key] = int(value)
     p, a, i = counts["paper"], counts["author"], counts["institution"]
     raw_split = load_torch_pickle(root / "split_dict.pt", "split_dict.pt")
     if not isinstance(raw_split, dict):

@@ -375,3 +375,17 @@ def test_split_file_claiming_1e11_ids_is_refused_before_allocating(tmp_path):
     with pytest.raises(SourceFormatError, match="train_idx.npy.*truncated"):
         convert(src, tmp_path / "dst", progress=False)
     assert not is_complete_store(tmp_path / "dst")
+
+
+@pytest.mark.parametrize(("key", "value"), [("author", -5), ("paper", "x"), ("num_classes", 1.5)])
+def test_mag240m_meta_with_bad_counts_is_refused(layouts, tmp_path, key, value):
+    import torch
+
+    src = tmp_path / "src"
+    shutil.copytree(layouts["mag240m"], src)
+    meta = torch.load(src / "meta.pt", weights_only=True)
+    meta[key] = value
+    torch.save(meta, src / "meta.pt")
+    for graph in ("papers", "full"):
+        with pytest.raises(SourceFormatError, match="meta.pt"):
+            convert(src, tmp_path / "dst", progress=False, mag240m_graph=graph)
