@@ -457,6 +457,10 @@ class Trainer:
         self.close()
 
 
+#: Most classes a store may have (the output layer is hidden x classes).
+_MAX_CLASSES = 1 << 16
+
+
 def _check_store(config: TrainConfig) -> None:
     """Verify the store before training: fast (bounded) by default, full with ``verify_store``.
 
@@ -469,6 +473,15 @@ def _check_store(config: TrainConfig) -> None:
     from refresh_store.verify import verify_store, verify_store_fast
 
     report = (verify_store if config.verify_store else verify_store_fast)(config.store)
+    # The output layer is sized by the manifest's class count: a damaged or
+    # hostile manifest must not make the model allocate terabytes.
+    store = open_store(config.store)
+    if store.num_classes > _MAX_CLASSES:
+        report.failures.insert(
+            0,
+            f"its manifest says {store.num_classes:,} classes; the trainer takes at most "
+            f"{_MAX_CLASSES:,} (OGB's largest node task has 172)",
+        )
     if not report.ok:
         more = f" (and {len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
         raise StoreFormatError(

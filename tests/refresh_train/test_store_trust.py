@@ -110,3 +110,18 @@ def test_hostile_store_exits_2_in_one_line(store, tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "features" in err
+
+
+def test_store_claiming_2e40_classes_is_refused_before_the_model_is_built(tmp_path, capsys):
+    # The output layer is hidden x num_classes: 2^40 classes asked torch for 70 TB.
+    from _planted import planted_arrays
+
+    from refresh_store.writer import write_store
+
+    arrays = planted_arrays(num_nodes=600)
+    arrays["labels"] = arrays["labels"].copy()
+    arrays["labels"][0] = 2**40
+    write_store(tmp_path / "s", num_classes=2**40 + 1, **arrays)
+    assert main(["--store", str(tmp_path / "s"), *_TRAIN.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "classes" in err
