@@ -10,6 +10,7 @@ from .convert import ConvertOptions, ConvertSummary, convert
 from .errors import (
     ConvertError,
     InputDataError,
+    InvalidIdsError,
     IOSchedulerError,
     RefreshError,
     SourceFormatError,
@@ -21,7 +22,7 @@ from .format import FORMAT_VERSION, RowRegion
 from .io import IOConfig, IOScheduler
 from .store import Store, open_store
 from .synthetic import make_dataset
-from .verify import VerifyReport, verify_store
+from .verify import VerifyReport, verify_store, verify_store_fast
 from .writer import StoreWriter, write_store
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "IOScheduler",
     "IOSchedulerError",
     "InputDataError",
+    "InvalidIdsError",
     "RefreshError",
     "RowRegion",
     "SourceFormatError",
@@ -48,5 +50,6 @@ __all__ = [
     "make_dataset",
     "open_store",
     "verify_store",
+    "verify_store_fast",
     "write_store",
 ]

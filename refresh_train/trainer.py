@@ -140,7 +140,7 @@ class Trainer:
     def _setup(self, config: TrainConfig) -> None:
         self.device = available_device(config.device)
         self.store = open_store(config.store)
-        _check_store(config)
+        _check_store(config, self.store)
         store = self.store
         if store.num_classes < 1:
             raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
@@ -461,7 +461,7 @@ class Trainer:
 _MAX_CLASSES = 1 << 16
 
 
-def _check_store(config: TrainConfig) -> None:
+def _check_store(config: TrainConfig, store: Any) -> None:
     """Verify the store before training: fast (bounded) by default, full with ``verify_store``.
 
     Raises
@@ -475,7 +475,6 @@ def _check_store(config: TrainConfig) -> None:
     report = (verify_store if config.verify_store else verify_store_fast)(config.store)
     # The output layer is sized by the manifest's class count: a damaged or
     # hostile manifest must not make the model allocate terabytes.
-    store = open_store(config.store)
     if store.num_classes > _MAX_CLASSES:
         report.failures.insert(
             0,
