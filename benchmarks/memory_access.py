@@ -45,7 +45,7 @@ Usage::
 
     python benchmarks/memory_access.py                    # everything (hours on 2 cores)
     python benchmarks/memory_access.py --sections grid,ideal
-    python benchmarks/memory_access.py --quick --out /tmp/ma.json   # a few minutes
+    python benchmarks/memory_access.py --quick --out FILE.json   # a few minutes
 
 Finished runs are kept in ``--out`` and skipped when the command is run
 again with the same settings (``--fresh`` reruns them). Results: ``--out``
