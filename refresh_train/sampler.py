@@ -448,26 +448,9 @@ class NeighborSampler:
         # Slots n .. n+total-1 receive the new sources (and their CSC lookups).
         starts = sc.get("starts", n + total, np.int64, keep=n)
         degs = sc.get("degs", n + total, np.int64, keep=n)
-        src_ids = sc.get("src_ids", n + total, np.int32, keep=n if mapped else 0)
-        if sc.local_map is None:
-            # Zero pages cost no RAM until written, and 0 is below every stamp.
-            sc.local_map = np.zeros(self.num_nodes, dtype=np.int32)
-        if not mapped:
-            # A new stamp above every value written so far drops all entries.
-            sc.base += sc.used
-            sc.used = 0
-            if sc.base + n + total >= _STAMP_LIMIT:
-                sc.local_map.fill(0)
-                sc.base = 1
-        # Retire this block's ids before the kernels run, so that a failed
-        # call cannot leave valid-looking entries behind.
-        sc.used = max(sc.used, n + total)
-        if mapped:
-            num = n
-        else:
-            num = int(K.map_dst_kernel(dst, sc.local_map, sc.base, src_ids))
-            if num < 0:
-                return None, dst[-1 - num]
+        src_ids, num = self._map_destinations(sc, dst, n, total, mapped)
+        if num < 0:
+            return None, dst[-1 - num]
         # Row 0 receives the neighbours' global ids, relabelled in place below.
         edge_index = np.empty((2, total), dtype=np.int64)
         if self._pool is None or n < 256:
@@ -527,8 +510,26 @@ class NeighborSampler:
             if num < 0:
                 return None, dst[-1 - num], None
             return self._in_range(src[:num].copy(), n), edge_index, etype
+        src_ids, num = self._map_destinations(sc, dst, n, total, mapped)
+        if num < 0:
+            return None, dst[-1 - num], None
+        unused = sc.get("t_unused", 1, np.int64)
+        num = self._relabel(sc, 0, n, offsets, src_ids, edge_index, num, unused, unused, False)
+        return src_ids[:num].astype(np.int64), edge_index, etype
+
+    def _map_destinations(
+        self, sc: _Scratch, dst: np.ndarray, n: int, total: int, mapped: bool
+    ) -> tuple[np.ndarray, int]:
+        """The source-id buffer with ``dst`` in its first ``n`` slots, and their count.
+
+        The id map stamps entries with ``sc.base + local id``; a block that
+        does not continue the previous one (``mapped`` False) takes a new
+        stamp above every value written so far, which drops all entries.
+        A negative count ``-1 - i`` names ``dst[i]`` outside the topology.
+        """
         src_ids = sc.get("src_ids", n + total, np.int32, keep=n if mapped else 0)
         if sc.local_map is None:
+            # Zero pages cost no RAM until written, and 0 is below every stamp.
             sc.local_map = np.zeros(self.num_nodes, dtype=np.int32)
         if not mapped:
             sc.base += sc.used
@@ -536,16 +537,12 @@ class NeighborSampler:
             if sc.base + n + total >= _STAMP_LIMIT:
                 sc.local_map.fill(0)
                 sc.base = 1
+        # Retire this block's ids before the kernels run, so that a failed
+        # call cannot leave valid-looking entries behind.
         sc.used = max(sc.used, n + total)
         if mapped:
-            num = n
-        else:
-            num = int(K.map_dst_kernel(dst, sc.local_map, sc.base, src_ids))
-            if num < 0:
-                return None, dst[-1 - num], None
-        unused = sc.get("t_unused", 1, np.int64)
-        num = self._relabel(sc, 0, n, offsets, src_ids, edge_index, num, unused, unused, False)
-        return src_ids[:num].astype(np.int64), edge_index, etype
+            return src_ids, n
+        return src_ids, int(K.map_dst_kernel(dst, sc.local_map, sc.base, src_ids))
 
     def _relabel(self, sc, lo, hi, offsets, src_ids, edge_index, num, starts, degs, expand) -> int:
         """Relabel destinations ``[lo, hi)``'s drawn neighbours (see ``relabel_kernel``)."""
