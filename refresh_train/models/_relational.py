@@ -13,9 +13,15 @@ import torch
 
 from refresh_train.batch import Block
 
-__all__ = ["relation_blocks", "compact_sources"]
+__all__ = ["relation_blocks", "compact_sources", "check_num_relations"]
 
 _CACHE_ATTR = "_relation_cache"
+
+
+def check_num_relations(num_relations: object) -> None:
+    """Raise ``ValueError`` unless ``num_relations`` is a positive integer."""
+    if isinstance(num_relations, bool) or not isinstance(num_relations, int) or num_relations < 1:
+        raise ValueError(f"num_relations must be a positive integer; got {num_relations!r}")
 
 
 def relation_blocks(block: Block, num_relations: int) -> list[Block]:

@@ -7,7 +7,7 @@ from torch_geometric.nn import GATConv
 
 from refresh_train.batch import Block
 from refresh_train.models._base import BlockGNN
-from refresh_train.models._relational import compact_sources, relation_blocks
+from refresh_train.models._relational import check_num_relations, compact_sources, relation_blocks
 from refresh_train.models._sparse import attention_spmm, linear
 from refresh_train.models.gat import _head_dot
 
@@ -52,12 +52,7 @@ class RGAT(BlockGNN):
         **opts,
     ) -> None:
         super().__init__(in_dim, hidden, out_dim, num_layers, **opts)
-        if (
-            isinstance(num_relations, bool)
-            or not isinstance(num_relations, int)
-            or num_relations < 1
-        ):
-            raise ValueError(f"num_relations must be a positive integer; got {num_relations!r}")
+        check_num_relations(num_relations)
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or hidden % heads:
             raise ValueError(
                 f"heads must be a positive integer dividing hidden={hidden!r}; got {heads!r}"

@@ -7,7 +7,7 @@ from torch_geometric.nn import SAGEConv
 
 from refresh_train.batch import Block
 from refresh_train.models._base import BlockGNN
-from refresh_train.models._relational import relation_blocks
+from refresh_train.models._relational import check_num_relations, relation_blocks
 from refresh_train.models._sparse import aggregate_linear, linear, project_first, project_linear
 
 __all__ = ["RGraphSAGE"]
@@ -48,12 +48,7 @@ class RGraphSAGE(BlockGNN):
         **opts,
     ) -> None:
         super().__init__(in_dim, hidden, out_dim, num_layers, **opts)
-        if (
-            isinstance(num_relations, bool)
-            or not isinstance(num_relations, int)
-            or num_relations < 1
-        ):
-            raise ValueError(f"num_relations must be a positive integer; got {num_relations!r}")
+        check_num_relations(num_relations)
         if project_first not in (None, True, False):
             raise ValueError(f"project_first must be None, True or False; got {project_first!r}")
         self.num_relations = num_relations
