@@ -310,7 +310,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     Ordered so that a run cut short still has a full picture: the grid's first
     seed, then the baseline, policies, sweeps and models, then the other seeds.
     """
-    datasets = ["papers", "products"]
+    datasets = [ds for ds in ("papers", "products") if ds in args.datasets]
     seeds = args.seeds
 
     def grid(seed: int) -> list[dict[str, Any]]:
@@ -666,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="grid,models,policies,sweeps,ideal,loader,baseline")
     p.add_argument("--budgets", default="0.01,0.05,0.10,0.20")
+    p.add_argument("--datasets", default="papers,products",
+                   help="graphs whose grid and model runs to do (the other sections use papers)")  # fmt: skip
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--quantiles", default="0.5,0.7,0.9,1.0")
     p.add_argument("--staleness", default="0,20,50,200,1000")
@@ -689,6 +691,11 @@ def main(argv: list[str] | None = None) -> int:
         args.sections, args.budgets, args.seeds, args.epochs = "grid,ideal,baseline", "0.10", "0", 2
         args.hidden = 64
     args.sections = set(args.sections.split(","))
+    args.datasets = set(args.datasets.split(","))
+    if bad := args.datasets - {"papers", "products"}:
+        print(f"error: --datasets: unknown graph {sorted(bad)[0]!r}; use papers or products",
+              file=sys.stderr)  # fmt: skip
+        return 2
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.quantiles = [float(q) for q in args.quantiles.split(",")]
@@ -733,8 +740,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(saved, indent=1, default=str))
         os.replace(tmp, out)
 
+    # papers is always built: the policies, sweeps, baseline and loader sections use it.
     stores = {
-        ds: ensure_store(ds, spec, Path(args.data_dir)) for ds, spec in result["datasets"].items()
+        ds: ensure_store(ds, spec, Path(args.data_dir))
+        for ds, spec in result["datasets"].items()
+        if ds in args.datasets or ds == "papers"
     }
     runs = plan(args)
     planned = {run_key(r) for r in runs}
@@ -747,8 +757,11 @@ def main(argv: list[str] | None = None) -> int:
         str(b) not in have_ideal.get(ds, {}) for ds in stores for b in args.budgets
     ):
         result["ideal_raw"] = {
-            ds: {str(b): ideal_bound(path, b, args) for b in args.budgets}
-            for ds, path in stores.items()
+            **have_ideal,
+            **{
+                ds: {str(b): ideal_bound(path, b, args) for b in args.budgets}
+                for ds, path in stores.items()
+            },
         }
         save()
     if "loader" not in args.sections and old_loader:
