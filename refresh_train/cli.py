@@ -321,6 +321,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         predict_out=values.get("predict_out"),
         predict_split=_pick(values, "predict_split", "test"),
         verify_store=bool(_pick(values, "verify_store", False)),
+        # Depths left at their defaults shrink to fit the memory limit (memory_fit.py).
+        fit_memory=tuple(k for k in ("lookahead", "prefetch") if values.get(k) is None),
     )
 
 

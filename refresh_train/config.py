@@ -405,6 +405,12 @@ class TrainConfig:
         (:func:`refresh_store.verify.verify_store`, reads it all). Without it a
         fast check runs (:func:`refresh_store.verify.verify_store_fast`:
         manifest, sizes and at most 64 MiB of sampled checksums).
+    fit_memory
+        Settings the trainer may lower, one notch at a time, when the memory
+        plan does not fit its limits (names of
+        :data:`refresh_train.memory_fit.FIT_KNOBS`: ``"lookahead"``,
+        ``"prefetch"``). The command line names the ones not given; ``()``
+        (the default here) refuses a run that does not fit as configured.
     """
 
     store: str
@@ -432,6 +438,7 @@ class TrainConfig:
     predict_out: str | None = None
     predict_split: str = "test"
     verify_store: bool = False
+    fit_memory: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from .models import MODELS, NORMS, RELATIONAL_MODELS
@@ -486,6 +493,10 @@ class TrainConfig:
                 f"hist_layers {bad[0]!r} is not a hidden layer of a {self.layers}-layer model; "
                 f"choose from 1..{self.layers - 1} (the input of block l)"
             )
+        object.__setattr__(self, "fit_memory", tuple(self.fit_memory))
+        bad = [k for k in self.fit_memory if k not in ("lookahead", "prefetch")]
+        if bad:
+            raise ConfigError(f"fit_memory names lookahead and prefetch only, got {bad[0]!r}")
         if self.predict_split not in PREDICT_SPLITS:
             raise ConfigError(
                 f"predict_split must be one of {list(PREDICT_SPLITS)}, got {self.predict_split!r}"

@@ -101,6 +101,10 @@ def batches_in_flight(
     consumer still refers to while it waits for the next (a ``for`` loop's
     variable), which is what their buffers take in memory. ``stage_batches``
     is the loader's effective window size (0 without staging).
+
+    The serial path (``prefetch_batches == 0``) keeps no reference to a batch
+    it has yielded, so for a consumer that drops its batch before asking for
+    the next (the trainer does) one batch's features exist at a time.
     """
     p = int(prefetch_batches)
     s = int(stage_batches) if stage_batches > 1 else 0
@@ -108,8 +112,8 @@ def batches_in_flight(
         s = min(s, max_ahead)
     if p == 0:
         admitted = max(1, s)
-        # The serial path fetches one batch at a time, the consumer holds one.
-        return admitted, 2
+        # One batch at a time, fetched after the consumer dropped the last one.
+        return admitted, 1
     # sampler's hand, sampled queue, (stager's pending and staged queue,)
     # fetcher's hand, ready queue, the consumer's batch
     admitted = 1 + p + (s + max(p, s) if s else 0) + 1 + p + 1
@@ -314,15 +318,24 @@ class BatchLoader:
             held = sum(self._sizes.get(b.extra["index"], 0) for b in pending)
         return held + nbytes > self.budget_bytes
 
+    def _serial_fetched(self, batch: MiniBatch) -> MiniBatch:
+        batch = self._fetch_one(batch)
+        self.times.batches += 1
+        return batch
+
+    def _serial_reserved(self, i: int) -> MiniBatch:
+        batch = self._sample_one(i)
+        with self._progress:
+            self._reserve(i, self._nbytes(batch))
+        return batch
+
     def _serial(self) -> Iterator[MiniBatch]:
+        # Yielded batches are never bound to a name here: while the next one is
+        # fetched, this frame holds no reference to the last one, so a consumer
+        # that drops its own holds one batch's features, not two.
         if self._stage is None:
             for i in range(len(self)):
-                batch = self._sample_one(i)
-                with self._progress:
-                    self._reserve(i, self._nbytes(batch))
-                batch = self._fetch_one(batch)
-                self.times.batches += 1
-                yield batch
+                yield self._serial_fetched(self._serial_reserved(i))
                 self._finish_one()
             return
         pending: list[MiniBatch] = []
@@ -351,15 +364,17 @@ class BatchLoader:
                 with self._progress:
                     self._reserve(batch.extra["index"], nbytes)
                 pending.append(batch)
+            batch = None  # fetched in place later: no name here may outlive its yield
             while pending:
                 n = self._stage_window(pending)
-                for batch in pending[:n]:
-                    batch.extra.pop(_WINDOW_END, None)
-                    batch = self._fetch_one(batch)
-                    self.times.batches += 1
-                    yield batch
+                window, pending = pending[:n], pending[n:]
+                for j in range(n):
+                    window[j].extra.pop(_WINDOW_END, None)
+                window.reverse()
+                while window:
+                    # Popped, not iterated: a fetched batch is in no list once yielded.
+                    yield self._serial_fetched(window.pop())
                     self._finish_one()
-                pending = pending[n:]
                 if not flush:
                     break
             flush = False

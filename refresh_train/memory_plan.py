@@ -211,6 +211,8 @@ class MemoryPlan:
         batches its queues may hold times :attr:`batch`'s bytes).
     batch_buffers, eval_batch_buffers
         Batch buffers the top tier keeps for training and evaluation.
+    lower_batch_buffers
+        Batch buffers each training tier below the top keeps.
     max_rss_bytes, device_memory_bytes
         What :meth:`check` compares the totals with (0 = no check) and where
         the figure comes from (:attr:`limits_from`).
@@ -224,6 +226,7 @@ class MemoryPlan:
     loader_budget_bytes: int
     batch_buffers: int
     eval_batch_buffers: int
+    lower_batch_buffers: int = LOWER_BATCH_BUFFERS
     max_rss_bytes: int = 0
     device_memory_bytes: int = 0
     limits_from: dict[str, str] = field(default_factory=dict)
@@ -668,6 +671,9 @@ def plan_memory(
         )
 
     # --- batches
+    # A tier below the top fills a buffer per read, alive until the top copied it: serial
+    # loading reads one batch at a time; a pipelined one may stage a window meanwhile.
+    lower_buffers = 1 if prefetch == 0 else LOWER_BATCH_BUFFERS
     budget = config.loader.prefetch_budget_bytes
     derived = budget is None
     if derived:
@@ -694,18 +700,18 @@ def plan_memory(
             0,
             "always",
             "bound",
-            f"{fetched_eff} buffers x {shape.input_rows:,} rows ({probed}), kept for reuse",
+            f"{fetched_eff} buffer(s) x {shape.input_rows:,} rows ({probed}), kept for reuse",
             ("--batch-size", "--prefetch", "--fanouts"),
         )
         if cache != "none" and shape.rows_beyond_device:
-            lower = 2 * LOWER_BATCH_BUFFERS * POOL_HEADROOM * shape.rows_beyond_device * row
+            lower = 2 * lower_buffers * POOL_HEADROOM * shape.rows_beyond_device * row
             add(
                 "host/disk staging buffers",
                 lower,
                 0,
                 "always",
                 "bound",
-                f"2 tiers x {LOWER_BATCH_BUFFERS} buffers x {shape.rows_beyond_device:,} rows "
+                f"2 tiers x {lower_buffers} buffer(s) x {shape.rows_beyond_device:,} rows "
                 "beyond the device tier",
                 ("--batch-size", "--fanouts"),
             )
@@ -879,6 +885,7 @@ def plan_memory(
         loader_budget_bytes=int(budget),
         batch_buffers=fetched_eff,
         eval_batch_buffers=e_fetched,
+        lower_batch_buffers=lower_buffers,
         max_rss_bytes=int(max_rss),
         device_memory_bytes=int(dev_limit or 0),
         limits_from=limits_from,

@@ -48,7 +48,7 @@ from .distributed import DistContext
 from .epoch import batch_seed, epoch_batches
 from .evaluate import evaluate
 from .loader import BatchLoader
-from .memory_plan import plan_memory
+from .memory_fit import fit_memory
 from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
 from .models import build_model, model_options, sampler_options
 from .modes import CACHE_MODES
@@ -173,10 +173,14 @@ class Trainer:
             available = int(psutil.virtual_memory().available) // self.dist.local_world_size
         # Sized before anything big is allocated or anything written: a run
         # that cannot fit stops here.
-        self.plan = plan_memory(config, store, model=model, available_bytes=available)
+        # Depths the user left at their defaults are lowered until the plan fits.
+        fit = fit_memory(config, store, model=model, available_bytes=available)
+        self.plan, config, self.fit_changes = fit.plan, fit.config, fit.changes
+        self.config = config
         if config.progress and self.is_main:
             print(self.plan.format_table(), flush=True)
-        self.plan.check()
+        if fit.changes and self.is_main:
+            print(fit.describe(), file=sys.stderr, flush=True)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         # The MLP reads only its seeds' features: sampling neighbours would be wasted I/O.
@@ -190,7 +194,11 @@ class Trainer:
             history=config.history,
             seed=config.seed,
         )
-        self.cache.keep_batch_buffers(self.plan.batch_buffers, self.plan.eval_batch_buffers)
+        self.cache.keep_batch_buffers(
+            self.plan.batch_buffers,
+            self.plan.eval_batch_buffers,
+            lower=self.plan.lower_batch_buffers,
+        )
         self.sampler = NeighborSampler(
             store.indptr,
             store.indices,
@@ -302,7 +310,12 @@ class Trainer:
         )
         t_epoch = time.perf_counter()
         try:
-            for i, batch in enumerate(loader):
+            # No enumerate(): it keeps the last item while it asks for the next, and a
+            # batch must be gone before the serial loader fetches the next one into
+            # the buffer the memory plan counted once.
+            batches = iter(loader)
+            for i in range(len(loader)):
+                batch = next(batches)
                 t0 = time.perf_counter()
                 if self.device.type == "cuda" and batch.features is not None:
                     # Made on the tiers' stream; keep it alive until this stream is done.
@@ -324,6 +337,7 @@ class Trainer:
                 loss_sum += loss_part
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
                 seen += n
+                del batch, logits, labels, loss
                 compute_s += time.perf_counter() - t0
                 bar.update(1)
                 if cfg.progress:
@@ -397,6 +411,7 @@ class Trainer:
             record["cache"] = cfg.tiers.cache
             if not self._plan_recorded:  # the first record of this run (or resumed run)
                 record["memory_plan"] = self.plan.to_dict()
+                record["memory_fit"] = list(self.fit_changes)  # defaults lowered to fit
                 self._plan_recorded = True
             self.records.append(record)
             self.epochs_done = epoch + 1

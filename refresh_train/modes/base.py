@@ -175,16 +175,20 @@ class CacheMode:
         """
         self._drop_eval_tiers()
 
-    def keep_batch_buffers(self, train: int, eval: int | None = None) -> None:
+    def keep_batch_buffers(
+        self, train: int, eval: int | None = None, *, lower: int | None = None
+    ) -> None:
         """Batch buffers the training (and evaluation) chain's top tier keeps for reuse.
 
         The trainer matches them to the batches its loaders keep fetched at
         once (see :meth:`~refresh_train.tiers.FeatureTier.keep_batch_buffers`
-        and :mod:`refresh_train.memory_plan`).
+        and :mod:`refresh_train.memory_plan`); ``lower`` is what each tier
+        below the training chain's top keeps (default
+        :data:`~refresh_train.tiers.LOWER_BATCH_BUFFERS`).
         """
         from ..tiers import LOWER_BATCH_BUFFERS
 
-        self.tiers.keep_batch_buffers(train, LOWER_BATCH_BUFFERS)
+        self.tiers.keep_batch_buffers(train, LOWER_BATCH_BUFFERS if lower is None else lower)
         self._eval_batch_buffers = eval
         if self._eval_tiers is not None and eval is not None:
             self._eval_tiers.keep_batch_buffers(eval, LOWER_BATCH_BUFFERS)

@@ -105,6 +105,9 @@ class BufferPool:
         self._idle_refs: list[int] = []
         self._lock = threading.Lock()
         self.reused = 0
+        #: Buffers handed out while every kept one was in use: allocated, not kept.
+        #: More batches were alive at once than the pool was sized for.
+        self.overflow = 0
 
     def _refs(self, i: int) -> int:
         return sys.getrefcount(self._bufs[i])
@@ -126,6 +129,7 @@ class BufferPool:
                 idle = [i for i in range(len(self._bufs)) if self._refs(i) == self._idle_refs[i]]
                 if len(self._bufs) >= self.max_buffers:
                     if not idle:  # all in use: a plain allocation the pool does not keep
+                        self.overflow += 1
                         return torch.from_numpy(np.empty((n, *row_shape), dtype=dtype))
                     drop = min(idle, key=lambda i: self._bufs[i].nbytes)
                     del self._bufs[drop], self._idle_refs[drop]
