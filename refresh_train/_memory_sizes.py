@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .plan_table import BatchShape
 
 if TYPE_CHECKING:
     from refresh_store.store import Store
@@ -333,3 +336,89 @@ def layerwise_block(store: Store, batch_size: int) -> list[tuple[int, int, int]]
     dst = min(batch_size, len(deg))
     edges = int(np.partition(deg, len(deg) - dst)[len(deg) - dst :].sum())
     return [(min(store.num_nodes, dst + edges), dst, edges)]
+
+
+# ------------------------------------------------------------- per-batch figures
+def batch_shape(
+    probes: Sequence[list[tuple[int, int, int]]],
+    input_rows_beyond: Sequence[int],
+    worst: list[tuple[int, int, int]],
+    num_seeds: int,
+    row_bytes: int,
+    margin: float,
+    extra_blocks_bytes: int = 0,
+) -> BatchShape:
+    """Per-batch figures from the probes' block sizes: the largest times ``margin``, capped
+    at the fanouts' worst case; ``extra_blocks_bytes`` adds a mode's per-batch arrays."""
+    blocks = []
+    for layer, cap in enumerate(worst):
+        got = [p[layer] for p in probes]
+        blocks.append(
+            tuple(min(c, math.ceil(max(g[k] for g in got) * margin)) for k, c in enumerate(cap))
+        )
+    # The seeds are exactly the batch size.
+    s, d, e = blocks[-1]
+    blocks[-1] = (max(s, num_seeds), num_seeds, e)
+    rows = blocks[0][0]
+    beyond = min(rows, math.ceil(max(input_rows_beyond) * margin))
+    # edge_index int64 [2, E], layer nodes int64, seeds and labels int64.
+    ids = sum(16 * e + 8 * s for s, _, e in blocks) + 16 * num_seeds
+    return BatchShape(
+        blocks=tuple(blocks),  # type: ignore[arg-type]
+        input_rows=rows,
+        rows_beyond_device=beyond,
+        features_bytes=rows * row_bytes,
+        blocks_bytes=ids + extra_blocks_bytes,
+        probed=len(probes),
+    )
+
+
+# ------------------------------------------------------------- the cache mode's sizes
+@dataclass
+class CacheSizes:
+    """What the cache mode will choose (modes/raw.py, modes/refresh.py)."""
+
+    hist_layers: tuple[int, ...] = ()
+    table_row: int = 0  # bytes of one node's embedding in the history table
+    k_start: int = 0  # device-tier rows at the start
+    k_min: int = 0  # fewest device-tier rows the automatic split may choose
+    h_start: int = 0  # table nodes at the start
+    h_max: int = 0  # most table nodes the split may choose
+    device_max: int = 0  # most device bytes of rows and table together
+    split_resize: int = 0  # a new copy of the larger side while the split moves
+    auto: bool = False  # the split is measured (no --hist-fraction)
+
+
+def cache_sizes(config: TrainConfig, n: int, row: int, dims: list[int]) -> CacheSizes:
+    from .history import BudgetSplit
+
+    tiers, hist = config.tiers, config.history
+    if tiers.cache == "raw":
+        k = min(n, tiers.cache_budget_bytes // row)
+        return CacheSizes(k_start=k, k_min=k, device_max=k * row)
+    if tiers.cache != "refresh":
+        return CacheSizes()
+    layers = hist.resolved_layers(config.layers)
+    table_row = dims[layers[0]] * (2 if hist.dtype == "float16" else 4)
+    split = BudgetSplit(tiers.cache_budget_bytes, hist.fraction)
+    fractions = [split.hist_fraction] + (list(split.candidates()) if split.automatic else [])
+    sizes = []
+    for f in fractions:
+        h_bytes = split.hist_bytes_at(f)
+        k = min(n, (split.budget_bytes - h_bytes) // row)
+        h = min(n, h_bytes // (table_row * len(layers)))
+        sizes.append((k, h))
+    resize = 0
+    if split.automatic:
+        resize = max(max(k * row for k, _ in sizes), max(h * table_row for _, h in sizes))
+    return CacheSizes(
+        hist_layers=layers,
+        table_row=table_row,
+        k_start=sizes[0][0],
+        k_min=min(k for k, _ in sizes),
+        h_start=sizes[0][1],
+        h_max=max(h for _, h in sizes),
+        device_max=max(k * row + h * table_row * len(layers) for k, h in sizes),
+        split_resize=resize,
+        auto=hist.fraction is None,
+    )
