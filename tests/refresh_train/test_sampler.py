@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 import refresh_train.sampler as sampler_mod
+from refresh_train._sampler_relabel import STAMP_LIMIT
 from refresh_train.sampler import (
     NeighborSampler,
     batch_seed,
@@ -452,7 +453,7 @@ def test_id_map_is_never_cleared_yet_exact(wrap):
     s.sample(np.array([3, 9]), 0)  # scratch sized for a tiny batch
     sc = s._scratch()
     if wrap:
-        sc.base = sampler_mod._STAMP_LIMIT - 50
+        sc.base = STAMP_LIMIT - 50
     for b, size in enumerate([300, 40, 300, 1200]):
         seeds = rng.choice(2900, size, replace=False)
         got = s.sample(seeds, b)
