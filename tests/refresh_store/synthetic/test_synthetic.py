@@ -16,7 +16,7 @@ import pytest
 
 from refresh_store.synthetic import INFO_FILE, LAYOUTS, dataset_dir, make_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
