@@ -22,14 +22,7 @@ from refresh_train.sampler import (
     num_batches,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny tensors: a second OpenMP thread only spins on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def csc(num_nodes: int, src, dst, indices_dtype=np.int64):
@@ -98,14 +91,6 @@ def check_structure(mb, seeds, indptr, indices, fanouts):
             else:
                 assert np.unique(got).shape[0] == want, "no replacement"
                 assert set(got.tolist()) <= set(true.tolist())
-
-
-@pytest.fixture(params=[pytest.param(True, id="dense_map"), pytest.param(False, id="hash_map")])
-def relabel(request, monkeypatch):
-    """Run a test with both relabelling paths (dense id map and hash table)."""
-    if not request.param:
-        monkeypatch.setattr(sampler_mod, "DENSE_MAP_MAX_NODES", 0)
-    return request.param
 
 
 @pytest.mark.parametrize(

@@ -237,18 +237,6 @@ def test_homophily_sets_intra_community_edges(tmp_path):
     assert abs(fractions[1] - (0.9 + 0.1 * chance)) < 0.03
 
 
-@pytest.fixture
-def one_torch_thread():
-    # Small sparse products run ~20x slower on 2 threads when the cores are
-    # shared with other jobs (spinning workers); one thread is steady.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_gnn_beats_mlp_on_planted_task(tmp_path, one_torch_thread):
     import torch
 
