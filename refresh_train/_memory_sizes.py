@@ -241,7 +241,7 @@ def scheduler_bytes(queue_depth: int, row_bytes: int, gather_rows: int) -> int:
 
 
 def sampler_scratch_bytes(num_nodes: int, blocks: Blocks) -> int:
-    """One sampling thread's reused buffers (``sampler._Scratch``)."""
+    """One sampling thread's reused buffers (``_sampler_relabel.Scratch``)."""
     from .sampler import DENSE_MAP_MAX_NODES
 
     widest = max(d + e for _, d, e in blocks)

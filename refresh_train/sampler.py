@@ -3,6 +3,10 @@
 Epoch batching and seed hashing live in :mod:`refresh_train.epoch`, the
 topology checks and the RAM heuristic of ``in_memory="auto"`` in
 :mod:`refresh_train.topology`; their public names are importable from here too.
+This module holds the sampler's checks and its loop over layers; drawing and
+relabelling one layer live in ``_sampler_layers.py`` over the per-thread id
+map of ``_sampler_relabel.py``, the pruning hook's handling in
+``_sampler_prune.py``.
 
 The sampler reads the store's CSC arrays (``indices[indptr[v]:indptr[v+1]]``
 are the in-neighbours of ``v``) in place — ``np.memmap`` views work and are
@@ -51,16 +55,19 @@ Example
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from refresh_store.errors import InvalidIdsError, StoreFormatError
+from refresh_store.errors import InvalidIdsError
 from refresh_store.store import drop_resident_pages
 from refresh_train import _sampler_kernels as K
+from refresh_train._sampler_layers import sample_layer, sample_layer_typed
+from refresh_train._sampler_prune import PruneFn, apply_prune
+from refresh_train._sampler_relabel import Scratch
 from refresh_train.batch import Block, MiniBatch
 from refresh_train.epoch import batch_seed, derive_seed, epoch_batches, num_batches
 from refresh_train.topology import (
@@ -83,43 +90,12 @@ __all__ = [
     "topology_fits_in_ram",
 ]
 
-PruneFn = Callable[[int, NDArray[np.int64]], NDArray]
-"""``prune(layer, ids) -> bool mask or int64 history rows (-1 = not cached)``."""
-
-# Stamps (id map values) stay below this; reaching it clears the map once
-# (about every 2**31 / ids-per-batch batches).
-_STAMP_LIMIT = (1 << 31) - 1
-
 DENSE_MAP_MAX_NODES = 1 << 25
 """Graphs up to this many nodes relabel through a dense int32 id map per
 sampling thread (4 bytes per node, 128 MiB at the limit, allocated as zero
 pages and written only where a batch's nodes fall), larger ones through a
 hash table sized to the batch. Measured 1.3-1.6x faster per batch than the
 hash table on 1M- and 10M-node graphs (``benchmarks/results/sampler.md``)."""
-
-
-class _Scratch:
-    """Per-thread buffers reused across batches: fresh allocations of tens of
-    MB per layer cost page faults that showed up as ~30% of a batch."""
-
-    def __init__(self) -> None:
-        self.local_map: np.ndarray | None = None
-        # The id map's current stamp and an upper bound of the local ids given
-        # under it (see map_dst_kernel).
-        self.base = 1
-        self.used = 0
-        self._bufs: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, size: int, dtype: type, keep: int = 0) -> np.ndarray:
-        """A buffer of at least ``size`` items whose first ``keep`` items are
-        those of the previous buffer of that name (copied when it grows)."""
-        buf = self._bufs.get(name)
-        if buf is None or buf.shape[0] < size:
-            new = np.empty(max(size, 1024, int(1.25 * size)), dtype=dtype)
-            if keep and buf is not None:
-                new[:keep] = buf[:keep]
-            buf = self._bufs[name] = new
-        return buf
 
 
 def check_fanouts(fanouts: Sequence[int]) -> list[int]:
@@ -145,14 +121,29 @@ def check_fanouts(fanouts: Sequence[int]) -> list[int]:
     return [int(f) for f in out]
 
 
-def _checked(result: int) -> int:
-    """A kernel's count, or StoreFormatError when it found the topology leaving its bounds."""
-    if result < 0:
-        raise StoreFormatError(
-            "the store's topology is damaged: indptr/indices point outside the graph; "
-            "run `refresh-convert verify` on the store, or train with --verify-store"
+def _check_seeds(seeds, num_nodes: int) -> np.ndarray:
+    """``seeds`` as a private int64 copy, or InvalidIdsError saying what is wrong with them."""
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.cpu().numpy()
+    try:
+        s = np.asarray(seeds)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged or odd sequences
+        raise InvalidIdsError(f"seeds must be a 1-D integer array ({exc})") from None
+    if s.ndim != 1 or (s.size and not np.issubdtype(s.dtype, np.integer)):
+        raise InvalidIdsError(
+            f"seeds must be a 1-D integer array; got dtype {s.dtype!s} shape {s.shape!r}"
         )
-    return int(result)
+    # uint64 seeds past int64 would wrap to negatives below: refuse them as such.
+    if s.size and s.dtype.kind == "u" and int(s.max()) >= num_nodes:
+        raise InvalidIdsError(f"seeds must lie in [0, {num_nodes}); got max {int(s.max())!r}")
+    # A private copy: the batch's seed tensor must not alias the caller's
+    # array (or a read-only memmap, which torch.from_numpy rejects).
+    s = np.array(s, dtype=np.int64, copy=True)
+    if s.size and (int(s.min()) < 0 or int(s.max()) >= num_nodes):
+        raise InvalidIdsError(
+            f"seeds must lie in [0, {num_nodes}); got min {int(s.min())!r}, max {int(s.max())!r}"
+        )
+    return s
 
 
 class NeighborSampler:
@@ -330,28 +321,7 @@ class NeighborSampler:
             If ``batch_seed`` is negative,
             or ``prune`` returns an array of the wrong shape or dtype.
         """
-        if isinstance(seeds, torch.Tensor):
-            seeds = seeds.cpu().numpy()
-        try:
-            s = np.asarray(seeds)
-        except (ValueError, TypeError, OverflowError) as exc:  # ragged or odd sequences
-            raise InvalidIdsError(f"seeds must be a 1-D integer array ({exc})") from None
-        if s.ndim != 1 or (s.size and not np.issubdtype(s.dtype, np.integer)):
-            raise InvalidIdsError(
-                f"seeds must be a 1-D integer array; got dtype {s.dtype!s} shape {s.shape!r}"
-            )
-        # uint64 seeds past int64 would wrap to negatives below: refuse them as such.
-        if s.size and s.dtype.kind == "u" and int(s.max()) >= self.num_nodes:
-            raise InvalidIdsError(
-                f"seeds must lie in [0, {self.num_nodes}); got max {int(s.max())!r}"
-            )
-        # A private copy: the batch's seed tensor must not alias the caller's
-        # array (or a read-only memmap, which torch.from_numpy rejects).
-        s = np.array(s, dtype=np.int64, copy=True)
-        if s.size and (int(s.min()) < 0 or int(s.max()) >= self.num_nodes):
-            raise InvalidIdsError(
-                f"seeds must lie in [0, {self.num_nodes}); got min {int(s.min())!r}, max {int(s.max())!r}"
-            )
+        s = _check_seeds(seeds, self.num_nodes)
         if (
             isinstance(batch_seed, bool)
             or not isinstance(batch_seed, (int, np.integer))
@@ -377,12 +347,12 @@ class NeighborSampler:
             etype = None
             if self.edge_type is not None:
                 rel_fanouts = self._rel_fanouts[L - 1 - layer]
-                src, edge_index, etype = self._sample_layer_typed(
-                    sc, dst, rel_fanouts, lkey, mapped
+                src, edge_index, etype = sample_layer_typed(
+                    self, sc, dst, rel_fanouts, lkey, mapped
                 )
             else:
                 # The input block's sources are nobody's destinations: no CSC lookups.
-                src, edge_index = self._sample_layer(sc, dst, fanout, lkey, mapped, layer >= 1)
+                src, edge_index = sample_layer(self, sc, dst, fanout, lkey, mapped, layer >= 1)
             if src is None:
                 raise InvalidIdsError(
                     f"seeds must be distinct; {int(edge_index)!r} appears more than once"
@@ -396,7 +366,7 @@ class NeighborSampler:
             dst = src
             mapped = True
             if prune is not None and layer >= 1:
-                dst = self._apply_prune(prune, layer, src, block)
+                dst = apply_prune(prune, layer, src, block)
                 mapped = dst is src
             blocks[layer] = block
             layer_nodes[layer] = torch.from_numpy(src)
@@ -408,292 +378,8 @@ class NeighborSampler:
             batch_seed=bseed,
         )
 
-    def _scratch(self) -> _Scratch:
+    def _scratch(self) -> Scratch:
         sc = getattr(self._local, "scratch", None)
         if sc is None:
-            sc = self._local.scratch = _Scratch()
+            sc = self._local.scratch = Scratch()
         return sc
-
-    def _chunks(self, offsets: np.ndarray, n: int, total: int, parts: int) -> list[int]:
-        # Chunk bounds of about equal edge counts, so one hub-heavy chunk does
-        # not hold the others up.
-        cuts = np.searchsorted(offsets[: n + 1], np.linspace(0, total, parts + 1)[1:-1])
-        return [0, *np.unique(cuts).tolist(), n]
-
-    def _sample_layer(
-        self,
-        sc: _Scratch,
-        dst: np.ndarray,
-        fanout: int,
-        lkey: np.uint64,
-        mapped: bool,
-        expand: bool,
-    ):
-        n = dst.shape[0]
-        offsets = sc.get("offsets", n + 1, np.int64)
-        if not self._dense_map:
-            starts = sc.get("starts", n, np.int64)
-            degs = sc.get("degs", n, np.int64)
-            total = _checked(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
-            edge_index = np.empty((2, total), dtype=np.int64)
-            return self._relabel_hashed(sc, dst, offsets, starts, degs, lkey, total, edge_index)
-        if mapped:
-            # The previous block's relabelling left dst's CSC starts and
-            # degrees in slots 0..n-1 (and the id map giving dst[i] id i).
-            total = int(K.offsets_kernel(sc.get("degs", n, np.int64, keep=n), n, fanout, offsets))
-        else:
-            starts = sc.get("starts", n, np.int64)
-            degs = sc.get("degs", n, np.int64)
-            total = _checked(K.count_kernel(self.indptr, dst, fanout, offsets, starts, degs))
-        # Slots n .. n+total-1 receive the new sources (and their CSC lookups).
-        starts = sc.get("starts", n + total, np.int64, keep=n)
-        degs = sc.get("degs", n + total, np.int64, keep=n)
-        src_ids, num = self._map_destinations(sc, dst, n, total, mapped)
-        if num < 0:
-            return None, dst[-1 - num]
-        # Row 0 receives the neighbours' global ids, relabelled in place below.
-        edge_index = np.empty((2, total), dtype=np.int64)
-        if self._pool is None or n < 256:
-            K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, edge_index[0])
-            num = self._relabel(sc, 0, n, offsets, src_ids, edge_index, num, starts, degs, expand)
-        else:
-            num = self._parallel_sample_relabel(
-                sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
-            )
-        return src_ids[:num].astype(np.int64), edge_index
-
-    def _sample_layer_typed(
-        self, sc: _Scratch, dst: np.ndarray, rel_fanouts: np.ndarray, lkey: np.uint64, mapped: bool
-    ):
-        """One layer of per-relation sampling: ``(src, edge_index, edge_type)``.
-
-        Draws per (destination, relation) unit (``typed_sample_kernel``),
-        then relabels exactly as the homogeneous path does, with the units'
-        edges grouped per destination.
-        """
-        n = dst.shape[0]
-        R = self.num_relations
-        uoff = sc.get("t_offsets", n * R + 1, np.int64)
-        starts = sc.get("t_starts", n, np.int64)
-        degs = sc.get("t_degs", n, np.int64)
-        counts = sc.get("t_counts", n * R, np.int64)
-        total = _checked(
-            K.typed_count_kernel(
-                self.indptr, self.edge_type, dst, rel_fanouts, uoff, starts, degs, counts
-            )
-        )
-        edge_index = np.empty((2, total), dtype=np.int64)
-        etype = np.empty(total, dtype=np.int8)
-        args = (self.indices, self.edge_type, dst, starts, degs, counts, uoff, R, lkey)
-        if self._pool is None or n < 256:
-            K.typed_sample_kernel(*args, 0, n, edge_index[0], etype)
-        else:
-            noff = uoff[: n * R + 1 : R]
-            bounds = self._chunks(noff, n, total, self.num_threads * 8)
-            futs = [
-                self._pool.submit(K.typed_sample_kernel, *args, lo, hi, edge_index[0], etype)
-                for lo, hi in zip(bounds[:-1], bounds[1:])
-                if hi > lo
-            ]
-            for f in futs:
-                f.result()
-        # Edges per destination: the units of dst[i] are i*R .. i*R+R-1.
-        offsets = np.ascontiguousarray(uoff[: n * R + 1 : R])
-        if not self._dense_map:
-            src = sc.get("src", n + total, np.int64)
-            size = 1 << max(4, int(2 * (n + total)).bit_length())
-            keys = sc.get("keys", size, np.int64)[:size]
-            keys.fill(-1)
-            vals = sc.get("vals", size, np.int64)[:size]
-            shift = 64 - (size.bit_length() - 1)
-            num = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
-            if num < 0:
-                return None, dst[-1 - num], None
-            return self._in_range(src[:num].copy(), n), edge_index, etype
-        src_ids, num = self._map_destinations(sc, dst, n, total, mapped)
-        if num < 0:
-            return None, dst[-1 - num], None
-        unused = sc.get("t_unused", 1, np.int64)
-        num = self._relabel(sc, 0, n, offsets, src_ids, edge_index, num, unused, unused, False)
-        return src_ids[:num].astype(np.int64), edge_index, etype
-
-    def _map_destinations(
-        self, sc: _Scratch, dst: np.ndarray, n: int, total: int, mapped: bool
-    ) -> tuple[np.ndarray, int]:
-        """The source-id buffer with ``dst`` in its first ``n`` slots, and their count.
-
-        The id map stamps entries with ``sc.base + local id``; a block that
-        does not continue the previous one (``mapped`` False) takes a new
-        stamp above every value written so far, which drops all entries.
-        A negative count ``-1 - i`` names ``dst[i]`` outside the topology.
-        """
-        src_ids = sc.get("src_ids", n + total, np.int32, keep=n if mapped else 0)
-        if sc.local_map is None:
-            # Zero pages cost no RAM until written, and 0 is below every stamp.
-            sc.local_map = np.zeros(self.num_nodes, dtype=np.int32)
-        if not mapped:
-            sc.base += sc.used
-            sc.used = 0
-            if sc.base + n + total >= _STAMP_LIMIT:
-                sc.local_map.fill(0)
-                sc.base = 1
-        # Retire this block's ids before the kernels run, so that a failed
-        # call cannot leave valid-looking entries behind.
-        sc.used = max(sc.used, n + total)
-        if mapped:
-            return src_ids, n
-        return src_ids, int(K.map_dst_kernel(dst, sc.local_map, sc.base, src_ids))
-
-    def _relabel(self, sc, lo, hi, offsets, src_ids, edge_index, num, starts, degs, expand) -> int:
-        """Relabel destinations ``[lo, hi)``'s drawn neighbours (see ``relabel_kernel``)."""
-        return _checked(
-            K.relabel_kernel(
-                offsets,
-                lo,
-                hi,
-                sc.local_map,
-                sc.base,
-                src_ids,
-                edge_index,
-                num,
-                self.indptr,
-                starts,
-                degs,
-                expand,
-            )
-        )
-
-    def _parallel_sample_relabel(
-        self, sc, dst, starts, degs, offsets, lkey, total, src_ids, edge_index, num, expand
-    ) -> int:
-        # Workers draw chunks in order; this thread relabels chunk c as soon
-        # as it is drawn (relabelling is sequential: ids follow first
-        # appearance) and draws a chunk itself whenever the next one is not
-        # ready, so the relabelling overlaps the other chunks' draws.
-        n = dst.shape[0]
-        bounds = self._chunks(offsets, n, total, self.num_threads * 16)
-        P = len(bounds) - 1
-        lock = threading.Lock()
-        nxt = [0]
-        done = [threading.Event() for _ in range(P)]
-        failed: list[BaseException] = []
-        out = edge_index[0]
-
-        def take() -> int:
-            with lock:
-                c = nxt[0]
-                if c >= P or failed:
-                    return -1
-                nxt[0] = c + 1
-                return c
-
-        def draw(c: int) -> None:
-            try:
-                K.sample_kernel(
-                    self.indices, dst, starts, degs, offsets, lkey, bounds[c], bounds[c + 1], out
-                )
-            except BaseException as exc:  # re-raised below, after every chunk settled
-                failed.append(exc)
-                raise
-            finally:
-                done[c].set()
-
-        def worker() -> None:
-            while (c := take()) >= 0:
-                draw(c)
-
-        futs = [self._pool.submit(worker) for _ in range(self.num_threads - 1)]
-        try:
-            for c in range(P):
-                while not done[c].is_set():
-                    d = take()
-                    if d < 0:
-                        done[c].wait()
-                        break
-                    draw(d)
-                if failed:
-                    break
-                num = self._relabel(
-                    sc,
-                    bounds[c],
-                    bounds[c + 1],
-                    offsets,
-                    src_ids,
-                    edge_index,
-                    num,
-                    starts,
-                    degs,
-                    expand,
-                )
-        finally:
-            with lock:
-                nxt[0] = P  # stop the workers
-            for f in futs:
-                f.result()
-        return num
-
-    def _relabel_hashed(self, sc, dst, offsets, starts, degs, lkey, total, edge_index):
-        n = dst.shape[0]
-        nbr = edge_index[0]
-        if self._pool is None or n < 256:
-            K.sample_kernel(self.indices, dst, starts, degs, offsets, lkey, 0, n, nbr)
-        else:
-            bounds = self._chunks(offsets, n, total, self.num_threads * 8)
-            futs = [
-                self._pool.submit(
-                    K.sample_kernel, self.indices, dst, starts, degs, offsets, lkey, lo, hi, nbr
-                )
-                for lo, hi in zip(bounds[:-1], bounds[1:])
-                if hi > lo
-            ]
-            for f in futs:
-                f.result()
-        src = sc.get("src", n + total, np.int64)
-        size = 1 << max(4, int(2 * (n + total)).bit_length())
-        keys = sc.get("keys", size, np.int64)[:size]
-        keys.fill(-1)
-        vals = sc.get("vals", size, np.int64)[:size]
-        shift = 64 - (size.bit_length() - 1)
-        num_src = K.relabel_hash_kernel(dst, offsets, keys, vals, shift, src, edge_index)
-        if num_src < 0:
-            return None, dst[-1 - num_src]
-        return self._in_range(src[:num_src].copy(), dst.shape[0]), edge_index
-
-    def _in_range(self, src: np.ndarray, n_dst: int) -> np.ndarray:
-        # The hash relabelling reads no array at the sampled ids; a damaged
-        # store's out-of-range neighbours are caught here instead.
-        new = src[n_dst:]
-        if new.size and (int(new.min()) < 0 or int(new.max()) >= self.num_nodes):
-            _checked(-1)
-        return src
-
-    @staticmethod
-    def _apply_prune(prune: PruneFn, layer: int, src: np.ndarray, block: Block) -> np.ndarray:
-        # The hook gets a copy so it cannot corrupt the batch's id tensors.
-        ans = np.asarray(prune(layer, src.copy()))
-        if ans.shape != src.shape:
-            raise ValueError(
-                f"prune({layer}, ids) returned shape {ans.shape!r}; expected {src.shape!r} "
-                "(one entry per id)"
-            )
-        if ans.dtype == np.bool_:
-            cached = ans
-            rows = None
-        elif np.issubdtype(ans.dtype, np.integer):
-            cached = ans >= 0
-            rows = ans
-        else:
-            raise ValueError(
-                f"prune({layer}, ids) returned dtype {ans.dtype!s}; expected bool (True = cached) "
-                "or integer history rows (-1 = not cached)"
-            )
-        if not cached.any():
-            return src
-        cached_pos = np.flatnonzero(cached)
-        computed_pos = np.flatnonzero(~cached)
-        block.cached_pos = torch.from_numpy(cached_pos)
-        block.computed_pos = torch.from_numpy(computed_pos)
-        block.cached_ids = torch.from_numpy(src[cached_pos])
-        if rows is not None:
-            block.cached_rows = torch.from_numpy(rows[cached_pos].astype(np.int64))
-        return np.ascontiguousarray(src[computed_pos])

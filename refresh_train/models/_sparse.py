@@ -56,7 +56,7 @@ _CACHE_ATTR = "_sparse_cache"
 
 # torch warns once per process that CSR support is "beta"; the operations used
 # here (CSR @ dense, sampled_addmm) are checked against edge-wise message
-# passing by tests/refresh_train/test_models_sparse.py.
+# passing by tests/refresh_train/models/test_models_sparse.py.
 warnings.filterwarnings(
     "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
 )

@@ -11,7 +11,7 @@ below. The training chain of ``--cache raw`` is
 and ``--cache none`` is the same chain with ``K = 0`` and no host caching,
 so every row comes from disk and still travels through the same staging and
 transfer path. A new tier or policy is a new class that passes the contract
-test in ``tests/refresh_train/test_tiers.py``.
+test in ``tests/refresh_train/tiers/test_tiers.py``.
 
 Which chain a run uses is decided by its cache mode (``--cache``), see
 :mod:`refresh_train.modes`.

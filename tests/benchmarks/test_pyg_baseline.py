@@ -21,14 +21,6 @@ import _pyg_baseline as pb  # noqa: E402
 from refresh_store.writer import write_store  # noqa: E402
 
 
-@pytest.fixture
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_graph(num_nodes: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """CSC with the corner cases: isolated nodes, a self-loop, a node of huge in-degree."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 import refresh_train.sampler as sampler_mod
+from refresh_train._sampler_relabel import STAMP_LIMIT
 from refresh_train.sampler import (
     NeighborSampler,
     batch_seed,
@@ -21,14 +22,7 @@ from refresh_train.sampler import (
     num_batches,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny tensors: a second OpenMP thread only spins on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def csc(num_nodes: int, src, dst, indices_dtype=np.int64):
@@ -97,14 +91,6 @@ def check_structure(mb, seeds, indptr, indices, fanouts):
             else:
                 assert np.unique(got).shape[0] == want, "no replacement"
                 assert set(got.tolist()) <= set(true.tolist())
-
-
-@pytest.fixture(params=[pytest.param(True, id="dense_map"), pytest.param(False, id="hash_map")])
-def relabel(request, monkeypatch):
-    """Run a test with both relabelling paths (dense id map and hash table)."""
-    if not request.param:
-        monkeypatch.setattr(sampler_mod, "DENSE_MAP_MAX_NODES", 0)
-    return request.param
 
 
 @pytest.mark.parametrize(
@@ -452,7 +438,7 @@ def test_id_map_is_never_cleared_yet_exact(wrap):
     s.sample(np.array([3, 9]), 0)  # scratch sized for a tiny batch
     sc = s._scratch()
     if wrap:
-        sc.base = sampler_mod._STAMP_LIMIT - 50
+        sc.base = STAMP_LIMIT - 50
     for b, size in enumerate([300, 40, 300, 1200]):
         seeds = rng.choice(2900, size, replace=False)
         got = s.sample(seeds, b)

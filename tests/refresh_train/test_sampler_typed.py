@@ -11,12 +11,7 @@ from refresh_train.sampler import NeighborSampler
 R = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def typed_graph(n: int = 300, seed: int = 0):

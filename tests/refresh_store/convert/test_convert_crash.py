@@ -28,7 +28,7 @@ from refresh_store.synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "convert.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "tools" / "convert.py"
 
 
 def run_cli(

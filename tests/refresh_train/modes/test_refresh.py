@@ -23,7 +23,6 @@ import pytest
 import torch
 from _planted import planted_store
 
-import refresh_train.sampler as sampler_mod
 from refresh_train.checkpoint import CHECKPOINT_NAME
 from refresh_train.cli import config_from_args, main
 from refresh_train.config import (
@@ -76,13 +75,7 @@ NUM_NODES = 1000
 BATCH = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny models: a second OpenMP thread only spins on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")
@@ -242,13 +235,6 @@ def corner_graph():
 def _table_row(layer, ids):
     """The history row a fake table keeps node ``ids`` of ``layer`` at."""
     return ids * 3 + layer
-
-
-@pytest.fixture(params=[pytest.param(True, id="dense_map"), pytest.param(False, id="hash_map")])
-def relabel(request, monkeypatch):
-    if not request.param:
-        monkeypatch.setattr(sampler_mod, "DENSE_MAP_MAX_NODES", 0)
-    return request.param
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,7 @@ from refresh_train.models import RELATIONAL_MODELS, build_model
 R = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def tiny_block(seed: int = 0, num_src: int = 9, num_dst: int = 4, edges: int = 20) -> Block:

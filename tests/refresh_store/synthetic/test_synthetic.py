@@ -16,7 +16,7 @@ import pytest
 
 from refresh_store.synthetic import INFO_FILE, LAYOUTS, dataset_dir, make_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -235,18 +235,6 @@ def test_homophily_sets_intra_community_edges(tmp_path):
     chance = float(np.sum(sizes**2))
     assert abs(fractions[0] - chance) < 0.03
     assert abs(fractions[1] - (0.9 + 0.1 * chance)) < 0.03
-
-
-@pytest.fixture
-def one_torch_thread():
-    # Small sparse products run ~20x slower on 2 threads when the cores are
-    # shared with other jobs (spinning workers); one thread is steady.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_gnn_beats_mlp_on_planted_task(tmp_path, one_torch_thread):

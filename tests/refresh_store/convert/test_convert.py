@@ -588,7 +588,7 @@ def test_script_exits_2_without_traceback(tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[2] / "tools" / "convert.py"
+    script = Path(__file__).resolve().parents[3] / "tools" / "convert.py"
     res = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "nothing"), str(tmp_path / "dst")],
         capture_output=True,

@@ -36,14 +36,7 @@ def planted(n=300, d=8, classes=3, deg=10, signal=0.5, seed=0):
     return indptr, src[order].astype(np.int64), torch.from_numpy(x), torch.from_numpy(y)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # These tensors are tiny; on a loaded 2-core machine a second OpenMP
-    # thread only spins (measured 20-40x slower steps), so run them serially.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")
