@@ -209,6 +209,7 @@ class Trainer:
         )
         self.row_bytes = store.region("features").row_bytes
         self.labels = np.asarray(store.labels, dtype=np.int64)
+        _check_split_labels(config, store, self.labels)
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> None:
@@ -502,6 +503,36 @@ def _check_store(config: TrainConfig, store: Any) -> None:
             f"store {config.store!r} fails verification: {report.failures[0]}{more}; run "
             "`refresh-convert verify` on it for the full report, or reconvert it"
         )
+
+
+def _check_split_labels(config: TrainConfig, store: Any, labels: np.ndarray) -> None:
+    """Refuse labels of split nodes outside ``[-1, num_classes)``.
+
+    The fast verify samples checksums, which a hand-made store can recompute;
+    a training label past the output layer would stop the run in the loss with
+    a traceback, an evaluation label would score silently wrong. Split nodes
+    only: that is what the run reads, and it is cheap at any scale.
+
+    Raises
+    ------
+    StoreFormatError
+        One line naming the store, the split, the node and its label.
+    """
+    from refresh_store.errors import StoreFormatError
+
+    for split in ("train_idx", "valid_idx", "test_idx"):
+        ids = np.asarray(getattr(store, split), dtype=np.int64)
+        if not len(ids):
+            continue
+        got = labels[ids]
+        bad = np.flatnonzero((got < -1) | (got >= store.num_classes))
+        if len(bad):
+            node, value = int(ids[bad[0]]), int(got[bad[0]])
+            raise StoreFormatError(
+                f"store {config.store!r}: labels[{node}] = {value} (a {split[:-4]} node) is "
+                f"outside [-1, {store.num_classes}) ({len(bad):,} such {split[:-4]} labels); "
+                "run `refresh-convert verify` on it, or reconvert it"
+            )
 
 
 def _plain(value: Any) -> Any:

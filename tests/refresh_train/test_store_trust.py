@@ -125,3 +125,28 @@ def test_store_claiming_2e40_classes_is_refused_before_the_model_is_built(tmp_pa
     assert main(["--store", str(tmp_path / "s"), *_TRAIN.split()]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "classes" in err
+
+
+@pytest.mark.parametrize("split", ["train_idx", "test_idx"])
+def test_a_split_label_past_the_classes_is_refused_in_one_line(tmp_path, capsys, split):
+    """Checksums a store's maker recomputed pass the fast verify; the labels a run
+    reads are checked against the classes before any step (training: a traceback
+    in the loss; evaluation: a silently wrong score)."""
+    from _planted import planted_arrays
+
+    from refresh_store.writer import write_store
+
+    arrays = planted_arrays(num_nodes=600)
+    node = int(arrays[split][3])
+    arrays["labels"] = arrays["labels"].copy()
+    arrays["labels"][node] = 99
+    path = tmp_path / "s"
+    write_store(path, num_classes=4, **arrays)
+    assert verify_store_fast(path).ok  # consistent checksums: the sample cannot tell
+    metrics = tmp_path / "m.jsonl"
+    argv = ["--store", str(path), "--metrics-out", str(metrics), *_TRAIN.split()]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"labels[{node}] = 99 (a {split[:-4]} node) is outside [-1, 4)" in err
+    assert not metrics.exists()
