@@ -351,7 +351,8 @@ def summarize(name: str, what: str, records: list[dict[str, Any]], extra: dict[s
         "epoch_time_median_s": _median(records, "epoch_time_s"),
         "batches_per_s_median": _median(records, "batches_per_s"),
         "sample_s_median": _median(records, "sample_s"),
-        "fetch_s_median": _median(records, "fetch_s"),
+        # Getting the features: staging the lookahead windows plus fetching.
+        "fetch_s_median": statistics.median(r["fetch_s"] + r.get("stage_s", 0.0) for r in records),
         "compute_s_median": _median(records, "compute_s"),
         "bytes_device": last["bytes_device"],
         "bytes_host": last["bytes_host"],

@@ -5,10 +5,10 @@ One record (a flat dict) per epoch. Keys every record has:
 ========================  ====================================================
 ``epoch``                 1-based epoch number
 ``epoch_time_s``          wall time of the training pass
-``sample_s``, ``fetch_s`` busy time of the sampling / fetching stages (run in
-                          background threads, so they overlap with compute)
-``stage_s``               the part of ``fetch_s`` spent reading lookahead
-                          windows (``--lookahead``)
+``sample_s``, ``stage_s``, busy time of the sampling, staging (reading the
+``fetch_s``               lookahead windows, ``--lookahead``) and fetching stages
+                          (background threads that overlap with compute; with
+                          ``--prefetch 0`` they run in turn)
 ``data_wait_s``           time compute waited for the next batch
 ``compute_s``             forward + backward + optimiser step
 ``train_loss``            mean cross-entropy over the epoch's seeds
@@ -206,6 +206,7 @@ TABLE_COLUMNS: Sequence[tuple[str, str]] = (
     ("epoch", "epoch"),
     ("epoch_time_s", "time s"),
     ("sample_s", "sample s"),
+    ("stage_s", "stage s"),
     ("fetch_s", "fetch s"),
     ("data_wait_s", "wait s"),
     ("compute_s", "compute s"),

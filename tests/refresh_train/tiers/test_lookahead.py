@@ -551,7 +551,7 @@ def test_lookahead_does_not_change_training(train_store):
             assert a[key] == b[key], key
         assert "stage_s" in a and "stage_s" in b
         assert a["stage_s"] == 0.0 and b["stage_s"] > 0
-        assert b["fetch_s"] >= b["stage_s"]
+        assert a["fetch_s"] > 0 and b["fetch_s"] > 0  # each stage's own busy time
         assert a["host_staged_rows"] == 0 and b["host_staged_rows"] > 0
     for k in ref_state:
         assert torch.equal(ref_state[k], state[k]), k
