@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from refresh_train import _sampler_kernels as K
+from refresh_train import sampler_kernels as K
 from refresh_train._sampler_relabel import (
     Scratch,
     checked,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from refresh_store.errors import StoreFormatError
-from refresh_train import _sampler_kernels as K
+from refresh_train import sampler_kernels as K
 
 # Stamps (id map values) stay below this; reaching it clears the map once
 # (about every 2**31 / ids-per-batch batches).

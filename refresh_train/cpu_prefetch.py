@@ -1,6 +1,6 @@
 """A CPU cache prefetch hint for Numba kernels.
 
-Shared by the sampler's kernels (:mod:`refresh_train._sampler_kernels`) and
+Shared by the sampler's kernels (:mod:`refresh_train.sampler_kernels`) and
 the tiers' row-copy kernels (:mod:`refresh_train.tiers._copy_kernels`): both
 read rows at random, and asking for them some iterations ahead keeps many
 cache and TLB misses in flight instead of one at a time.

@@ -64,7 +64,7 @@ from numpy.typing import NDArray
 
 from refresh_store.errors import InvalidIdsError
 from refresh_store.store import drop_resident_pages
-from refresh_train import _sampler_kernels as K
+from refresh_train import sampler_kernels as K
 from refresh_train._sampler_layers import sample_layer, sample_layer_typed
 from refresh_train._sampler_prune import PruneFn, apply_prune
 from refresh_train._sampler_relabel import Scratch
@@ -201,7 +201,7 @@ class NeighborSampler:
     ``num_nodes <= DENSE_MAP_MAX_NODES`` (else a hash table sized to its
     largest batch). The map is never cleared between batches: its entries
     carry a stamp, and each new mapping starts above every stamp written
-    before (see ``_sampler_kernels.map_dst_kernel``).
+    before (see ``sampler_kernels.map_dst_kernel``).
     """
 
     def __init__(
