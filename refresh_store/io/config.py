@@ -86,6 +86,16 @@ class IOConfig:
         Bound on the output bytes of batches :meth:`IOScheduler.submit` has
         accepted and not finished; ``submit`` blocks beyond it (a single
         larger batch is still accepted when nothing else is in flight).
+    read_retries
+        How many more times a batch's reads are tried after a read failed
+        with an error that may pass (``EIO``, ``EINTR``, ``EAGAIN``,
+        ``EBUSY``, ``ETIMEDOUT``: a disk or a network file system that
+        hiccups). A read that hits the end of the file (a truncated store) or
+        fails with any other error is not retried. 0 = never retry.
+    retry_backoff_s
+        Wait before the first retry; it doubles at each further one
+        (10 + 20 + 40 ms by default), so a persistent error stops a run
+        within a fraction of a second.
     """
 
     mode: str = "auto"
@@ -95,6 +105,8 @@ class IOConfig:
     max_gap_bytes: int = 8 << 10  # 8 KiB
     max_read_bytes: int = 1 << 20  # 1 MiB
     prefetch_bytes: int = 256 << 20  # 256 MiB
+    read_retries: int = 3
+    retry_backoff_s: float = 0.01
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -107,10 +119,20 @@ class IOConfig:
             ("max_gap_bytes", 0),
             ("max_read_bytes", 1),
             ("prefetch_bytes", 1),
+            ("read_retries", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"IOConfig.{name} must be an integer >= {low}, got {value!r}")
+        backoff = self.retry_backoff_s
+        if (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, (int, float))
+            or not (0 <= backoff <= 60)
+        ):
+            raise ValueError(
+                f"IOConfig.retry_backoff_s must be a number of seconds in [0, 60], got {backoff!r}"
+            )
         b = self.block_bytes
         if b and (b < 512 or b & (b - 1)):
             raise ValueError(

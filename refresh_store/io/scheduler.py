@@ -57,6 +57,7 @@ Example
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import threading
@@ -89,7 +90,18 @@ if TYPE_CHECKING:
 
 __all__ = ["ENGINES", "MODES", "IOConfig", "IOScheduler"]
 
-_STAT_KEYS = ("batches", "rows_requested", "rows_unique", "bytes_read", "read_calls", "seconds")
+_STAT_KEYS = (
+    "batches",
+    "rows_requested",
+    "rows_unique",
+    "bytes_read",
+    "read_calls",
+    "read_retries",
+    "seconds",
+)
+# Read errors that may pass, so a batch's reads are tried again
+# (IOConfig.read_retries); any other error, or the end of the file, is final.
+_TRANSIENT_ERRNOS = frozenset((errno.EIO, errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT))
 
 
 def _is_torch_tensor(x: Any) -> bool:
@@ -477,6 +489,21 @@ class IOScheduler:
             s["seconds"] += seconds
 
     def _run_reads(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
+        # Reading a batch again is harmless: every row is scattered anew, so
+        # rows a failed attempt left half-written are overwritten.
+        retries = self.config.read_retries
+        for attempt in range(retries + 1):
+            err = self._try_reads(plan, out_u8)
+            if err is None:
+                return
+            if attempt == retries or int(err[2]) not in _TRANSIENT_ERRNOS:
+                self._raise_read_error(plan, err, attempt + 1)
+            with self._lock:
+                self._stats["read_retries"] += 1
+            time.sleep(self.config.retry_backoff_s * (1 << attempt))
+
+    def _try_reads(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> NDArray[np.int64] | None:
+        """One attempt at every read of ``plan``; the ``err`` of a failed read, or ``None``."""
         if self.engine == "aio":
             err = np.zeros(3, np.int64)
             with self._aio_lock:  # one set of AIO buffers
@@ -484,9 +511,9 @@ class IOScheduler:
                     self._aio_sysno, self._fd, self._aio_buffers(), *plan.read_args(), out_u8, err
                 )
             if status == -1:
-                self._raise_read_error(plan, err)
+                return err
             if status == 0:
-                return
+                return None
             # -2: no AIO context now (the system's aio-max-nr is shared by all
             # processes); this batch goes through the threads instead.
         args = plan.read_args()[1:]
@@ -495,9 +522,7 @@ class IOScheduler:
             buf = self._thread_buffer()  # the worker thread's own
             return kernels.pread_scatter(self._fd, buf, first, end, *args, out_u8, err)
 
-        err = self._fan_out(plan.n_reads, task)
-        if err is not None:
-            self._raise_read_error(plan, err)
+        return self._fan_out(plan.n_reads, task)
 
     def _fan_out(
         self, n_reads: int, task: Callable[[int, int, NDArray[np.int64]], int]
@@ -530,19 +555,30 @@ class IOScheduler:
             self._aio_bufs = flat.reshape(depth, slot)
         return self._aio_bufs
 
-    def _raise_read_error(self, plan: _Plan, err: NDArray[np.int64]) -> None:
-        r, got, errno = (int(v) for v in err)
+    def _raise_read_error(self, plan: _Plan, err: NDArray[np.int64], attempts: int = 1) -> None:
+        r, got, code = (int(v) for v in err)
+        tries = f" (tried {attempts} times)" if attempts > 1 else ""
+        offset = None
         if r < 0:  # waiting for completions failed
-            exc = IOSchedulerError(f"reading {self.path!r} failed: {os.strerror(errno)}")
-        else:
-            start, need = int(plan.read_start[r]), int(plan.read_need[r])
-            why = os.strerror(errno) if errno else "end of file"
+            exc = IOSchedulerError(f"reading {self.path!r} failed{tries}: {os.strerror(code)}")
+        elif code:
+            offset = int(plan.read_start[r])
             exc = IOSchedulerError(
-                f"short read of {self.path!r}: expected at least {need} bytes at offset "
-                f"{start}, got {got} ({why}); the file was truncated or damaged while in "
-                "use — no rows were returned"
+                f"reading {self.path!r} failed at byte offset {offset} "
+                f"({int(plan.read_need[r])} bytes){tries}: {os.strerror(code)} "
+                f"[errno {code}]; check the disk (dmesg) — no rows were returned"
             )
-        exc.errno = errno or None
+        else:
+            offset = int(plan.read_start[r])
+            exc = IOSchedulerError(
+                f"short read of {self.path!r}: expected at least {int(plan.read_need[r])} bytes "
+                f"at offset {offset}, got {got} (end of file); the file was truncated or "
+                "damaged while in use — no rows were returned"
+            )
+        exc.errno = code or None
+        # Not OSError's filename: set after construction, it would replace the message.
+        exc.path = self.path
+        exc.offset = offset
         raise exc
 
     def _run_mapped(self, plan: _Plan, out_u8: NDArray[np.uint8]) -> None:
