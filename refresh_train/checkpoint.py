@@ -28,6 +28,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "CheckpointWriteError",
     "save_checkpoint",
     "load_checkpoint",
     "atomic_torch_save",
@@ -41,6 +42,29 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(RefreshError, ValueError):
     """A checkpoint is missing, damaged, or belongs to a different run."""
+
+
+class CheckpointWriteError(RefreshError):
+    """A checkpoint could not be written (a full disk, say); the previous one is intact."""
+
+
+class _Writes:
+    """The file ``torch.save`` writes to, keeping the first write error:
+    torch reports it as a ``RuntimeError`` that no longer says why."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -125,15 +149,33 @@ def atomic_torch_save(path: str | Path, payload: dict[str, Any]) -> Path:
     """``torch.save`` to ``path.partial``, fsync, rename over ``path``, fsync the directory.
 
     A crash at any moment leaves either the old file or the new one.
+
+    Raises
+    ------
+    CheckpointWriteError
+        Writing failed (``ENOSPC``, ``EIO``, ...): ``path.partial`` is removed
+        (it would hold the space a retry needs) and ``path`` is untouched.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".partial")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    writes = None
+    try:
+        with open(tmp, "wb") as f:
+            writes = _Writes(f)
+            torch.save(payload, writes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        cause = writes.error if writes is not None and writes.error is not None else exc
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        kept = "the previous one is intact" if final.exists() else "there was none before"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {str(final)!r}: {why}; {kept} — free space on its disk "
+            "and continue with --resume"
+        ) from exc
     _fsync_dir(final.parent)
     return final
 

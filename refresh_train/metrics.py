@@ -41,9 +41,12 @@ from typing import Any
 
 import psutil
 
+from refresh_store.errors import RefreshError
+
 __all__ = [
     "RssMonitor",
     "JsonlWriter",
+    "MetricsWriteError",
     "read_jsonl",
     "format_table",
     "hit_rates",
@@ -51,6 +54,10 @@ __all__ = [
     "TABLE_COLUMNS",
     "merge_records",
 ]
+
+
+class MetricsWriteError(RefreshError):
+    """The metrics file could not be written (a full disk, say); what it held is intact."""
 
 
 class RssMonitor:
@@ -147,21 +154,47 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if records is not None:
             tmp = self.path.with_name(self.path.name + ".partial")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    for r in records:
+                        f.write(json.dumps(r, sort_keys=True) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise self._error(exc, "it is as it was") from exc
         else:
             self.path.write_text("", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as one line."""
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append ``record`` as one line.
+
+        Raises
+        ------
+        MetricsWriteError
+            The line could not be written whole (a full disk, say); the file
+            is cut back to the lines before it.
+        """
+        size = self.path.stat().st_size
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            # A partial line would make the whole file unreadable as JSON lines.
+            kept = "its earlier lines are intact"
+            try:
+                os.truncate(self.path, size)
+            except OSError:
+                kept = f"its last line may be cut: keep its first {size} bytes"
+            raise self._error(exc, kept) from exc
+
+    def _error(self, exc: OSError, kept: str) -> MetricsWriteError:
+        return MetricsWriteError(
+            f"cannot write metrics file {str(self.path)!r}: {exc.strerror or exc}; {kept}"
+        )
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
