@@ -370,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefreshError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # The trainer's TrainingInterrupted says what it saved for --resume.
+        print(f"{PROG}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     return 0

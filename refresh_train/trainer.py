@@ -13,6 +13,11 @@ batch through its own loader and caches, the model is wrapped in
 ``DistributedDataParallel``, evaluation is sharded, records are summed over
 the ranks, and only rank 0 writes metrics and checkpoints.
 
+A run stops early without losing its work (:mod:`refresh_train.stopping`):
+Ctrl-C at the end of the current batch, a failed read of the store or a full
+disk in one line; a mid-epoch checkpoint lets ``--resume`` continue with the
+next batch to the result of an uninterrupted run.
+
 Everything that depends on ``--cache`` goes through the
 :class:`~refresh_train.modes.CacheMode` hooks (``sample``, ``max_ahead``,
 ``stage``, ``fetch``, ``forward``, ``after_step``, ``end_epoch``,
@@ -30,6 +35,8 @@ from __future__ import annotations
 import random
 import sys
 import time
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,25 +45,34 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from refresh_store.errors import RefreshError
 from refresh_store.store import open_store
 
 from . import distributed as ddp
 from .batch import MiniBatch
-from .checkpoint import CheckpointError, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    CheckpointWriteError,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import ConfigError, TrainConfig, check_model_store
 from .distributed import DistContext
-from .epoch import batch_seed, epoch_batches
+from .epoch import batch_seed, epoch_batches, num_batches
 from .evaluate import evaluate
 from .loader import BatchLoader
 from .memory_fit import fit_memory
-from .metrics import JsonlWriter, RssMonitor, format_table, hit_rates
+from .metrics import JsonlWriter, MetricsWriteError, RssMonitor, format_table, hit_rates
 from .models import build_model, model_options, sampler_options
 from .modes import CACHE_MODES
 from .predict import predict_split, resolve_target
 from .sampler import NeighborSampler
+from .stopping import EpochProgress, SigintLatch, TrainingInterrupted, TrainingStopped
 from .tiers import resolve_device
 
-__all__ = ["Trainer", "train", "RESUME_KEYS"]
+__all__ = ["Trainer", "train", "RESUME_KEYS", "TrainingInterrupted", "TrainingStopped"]
 
 #: Settings a resumed run must share with the run that wrote the checkpoint.
 RESUME_KEYS = (
@@ -122,6 +138,10 @@ class Trainer:
         self.epochs_done = 0
         self.step = 0
         self._shares: list[ddp.BatchShare] = []
+        # A resumed partial epoch, and the last epoch's sums before evaluation.
+        self._resumed: EpochProgress | None = None
+        self._trained: EpochProgress | None = None
+        self._sigint = SigintLatch()
         if config.resume:
             ddp.agree(dist, self._resume)
         self.trained_model: torch.nn.Module = self.model
@@ -237,6 +257,16 @@ class Trainer:
         self.records = list(state["records"])
         self.epochs_done = int(state["epoch"])
         self.step = int(state["extra"].get("step", 0))
+        mid = state["extra"].get("mid_epoch")
+        if mid is not None:
+            self._resumed = EpochProgress.from_state(mid)
+            if self._resumed.epoch != self.epochs_done or self.dist is not None:
+                raise CheckpointError(
+                    f"checkpoint in {directory!r} stopped in epoch {self._resumed.epoch + 1} "
+                    f"after {self.epochs_done} finished epochs"
+                    + (" and resumes only in one process" if self.dist is not None else "")
+                    + "; start a new run without --resume"
+                )
         if self.dist is None:
             rng, cache_state = state["rng"], state["extra"].get("cache", {})
         else:
@@ -265,11 +295,12 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True)
         return batch
 
-    def make_loader(self, epoch: int) -> BatchLoader:
-        """The loader of epoch ``epoch`` (0-based) of this run."""
+    def make_loader(self, epoch: int, start: int = 0) -> BatchLoader:
+        """The loader of epoch ``epoch`` (0-based) of this run, from its batch ``start`` on."""
         cfg = self.config
         parts = list(epoch_batches(self.store.train_idx, cfg.batch_size, cfg.seed, epoch))
         seeds = [batch_seed(epoch, i) for i in range(len(parts))]
+        parts, seeds = parts[start:], seeds[start:]
         if self.dist is not None:
             # This rank's share of each global batch, sampled with the global batch's seed.
             parts, self._shares = ddp.shard_epoch(parts, self.labels, self.rank, self.world)
@@ -292,17 +323,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """One pass over the training nodes; the record's training part."""
+        """One pass over the training nodes; the record's training part.
+
+        Raises
+        ------
+        TrainingStopped
+            A batch could not be loaded (a read of the store failed); the
+            steps done so far are saved first (see :mod:`refresh_train.stopping`).
+        TrainingInterrupted
+            SIGINT: stopped after the batch it came in, saved the same way.
+        """
         cfg = self.config
         self.cache.reset_stats()
-        loader = self.make_loader(epoch)
+        done = self._resumed if self._resumed is not None else EpochProgress(epoch, 0)
+        self._resumed = None
+        start = done.batches_done
+        loader = self.make_loader(epoch, start)
         self.model.train()
         compute_s = 0.0
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
+        loss_sum = torch.tensor(done.loss_sum, dtype=torch.float64, device=self.device)
+        correct = torch.tensor(done.correct, dtype=torch.int64, device=self.device)
+        seen = done.seen
+        i = 0  # batches of this call done
+
+        def progress() -> EpochProgress:
+            return EpochProgress(
+                epoch, start + i, float(loss_sum.item()), int(correct.item()), seen
+            )
+
         bar = tqdm(
-            total=len(loader),
+            total=start + len(loader),
+            initial=start,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
             disable=None if (cfg.progress and self.is_main) else True,  # None: only on a TTY
@@ -310,13 +361,20 @@ class Trainer:
             file=sys.stderr,
         )
         t_epoch = time.perf_counter()
+        batches = iter(loader)
         try:
-            # No enumerate(): it keeps the last item while it asks for the next, and a
-            # batch must be gone before the serial loader fetches the next one into
-            # the buffer the memory plan counted once.
-            batches = iter(loader)
-            for i in range(len(loader)):
-                batch = next(batches)
+            # Each batch is deleted before the next is asked for: the serial loader
+            # fetches the next one into the buffer the memory plan counted once.
+            while True:
+                try:
+                    batch = next(batches, None)
+                except (RefreshError, OSError) as exc:
+                    if self.dist is not None:
+                        raise
+                    # A stage failed (a read of the store): the steps before are whole.
+                    raise TrainingStopped(f"{exc}; {self._save_progress(progress())}") from exc
+                if batch is None:
+                    break
                 t0 = time.perf_counter()
                 if self.device.type == "cuda" and batch.features is not None:
                     # Made on the tiers' stream; keep it alive until this stream is done.
@@ -339,6 +397,7 @@ class Trainer:
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
                 seen += n
                 del batch, logits, labels, loss
+                i += 1
                 compute_s += time.perf_counter() - t0
                 bar.update(1)
                 if cfg.progress:
@@ -346,8 +405,14 @@ class Trainer:
                     bar.set_postfix(
                         {f"hit_{k}": f"{v:.0%}" for k, v in rates.items()}, refresh=False
                     )
+                if self._sigint.requested:
+                    raise TrainingInterrupted(self._save_progress(progress()))
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops the loader's threads now, not when the frame is collected
             bar.close()
+        self._trained = progress()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         epoch_time = time.perf_counter() - t_epoch
@@ -398,30 +463,24 @@ class Trainer:
         return ddp.merge_over_ranks(out, self.dist)
 
     def run(self) -> list[dict[str, Any]]:
-        """Train until ``config.epochs`` epochs are done; every epoch's record."""
+        """Train until ``config.epochs`` epochs are done; every epoch's record.
+
+        Raises
+        ------
+        TrainingStopped
+            A read of the store failed, or writing a checkpoint or the metrics
+            file did; the message says what the checkpoint directory holds.
+        TrainingInterrupted
+            SIGINT (single process): stopped at the end of a batch, saved.
+        """
         cfg = self.config
-        for epoch in range(self.epochs_done, cfg.epochs):
-            self.rss.reset()
-            record = self.train_epoch(epoch)
-            last = epoch + 1 == cfg.epochs
-            if last or (epoch + 1) % cfg.eval.every_epochs == 0:
-                record.update(self.evaluate())
-            else:
-                record.update({"valid_acc": None, "test_acc": None})
-            record["peak_rss_bytes"] = ddp.max_over_ranks(self.rss.peak(), self.dist)
-            record["cache"] = cfg.tiers.cache
-            if not self._plan_recorded:  # the first record of this run (or resumed run)
-                record["memory_plan"] = self.plan.to_dict()
-                record["memory_fit"] = list(self.fit_changes)  # defaults lowered to fit
-                self._plan_recorded = True
-            self.records.append(record)
-            self.epochs_done = epoch + 1
-            if cfg.checkpoint_dir is not None:
-                self._save_checkpoint()
-            if self.metrics is not None:
-                self.metrics.write(record)
-            if cfg.progress and self.is_main:
-                print(format_table(self.records), flush=True)
+        # Under torchrun every rank must stop at the same step: SIGINT keeps
+        # its usual meaning there.
+        with self._sigint if self.dist is None else nullcontext():
+            for epoch in range(self.epochs_done, cfg.epochs):
+                self._run_epoch(epoch)
+                if self._sigint.requested and epoch + 1 < cfg.epochs:
+                    raise TrainingInterrupted(self._saved_at_epoch_end())
         if self.predict_target is not None:
             self.prediction = predict_split(self, self.predict_target)
             if cfg.progress:
@@ -434,8 +493,87 @@ class Trainer:
                 )
         return self.records
 
-    def _save_checkpoint(self) -> None:
-        """The checkpoint of the epochs done so far (under DDP, every rank's part)."""
+    def _run_epoch(self, epoch: int) -> None:
+        cfg = self.config
+        self.rss.reset()
+        record = self.train_epoch(epoch)
+        last = epoch + 1 == cfg.epochs
+        if last or (epoch + 1) % cfg.eval.every_epochs == 0:
+            try:
+                record.update(self.evaluate())
+            except (RefreshError, OSError) as exc:
+                if self.dist is not None or self._trained is None:
+                    raise
+                raise TrainingStopped(f"{exc}; {self._save_progress(self._trained)}") from exc
+        else:
+            record.update({"valid_acc": None, "test_acc": None})
+        record["peak_rss_bytes"] = ddp.max_over_ranks(self.rss.peak(), self.dist)
+        record["cache"] = cfg.tiers.cache
+        if not self._plan_recorded:  # the first record of this run (or resumed run)
+            record["memory_plan"] = self.plan.to_dict()
+            record["memory_fit"] = list(self.fit_changes)  # defaults lowered to fit
+            self._plan_recorded = True
+        self.records.append(record)
+        self.epochs_done = epoch + 1
+        if cfg.checkpoint_dir is not None:
+            try:
+                self._save_checkpoint()
+            except CheckpointWriteError as exc:
+                raise TrainingStopped(f"{exc} (it repeats epoch {epoch + 1})") from exc
+        if self.metrics is not None:
+            try:
+                self.metrics.write(record)
+            except MetricsWriteError as exc:
+                saved = (
+                    f"the checkpoint of epoch {epoch + 1} holds its record: --resume writes "
+                    "the file again from it"
+                    if cfg.checkpoint_dir is not None
+                    else "no --checkpoint-dir, so the run cannot continue"
+                )
+                raise TrainingStopped(f"{exc}; {saved}") from exc
+        if cfg.progress and self.is_main:
+            print(format_table(self.records), flush=True)
+
+    def _checkpoint_path(self) -> str:
+        assert self.config.checkpoint_dir is not None
+        return str(Path(self.config.checkpoint_dir) / CHECKPOINT_NAME)
+
+    def _saved_at_epoch_end(self) -> str:
+        """What a stop right after an epoch's checkpoint leaves, in words."""
+        where = f"stopped after epoch {self.epochs_done}"
+        if self.config.checkpoint_dir is None:
+            return f"{where}; nothing was saved (no --checkpoint-dir)"
+        return f"{where}; {self._checkpoint_path()!r} holds it — continue with --resume"
+
+    def _save_progress(self, done: EpochProgress) -> str:
+        """Save a mid-epoch checkpoint of ``done`` where that resumes exactly; what was kept, in words."""
+        cfg = self.config
+        total = num_batches(len(self.store.train_idx), cfg.batch_size)
+        where = (
+            f"stopped in epoch {done.epoch + 1} after {done.batches_done} of its {total} batches"
+        )
+        if cfg.checkpoint_dir is None:
+            return f"{where}; nothing was saved (no --checkpoint-dir)"
+        path = self._checkpoint_path()
+        if not self.cache.resumes_mid_epoch:
+            kept = (
+                f"{path!r} still holds epoch {self.epochs_done}"
+                if self.epochs_done
+                else "no checkpoint was written yet"
+            )
+            return (
+                f"{where}; --cache {cfg.tiers.cache} checkpoints only at epoch ends: {kept}, "
+                f"and --resume repeats epoch {done.epoch + 1}"
+            )
+        try:
+            self._save_checkpoint(done)
+        except CheckpointWriteError as exc:
+            return f"{where}; {exc}"
+        return f"{where}; {path!r} holds them — continue with --resume"
+
+    def _save_checkpoint(self, progress: EpochProgress | None = None) -> None:
+        """The checkpoint of the epochs done so far (under DDP, every rank's part),
+        and of the batches done of the next when ``progress`` is given."""
         directory = self.config.checkpoint_dir
         assert directory is not None
 
@@ -451,6 +589,8 @@ class Trainer:
             )
 
         extra = {"step": self.step, "cache": self.cache.state_dict()}
+        if progress is not None:
+            extra["mid_epoch"] = progress.to_state()
         if self.dist is None:
             write(extra)
         else:

@@ -47,6 +47,11 @@ class CacheMode:
     """
 
     name: ClassVar[str] = ""
+    #: A checkpoint taken between two steps of an epoch resumes to the result
+    #: of an uninterrupted run: true when results do not depend on the mode's
+    #: state (:meth:`state_dict` empty, :meth:`end_epoch` changes nothing
+    #: that results depend on). The trainer keeps only epoch-end checkpoints otherwise.
+    resumes_mid_epoch: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -110,6 +110,11 @@ class RefreshCache(RawCache):
     """
 
     name = "refresh"
+    # Between two steps the sampling thread has already committed the
+    # admissions of up to ``lag`` steps beyond the next batch's view, so the
+    # table is ahead of what that batch must see: only epoch ends (no batch
+    # in flight) are exact resume points.
+    resumes_mid_epoch = False
 
     def __init__(
         self,
