@@ -220,6 +220,31 @@ def test_ctrl_c_stops_after_the_batch_and_resume_equals_an_uninterrupted_run(
     _same_run(tmp_path, uninterrupted)
 
 
+def test_ctrl_c_with_the_history_cache_keeps_the_epoch_checkpoint(
+    store, tmp_path, monkeypatch, capsys
+):
+    """--cache refresh cannot resume between steps: the epoch-end checkpoint stays as it was."""
+    real_step = torch.optim.Adam.step
+    count = [0]
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        count[0] += 1
+        if count[0] == BATCHES + 2:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    argv = _argv(store, tmp_path, "--cache", "refresh", "--cache-budget", "16KiB")
+    assert main(argv) == 130
+    err = _one_line(capsys)
+    assert "--cache refresh checkpoints only at epoch ends" in err
+    assert "still holds epoch 1, and --resume repeats epoch 2" in err
+    state = load_checkpoint(tmp_path / "ckpt")
+    assert state["epoch"] == 1 and "mid_epoch" not in state["extra"]
+    assert state["extra"]["step"] == BATCHES
+
+
 def test_second_ctrl_c_stops_at_once():
     with SigintLatch() as latch:
         signal.raise_signal(signal.SIGINT)
