@@ -26,6 +26,8 @@ from refresh_store.errors import RefreshError
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "RESUME_KEYS",
+    "check_resume_config",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "CheckpointWriteError",
@@ -262,3 +264,41 @@ def prune_rank_states(directory: str | Path, rank: int, keep_epoch: int) -> None
         epoch = path.name[len(prefix) : -len(".pt")]
         if epoch.isdigit() and int(epoch) < keep_epoch:
             path.unlink(missing_ok=True)
+
+
+#: Settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = (
+    "model",
+    "layers",
+    "hidden",
+    "fanouts",
+    "batch_size",
+    "lr",
+    "dropout",
+    "norm",
+    "seed",
+)
+
+
+def check_resume_config(saved: dict[str, Any], mine: dict[str, Any], directory: str) -> None:
+    """Refuse to resume a checkpoint written with other :data:`RESUME_KEYS` settings.
+
+    Raises
+    ------
+    CheckpointError
+        One line naming each setting that differs, then and now.
+    """
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    diff = [
+        f"{k}={saved.get(k)!r} (now {mine[k]!r})"
+        for k in RESUME_KEYS
+        if plain(saved.get(k)) != plain(mine[k])
+    ]
+    if diff:
+        raise CheckpointError(
+            f"checkpoint in {directory!r} was written with "
+            f"{', '.join(diff)}; resume with the same settings or start a new run"
+        )

@@ -515,24 +515,6 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def check_model_store(config: TrainConfig, store: Any) -> None:
-    """Refuse a relational ``--model`` on a store without edge types.
-
-    Raises
-    ------
-    ConfigError
-        One line naming the model, the store and what to do.
-    """
-    from .models import RELATIONAL_MODELS
-
-    if config.model in RELATIONAL_MODELS and not store.has_edge_types:
-        raise ConfigError(
-            f"--model {config.model} is relational but store {str(config.store)!r} has no edge "
-            "types; convert MAG240M with --mag240m-graph full (a store with an edge_type "
-            "array), or use --model sage, gcn or gat"
-        )
-
-
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file whose keys are the command-line flag names.
 

@@ -52,13 +52,15 @@ from . import distributed as ddp
 from .batch import MiniBatch
 from .checkpoint import (
     CHECKPOINT_NAME,
+    RESUME_KEYS,
     CheckpointError,
     CheckpointWriteError,
+    check_resume_config,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from .config import ConfigError, TrainConfig, check_model_store
+from .config import ConfigError, TrainConfig
 from .distributed import DistContext
 from .epoch import batch_seed, epoch_batches, num_batches
 from .evaluate import evaluate
@@ -70,22 +72,10 @@ from .modes import CACHE_MODES
 from .predict import predict_split, resolve_target
 from .sampler import NeighborSampler
 from .stopping import EpochProgress, SigintLatch, TrainingInterrupted, TrainingStopped
+from .store_checks import check_model_store, check_split_labels, check_store
 from .tiers import resolve_device
 
 __all__ = ["Trainer", "train", "RESUME_KEYS", "TrainingInterrupted", "TrainingStopped"]
-
-#: Settings a resumed run must share with the run that wrote the checkpoint.
-RESUME_KEYS = (
-    "model",
-    "layers",
-    "hidden",
-    "fanouts",
-    "batch_size",
-    "lr",
-    "dropout",
-    "norm",
-    "seed",
-)
 
 
 def available_device(name: str) -> torch.device:
@@ -160,7 +150,7 @@ class Trainer:
     def _setup(self, config: TrainConfig) -> None:
         self.device = available_device(config.device)
         self.store = open_store(config.store)
-        _check_store(config, self.store)
+        check_store(config, self.store)
         store = self.store
         if store.num_classes < 1:
             raise ConfigError(f"store {config.store!r} has no classes to learn (num_classes=0)")
@@ -229,7 +219,7 @@ class Trainer:
         )
         self.row_bytes = store.region("features").row_bytes
         self.labels = np.asarray(store.labels, dtype=np.int64)
-        _check_split_labels(config, store, self.labels)
+        check_split_labels(config, store, self.labels)
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> None:
@@ -239,18 +229,7 @@ class Trainer:
             state = load_checkpoint(directory, map_location=self.device)
         else:
             state = ddp.load_checkpoint_everywhere(directory, self.dist)
-        saved = state["config"]
-        mine = self.config.to_dict()
-        diff = [
-            f"{k}={saved.get(k)!r} (now {mine[k]!r})"
-            for k in RESUME_KEYS
-            if _plain(saved.get(k)) != _plain(mine[k])
-        ]
-        if diff:
-            raise CheckpointError(
-                f"checkpoint in {self.config.checkpoint_dir!r} was written with "
-                f"{', '.join(diff)}; resume with the same settings or start a new run"
-            )
+        check_resume_config(state["config"], self.config.to_dict(), directory)
         ddp.check_world_size(state, directory, self.world)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -611,72 +590,6 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-#: Most classes a store may have (the output layer is hidden x classes).
-_MAX_CLASSES = 1 << 16
-
-
-def _check_store(config: TrainConfig, store: Any) -> None:
-    """Verify the store before training: fast (bounded) by default, full with ``verify_store``.
-
-    Raises
-    ------
-    StoreFormatError
-        One line naming the store and its first failure.
-    """
-    from refresh_store.errors import StoreFormatError
-    from refresh_store.verify import verify_store, verify_store_fast
-
-    report = (verify_store if config.verify_store else verify_store_fast)(config.store)
-    # The output layer is sized by the manifest's class count: a damaged or
-    # hostile manifest must not make the model allocate terabytes.
-    if store.num_classes > _MAX_CLASSES:
-        report.failures.insert(
-            0,
-            f"its manifest says {store.num_classes:,} classes; the trainer takes at most "
-            f"{_MAX_CLASSES:,} (OGB's largest node task has 172)",
-        )
-    if not report.ok:
-        more = f" (and {len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
-        raise StoreFormatError(
-            f"store {config.store!r} fails verification: {report.failures[0]}{more}; run "
-            "`refresh-convert verify` on it for the full report, or reconvert it"
-        )
-
-
-def _check_split_labels(config: TrainConfig, store: Any, labels: np.ndarray) -> None:
-    """Refuse labels of split nodes outside ``[-1, num_classes)``.
-
-    The fast verify samples checksums, which a hand-made store can recompute;
-    a training label past the output layer would stop the run in the loss with
-    a traceback, an evaluation label would score silently wrong. Split nodes
-    only: that is what the run reads, and it is cheap at any scale.
-
-    Raises
-    ------
-    StoreFormatError
-        One line naming the store, the split, the node and its label.
-    """
-    from refresh_store.errors import StoreFormatError
-
-    for split in ("train_idx", "valid_idx", "test_idx"):
-        ids = np.asarray(getattr(store, split), dtype=np.int64)
-        if not len(ids):
-            continue
-        got = labels[ids]
-        bad = np.flatnonzero((got < -1) | (got >= store.num_classes))
-        if len(bad):
-            node, value = int(ids[bad[0]]), int(got[bad[0]])
-            raise StoreFormatError(
-                f"store {config.store!r}: labels[{node}] = {value} (a {split[:-4]} node) is "
-                f"outside [-1, {store.num_classes}) ({len(bad):,} such {split[:-4]} labels); "
-                "run `refresh-convert verify` on it, or reconvert it"
-            )
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def train(config: TrainConfig) -> list[dict[str, Any]]:
