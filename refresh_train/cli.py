@@ -160,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-tmp-dir", help="where layer-wise inference puts its per-layer files")
     o = p.add_argument_group("output")
     o.add_argument("--metrics-out", metavar="FILE.jsonl", help="one JSON line per epoch")
-    o.add_argument("--checkpoint-dir", metavar="D", help="checkpoint written after every epoch")
+    o.add_argument(
+        "--checkpoint-dir",
+        metavar="D",
+        help="checkpoint written after every epoch (and mid-epoch when a run is stopped)",
+    )
     o.add_argument(
         "--resume", action="store_true", default=None, help="continue from --checkpoint-dir"
     )
@@ -337,8 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the trainer from the command line; the process exit status.
 
     0 on success, 2 on bad input or a store/checkpoint problem (one line on
-    stderr), 130 when interrupted. ``refresh-train report ...`` draws the
-    figures of finished runs instead (:mod:`refresh_train.report`).
+    stderr; also a failed read of the store or a full disk, after saving
+    what can resume), 130 when interrupted (one line saying what was
+    saved). ``refresh-train report ...`` draws the figures of finished runs
+    instead (:mod:`refresh_train.report`).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["report"]:
