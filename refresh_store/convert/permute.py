@@ -121,7 +121,7 @@ def _noop(rows: int, nbytes: int) -> None:
 
 
 class _Job:
-    """The arguments of one :func:`permute_rows` call and the row sizes both plans derive from them."""
+    """The arguments of one :func:`permute_rows` call, and the row sizes both plans use."""
 
     def __init__(
         self,
@@ -157,7 +157,7 @@ class _Job:
         raise ValueError(f"row {old} holds NaN or inf")
 
     def finish(self, buf: np.ndarray, raw: np.ndarray | None, k: int) -> np.ndarray:
-        """Cast the gathered source-dtype rows ``raw[:k]`` into ``buf``; ``buf[:k]`` when there is no cast."""
+        """``buf[:k]``, holding the gathered rows ``raw[:k]`` cast (``raw`` is None: no cast)."""
         if raw is None:
             return buf[:k]
         with np.errstate(over="ignore", invalid="ignore"):
@@ -165,7 +165,7 @@ class _Job:
         return buf[:k]
 
     def first_overflow(self, rows: np.ndarray) -> int:
-        """After a cast (when checking), index of the first row of ``rows`` that overflowed, else -1."""
+        """Index of the first row of ``rows`` that overflowed the cast (when checking), else -1."""
         if self.cast and self.check_finite:
             return _first_nonfinite(rows)
         return -1
@@ -204,7 +204,7 @@ def _gather(job: _Job) -> dict[str, Any]:
 
 
 class _BlockOldIds:
-    """``(ids, order)`` of a block of new ids ``[a, b)``: its old ids ascending, and their new positions."""
+    """``(ids, order)`` of new ids ``[a, b)``: their old ids ascending, and places in the block."""
 
     def __init__(self, job: _Job, block: int) -> None:
         self.job = job
@@ -286,7 +286,7 @@ class _Shuffle:
         out: np.ndarray,
         staging: np.ndarray,
     ) -> None:
-        """Append source rows ``[s, e)`` to their bucket files, by bucket, in old-id order within each."""
+        """Append source rows ``[s, e)`` to their buckets' files, in old-id order within each."""
         job, k = self.job, e - s
         if rowbuf is not None:  # a MappedRows source reads into a buffer
             rows = job.src.read(s, e, rowbuf)  # type: ignore[call-arg]
@@ -319,12 +319,10 @@ class _Shuffle:
     def _load(self, b: int, raw: np.ndarray) -> None:
         """Read bucket file ``b`` into ``raw``, without its padding."""
         lo, hi = self._span(b)
-        out_rb = self.job.out_rb
+        want = (hi - lo) * self.job.out_rb
         got = self.files[b].read_compact(raw)
-        if got != (hi - lo) * out_rb:
-            raise OSError(
-                f"bucket file {str(self.files[b].path)!r} holds {got} bytes, not {(hi - lo) * out_rb}"
-            )
+        if got != want:
+            raise OSError(f"bucket file {str(self.files[b].path)!r} holds {got} bytes, not {want}")
 
     def place(self) -> None:
         """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order.
