@@ -272,21 +272,22 @@ class _Shuffle:
             progress = job.progress("shuffle: split")
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                self._split_chunk(s, e, rowbuf, grouped, out, staging)
+                block, counts = self._group_chunk(s, e, rowbuf, grouped, out)
+                ends = np.cumsum(counts)
+                for b in np.flatnonzero(counts):
+                    part = memoryview(block[ends[b] - counts[b] : ends[b]]).cast("B")
+                    self.files[b].append(part, staging)
                 progress(e - s, (e - s) * job.in_rb)
         finally:
             del staging
 
-    def _split_chunk(
-        self,
-        s: int,
-        e: int,
-        rowbuf: np.ndarray | None,
-        grouped: np.ndarray,
-        out: np.ndarray,
-        staging: np.ndarray,
-    ) -> None:
-        """Append source rows ``[s, e)`` to their buckets' files, in old-id order within each."""
+    def _group_chunk(
+        self, s: int, e: int, rowbuf: np.ndarray | None, grouped: np.ndarray, out: np.ndarray
+    ) -> tuple[np.ndarray, NDArray[np.int64]]:
+        """Source rows ``[s, e)`` by bucket, in old-id order within each, and rows per bucket.
+
+        The rows are checked for NaN/inf and cast to the output dtype on the way.
+        """
         job, k = self.job, e - s
         if rowbuf is not None:  # a MappedRows source reads into a buffer
             rows = job.src.read(s, e, rowbuf)  # type: ignore[call-arg]
@@ -307,10 +308,7 @@ class _Shuffle:
         bad = job.first_overflow(block)
         if bad >= 0:
             job.report(s + int(order[bad]))
-        ends = np.cumsum(counts)
-        for b in np.flatnonzero(counts):
-            part = memoryview(block[ends[b] - counts[b] : ends[b]]).cast("B")
-            self.files[b].append(part, staging)
+        return block, counts
 
     def _span(self, b: int) -> tuple[int, int]:
         """New ids ``[lo, hi)`` of bucket ``b``."""

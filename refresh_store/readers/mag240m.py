@@ -275,7 +275,7 @@ def _window_mean(
     hi: int,
     progress: Callable[[int], None] | None,
 ) -> NDArray[np.float32]:
-    """Float32 mean of ``rows[src]`` per target ``[lo, hi)`` over the edge ``blocks`` (zeros when none)."""
+    """Float32 mean of ``rows[src]`` per target in ``[lo, hi)`` over edge ``blocks`` (0 if none)."""
     acc = np.zeros((hi - lo, rows.shape[1]), dtype=np.float32)
     cnt = np.zeros(hi - lo, dtype=np.int64)
     for src, dst in blocks:
@@ -381,7 +381,7 @@ def _read_splits(
 
 
 def _open_papers(proc: Path, p: int) -> tuple[MappedRows, RowSource]:
-    """The paper features ``[p, D]`` and labels ``[p]`` under ``processed/paper/``, shapes checked."""
+    """The paper features ``[p, D]`` and labels ``[p]`` of ``processed/paper/``, shapes checked."""
     feat = open_npy(proc / "paper" / "node_feat.npy", "processed/paper/node_feat.npy")
     if len(feat.shape) != 2 or feat.shape[0] != p or feat.dtype.kind != "f":
         raise SourceFormatError(
