@@ -200,6 +200,7 @@ def _gather(job: _Job) -> dict[str, Any]:
                 job.report(int(ids[np.flatnonzero(order == bad)[0]]))
             writer.submit(i % len(outs), a, rows)
             progress(k, k * job.out_rb)
+            del ids, order  # without the table they are fresh arrays: free them before the next
     return {"strategy": "gather", "blocks": len(ranges)}
 
 

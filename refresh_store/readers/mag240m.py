@@ -194,6 +194,7 @@ def mean_rows(
                 lo, hi = int(bounds[k]), int(bounds[k + 1])
                 acc = _window_mean(rows, windows.edges_of(k), lo, hi, progress)
                 os.pwrite(out.fileno(), acc.astype(out_dtype).tobytes(), lo * out_rb)
+                del acc  # one window of sums in memory: free it before the next is summed
         out.flush()
         os.fsync(out.fileno())
     return MappedRows(out_path, 0, (num_out, d), np.dtype(out_dtype), name=out_path.name)
