@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import StoreFormatError, StoreIncompleteError
 from .format import (
@@ -318,6 +319,32 @@ def open_region(root: Path, name: str) -> RowRegion:
     _inside(root, root / name / "zarr.json")
     meta = read_json(root / name / "zarr.json")
     where = f"array {name!r} of {str(root)!r}"
+    shape, dtype, chunk_rows, shard_rows = _row_chunked_layout(meta, where)
+    n_inner = shard_rows // chunk_rows
+    path = shard_path(root / name, len(shape))
+    _inside(root, path)
+    index = read_shard_index(path, n_inner)
+    row_bytes = dtype.itemsize * math.prod(shape[1:])  # Python ints: no overflow
+    used = -(-shape[0] // chunk_rows)  # inner chunks that hold rows
+    _check_chunks(index, used, chunk_rows * row_bytes, path, where)
+    return RowRegion(
+        path=str(path),
+        nrows=shape[0],
+        row_shape=shape[1:],
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        chunk_offsets=index[:, 0].astype(np.int64),
+    )
+
+
+def _row_chunked_layout(meta: Any, where: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
+    """``(shape, dtype, chunk_rows, shard_rows)`` of an array's ``zarr.json`` content ``meta``.
+
+    Raises
+    ------
+    StoreFormatError
+        ``meta`` does not describe one uncompressed shard of row chunks of a numeric type.
+    """
     try:
         if not isinstance(meta, dict):
             raise TypeError("zarr.json is not an object")
@@ -358,14 +385,13 @@ def open_region(root: Path, name: str) -> RowRegion:
             f"(shape {list(shape)}, shard {list(shard_shape)}, chunks {list(inner)}); "
             "reconvert the store with tools/convert.py"
         )
-    chunk_rows = inner[0]
-    n_inner = shard_shape[0] // chunk_rows
-    path = shard_path(root / name, len(shape))
-    _inside(root, path)
-    index = read_shard_index(path, n_inner)
-    row_bytes = dtype.itemsize * math.prod(shape[1:])  # Python ints: no overflow
-    chunk_bytes = chunk_rows * row_bytes
-    used = -(-shape[0] // chunk_rows)  # inner chunks that hold rows
+    return shape, dtype, inner[0], shard_shape[0]
+
+
+def _check_chunks(
+    index: NDArray[np.uint64], used: int, chunk_bytes: int, path: Path, where: str
+) -> None:
+    """Refuse a shard whose first ``used`` chunks of ``chunk_bytes`` are missing or outside it."""
     size = os.path.getsize(path)
     if used and chunk_bytes > size:
         raise StoreFormatError(
@@ -378,11 +404,3 @@ def open_region(root: Path, name: str) -> RowRegion:
         raise StoreFormatError(f"{where} has missing or odd-sized chunks; reconvert it")
     if used and int(index[:used, 0].max()) + chunk_bytes > size:
         raise StoreFormatError(f"shard {str(path)!r} is truncated; the store is damaged")
-    return RowRegion(
-        path=str(path),
-        nrows=shape[0],
-        row_shape=shape[1:],
-        dtype=dtype,
-        chunk_rows=chunk_rows,
-        chunk_offsets=index[:, 0].astype(np.int64),
-    )

@@ -107,188 +107,263 @@ def permute_rows(
     dict
         ``{"strategy": ..., "blocks": ...}``.
     """
-    n = len(src)
-    row_shape = tuple(src.shape[1:])
-    out_dtype = np.dtype(out_dtype)
-    width = int(np.prod(row_shape, dtype=np.int64))
-    in_rb = max(1, src.dtype.itemsize * width)
-    out_rb = max(1, out_dtype.itemsize * width)
-    cast = src.dtype != out_dtype
-    tmp_rb = in_rb if cast else 0  # a source-dtype buffer before the cast
+    job = _Job(src, write, np.dtype(out_dtype), new_id, read_old_id, work_bytes, tick,
+               check_finite, on_nonfinite)  # fmt: skip
+    if strategy == "gather":
+        return _gather(job)
+    if strategy != "shuffle":
+        raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
+    return _Shuffle(job, tmp_dir).run()
 
-    def noop(rows: int, nbytes: int) -> None:
-        pass
 
-    def report(old: int) -> None:
-        if on_nonfinite is not None:
-            on_nonfinite(old)
+def _noop(rows: int, nbytes: int) -> None:
+    pass
+
+
+class _Job:
+    """The arguments of one :func:`permute_rows` call, and the row sizes both plans use."""
+
+    def __init__(
+        self,
+        src: RowSource,
+        write: Callable[[int, np.ndarray], None],
+        out_dtype: np.dtype,
+        new_id: NDArray[np.integer],
+        read_old_id: Callable[[int, int], NDArray[np.int64]],
+        work_bytes: int,
+        tick: Callable[[str, int], Tick] | None,
+        check_finite: bool,
+        on_nonfinite: Callable[[int], None] | None,
+    ) -> None:
+        self.src, self.write, self.out_dtype = src, write, out_dtype
+        self.new_id, self.read_old_id, self.work_bytes = new_id, read_old_id, work_bytes
+        self.tick, self.check_finite, self.on_nonfinite = tick, check_finite, on_nonfinite
+        self.n = len(src)
+        self.row_shape = tuple(src.shape[1:])
+        width = int(np.prod(self.row_shape, dtype=np.int64))
+        self.in_rb = max(1, src.dtype.itemsize * width)  # bytes per source row
+        self.out_rb = max(1, out_dtype.itemsize * width)  # bytes per output row
+        self.cast = src.dtype != out_dtype
+        self.tmp_rb = self.in_rb if self.cast else 0  # a source-dtype buffer before the cast
+
+    def progress(self, phase: str) -> Tick:
+        """The progress callback of ``phase`` (a no-op without ``tick``)."""
+        return self.tick(phase, self.n) if self.tick else _noop
+
+    def report(self, old: int) -> None:
+        """Old row ``old`` holds NaN or inf: tell ``on_nonfinite``, and raise if it did not."""
+        if self.on_nonfinite is not None:
+            self.on_nonfinite(old)
         raise ValueError(f"row {old} holds NaN or inf")
 
-    def finish(buf: np.ndarray, raw: np.ndarray | None, k: int) -> np.ndarray:
-        """Cast the gathered source-dtype rows into the output buffer; check overflow."""
+    def finish(self, buf: np.ndarray, raw: np.ndarray | None, k: int) -> np.ndarray:
+        """``buf[:k]``, holding the gathered rows ``raw[:k]`` cast (``raw`` is None: no cast)."""
         if raw is None:
             return buf[:k]
         with np.errstate(over="ignore", invalid="ignore"):
             np.copyto(buf[:k], raw[:k], casting="unsafe")
         return buf[:k]
 
-    if strategy == "gather":
-        if not src.random_access:
-            raise ValueError("the gather plan needs a random-access source")
-        # Two output buffers: block i is written by a helper thread (pwrite
-        # releases the GIL) while block i + 1 is gathered (a nogil kernel).
-        block = _round_rows(max(1, min(n, work_bytes // (tmp_rb + 2 * out_rb + 48))))
-        ranges = [(a, min(n, a + block)) for a in range(0, n, block)]
-        outs = [aligned_empty((block, *row_shape), out_dtype) for _ in range(min(2, len(ranges)))]
-        raw = aligned_empty((block, *row_shape), src.dtype) if cast else None
-        progress = tick("gather", n) if tick else noop
+    def first_overflow(self, rows: np.ndarray) -> int:
+        """Index of the first row of ``rows`` that overflowed the cast (when checking), else -1."""
+        if self.cast and self.check_finite:
+            return _first_nonfinite(rows)
+        return -1
+
+
+def _gather(job: _Job) -> dict[str, Any]:
+    """The ``gather`` plan: per block of new ids, read its old rows in ascending order."""
+    src, n, row_shape = job.src, job.n, job.row_shape
+    if not src.random_access:
+        raise ValueError("the gather plan needs a random-access source")
+    # Two output buffers: block i is written by a helper thread (pwrite
+    # releases the GIL) while block i + 1 is gathered (a nogil kernel).
+    block = _round_rows(max(1, min(n, job.work_bytes // (job.tmp_rb + 2 * job.out_rb + 48))))
+    ranges = [(a, min(n, a + block)) for a in range(0, n, block)]
+    outs = [aligned_empty((block, *row_shape), job.out_dtype) for _ in range(min(2, len(ranges)))]
+    raw = aligned_empty((block, *row_shape), src.dtype) if job.cast else None
+    progress = job.progress("gather")
+    old_ids = _BlockOldIds(job, block)
+    with _Writer(job.write, _WRITE_THREADS) as writer:
+        for i, (a, b) in enumerate(ranges):
+            k = b - a
+            out = outs[i % len(outs)]
+            ids, order = old_ids(a, b)
+            writer.wait_for_buffer(i % len(outs))
+            target = as_words(raw[:k] if raw is not None else out[:k])
+            bad = src.gather_into(ids, order, target, job.check_finite)
+            if bad >= 0:
+                job.report(int(ids[bad]))
+            rows = job.finish(out, raw, k)
+            bad = job.first_overflow(rows)
+            if bad >= 0:
+                job.report(int(ids[np.flatnonzero(order == bad)[0]]))
+            writer.submit(i % len(outs), a, rows)
+            progress(k, k * job.out_rb)
+            del ids, order  # without the table they are fresh arrays: free them before the next
+    return {"strategy": "gather", "blocks": len(ranges)}
+
+
+class _BlockOldIds:
+    """``(ids, order)`` of new ids ``[a, b)``: their old ids ascending, and places in the block."""
+
+    def __init__(self, job: _Job, block: int) -> None:
+        self.job = job
         # With the table in memory, a block's old ids come out of one scan of
         # it already in ascending order, into buffers reused for every block.
         # Reading old_id back and argsorting it (0.1-0.35 s per 2M-row block,
         # on the main thread, while the gather threads wait) cost the 10M-row
         # benchmark's feature pass 2.5 % (5.09 s -> 4.97 s, 4 paired runs).
-        scan = len(new_id) == n
-        if scan:
-            _check_table(new_id, "new_id")
-            ids_buf = np.empty(block, dtype=np.int64)
-            pos_buf = np.empty(block, dtype=np.int64)
-            seen = np.empty(block, dtype=np.uint8)
-        with _Writer(write, _WRITE_THREADS) as writer:
-            for i, (a, b) in enumerate(ranges):
-                k = b - a
-                out = outs[i % len(outs)]
-                if scan:
-                    ids, order = ids_buf[:k], pos_buf[:k]
-                    seen[:k] = 0
-                    if select_window(new_id, a, b, ids, order, seen[:k]) != k:
-                        raise ValueError(
-                            f"new_id is not a permutation: new ids [{a}, {b}) are not "
-                            "each held by exactly one node"
-                        )
-                else:
-                    old = read_old_id(a, b)
-                    order = np.argsort(old)
-                    ids = np.ascontiguousarray(old[order])
-                writer.wait_for_buffer(i % len(outs))
-                target = as_words(raw[:k] if raw is not None else out[:k])
-                bad = src.gather_into(ids, order, target, check_finite)
-                if bad >= 0:
-                    report(int(ids[bad]))
-                rows = finish(out, raw, k)
-                if cast and check_finite:
-                    bad = _first_nonfinite(rows)
-                    if bad >= 0:
-                        report(int(ids[np.flatnonzero(order == bad)[0]]))
-                writer.submit(i % len(outs), a, rows)
-                progress(k, k * out_rb)
-        return {"strategy": "gather", "blocks": len(ranges)}
-    if strategy != "shuffle":
-        raise ValueError(f"strategy={strategy!r}; use 'gather' or 'shuffle'")
+        self.scan = len(job.new_id) == job.n
+        if self.scan:
+            _check_table(job.new_id, "new_id")
+            self.ids_buf = np.empty(block, dtype=np.int64)
+            self.pos_buf = np.empty(block, dtype=np.int64)
+            self.seen = np.empty(block, dtype=np.uint8)
 
-    # Four row buffers in place() (two read, two written), plus ids, orders and counts.
-    bucket_rows = _round_rows(max(1, work_bytes // (4 * out_rb + 48)))
-    n_buckets = max(1, -(-n // bucket_rows))
-    chunk = max(1, min(n, work_bytes // (2 * in_rb + (out_rb if cast else 0) + 48)))
-    paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(n_buckets)]
+    def __call__(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        k = b - a
+        if not self.scan:
+            old = self.job.read_old_id(a, b)
+            order = np.argsort(old)
+            return np.ascontiguousarray(old[order]), order
+        ids, order = self.ids_buf[:k], self.pos_buf[:k]
+        self.seen[:k] = 0
+        if select_window(self.job.new_id, a, b, ids, order, self.seen[:k]) != k:
+            raise ValueError(
+                f"new_id is not a permutation: new ids [{a}, {b}) are not "
+                "each held by exactly one node"
+            )
+        return ids, order
 
-    files = [_SegmentFile(p) for p in paths]
 
-    def split() -> None:
+class _Shuffle:
+    """The ``shuffle`` plan: :meth:`split` the source into bucket files, then :meth:`place` each."""
+
+    def __init__(self, job: _Job, tmp_dir: Path) -> None:
+        self.job = job
+        n, work_bytes = job.n, job.work_bytes
+        # Four row buffers in place() (two read, two written), plus ids, orders and counts.
+        self.bucket_rows = _round_rows(max(1, work_bytes // (4 * job.out_rb + 48)))
+        self.n_buckets = max(1, -(-n // self.bucket_rows))
+        cast_rb = job.out_rb if job.cast else 0
+        self.chunk = max(1, min(n, work_bytes // (2 * job.in_rb + cast_rb + 48)))
+        self.paths = [tmp_dir / f"shuffle_{k}.raw" for k in range(self.n_buckets)]
+        self.files = [_SegmentFile(p) for p in self.paths]
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self.split()  # its buffers are freed before place() allocates its own
+            self.place()
+        finally:
+            for f in self.files:
+                f.close()
+                f.path.unlink(missing_ok=True)
+        return {"strategy": "shuffle", "blocks": self.n_buckets}
+
+    def split(self) -> None:
         """Phase 1: source rows, front to back, appended to the bucket of their new id."""
-        grouped = aligned_empty((chunk, *row_shape), src.dtype)
-        mapped = isinstance(src, MappedRows)
-        rowbuf = aligned_empty((chunk, *row_shape), src.dtype) if mapped else None
-        out = aligned_empty((chunk, *row_shape), out_dtype) if cast else grouped
+        job, chunk, n = self.job, self.chunk, self.job.n
+        grouped = aligned_empty((chunk, *job.row_shape), job.src.dtype)
+        mapped = isinstance(job.src, MappedRows)
+        rowbuf = aligned_empty((chunk, *job.row_shape), job.src.dtype) if mapped else None
+        out = aligned_empty((chunk, *job.row_shape), job.out_dtype) if job.cast else grouped
         staging = aligned_empty((_STAGING_BYTES,), np.dtype(np.uint8))
         try:
-            progress = tick("shuffle: split", n) if tick else noop
+            progress = job.progress("shuffle: split")
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                k = e - s
-                if mapped:
-                    rows = src.read(s, e, rowbuf)  # type: ignore[call-arg]
-                else:
-                    rows = np.ascontiguousarray(src.read(s, e))
-                bucket = np.asarray(new_id[s:e], dtype=np.int64) // bucket_rows
-                counts = np.zeros(n_buckets, dtype=np.int64)
-                order = np.empty(k, dtype=np.int64)
-                stable_bucket_order(bucket, counts, order)
-                del bucket
-                # grouped[i] = rows[order[i]]: rows by bucket, old-id order within each
-                mask = exponent_mask(src.dtype) if check_finite else as_words(rows).dtype.type(0)
-                bad = copy_rows(as_words(rows), order, np.arange(k), as_words(grouped[:k]), mask)
-                if bad >= 0:
-                    report(s + int(order[bad]))
-                del rows
-                block = finish(out, grouped if cast else None, k)
-                if cast and check_finite:
-                    bad = _first_nonfinite(block)
-                    if bad >= 0:
-                        report(s + int(order[bad]))
+                block, counts = self._group_chunk(s, e, rowbuf, grouped, out)
                 ends = np.cumsum(counts)
                 for b in np.flatnonzero(counts):
                     part = memoryview(block[ends[b] - counts[b] : ends[b]]).cast("B")
-                    files[b].append(part, staging)
-                progress(k, k * in_rb)
+                    self.files[b].append(part, staging)
+                progress(e - s, (e - s) * job.in_rb)
         finally:
             del staging
 
-    def place() -> None:
+    def _group_chunk(
+        self, s: int, e: int, rowbuf: np.ndarray | None, grouped: np.ndarray, out: np.ndarray
+    ) -> tuple[np.ndarray, NDArray[np.int64]]:
+        """Source rows ``[s, e)`` by bucket, in old-id order within each, and rows per bucket.
+
+        The rows are checked for NaN/inf and cast to the output dtype on the way.
+        """
+        job, k = self.job, e - s
+        if rowbuf is not None:  # a MappedRows source reads into a buffer
+            rows = job.src.read(s, e, rowbuf)  # type: ignore[call-arg]
+        else:
+            rows = np.ascontiguousarray(job.src.read(s, e))
+        bucket = np.asarray(job.new_id[s:e], dtype=np.int64) // self.bucket_rows
+        counts = np.zeros(self.n_buckets, dtype=np.int64)
+        order = np.empty(k, dtype=np.int64)
+        stable_bucket_order(bucket, counts, order)
+        del bucket
+        # grouped[i] = rows[order[i]]: rows by bucket, old-id order within each
+        mask = exponent_mask(job.src.dtype) if job.check_finite else as_words(rows).dtype.type(0)
+        bad = copy_rows(as_words(rows), order, np.arange(k), as_words(grouped[:k]), mask)
+        if bad >= 0:
+            job.report(s + int(order[bad]))
+        del rows
+        block = job.finish(out, grouped if job.cast else None, k)
+        bad = job.first_overflow(block)
+        if bad >= 0:
+            job.report(s + int(order[bad]))
+        return block, counts
+
+    def _span(self, b: int) -> tuple[int, int]:
+        """New ids ``[lo, hi)`` of bucket ``b``."""
+        return b * self.bucket_rows, min(self.job.n, (b + 1) * self.bucket_rows)
+
+    def _load(self, b: int, raw: np.ndarray) -> None:
+        """Read bucket file ``b`` into ``raw``, without its padding."""
+        lo, hi = self._span(b)
+        want = (hi - lo) * self.job.out_rb
+        got = self.files[b].read_compact(raw)
+        if got != want:
+            raise OSError(f"bucket file {str(self.files[b].path)!r} holds {got} bytes, not {want}")
+
+    def place(self) -> None:
         """Phase 2: each bucket, whose rows arrive in old-id order, written in new-id order.
 
         The next bucket is read on a helper thread while this one is placed
         and the previous one written: the three overlap.
         """
-        progress = tick("shuffle: place", n) if tick else noop
+        job, n_buckets, out_rb, row_shape = (
+            self.job,
+            self.n_buckets,
+            self.job.out_rb,
+            self.job.row_shape,
+        )
+        progress = job.progress("shuffle: place")
         two = 2 if n_buckets > 1 else 1
-        rows = min(n, bucket_rows)
+        rows = min(job.n, self.bucket_rows)
         # Room for the bucket file's padding: at most 4 KiB per appended segment.
-        room = rows * out_rb + max((len(f.segments) for f in files), default=0) * _ALIGN
+        room = rows * out_rb + max((len(f.segments) for f in self.files), default=0) * _ALIGN
         raws = [aligned_empty((room,), np.dtype(np.uint8)) for _ in range(two)]
-        placed = [aligned_empty((rows, *row_shape), out_dtype) for _ in range(two)]
+        placed = [aligned_empty((rows, *row_shape), job.out_dtype) for _ in range(two)]
         zero = as_words(placed[0]).dtype.type(0)
-
-        def span(b: int) -> tuple[int, int]:
-            return b * bucket_rows, min(n, (b + 1) * bucket_rows)
-
-        def load(b: int) -> None:
-            lo, hi = span(b)
-            got = files[b].read_compact(raws[b % two])
-            if got != (hi - lo) * out_rb:
-                raise OSError(
-                    f"bucket file {str(files[b].path)!r} holds {got} bytes, not {(hi - lo) * out_rb}"
-                )
-
         with (
-            _Writer(write, _WRITE_THREADS) as writer,
+            _Writer(job.write, _WRITE_THREADS) as writer,
             ThreadPoolExecutor(1, thread_name_prefix="refresh-read") as reader,
         ):
-            pending = reader.submit(load, 0)
-            for b, path in enumerate(paths):
-                lo, hi = span(b)
+            pending = reader.submit(self._load, 0, raws[0])
+            for b, path in enumerate(self.paths):
+                lo, hi = self._span(b)
                 k = hi - lo
-                order = np.argsort(read_old_id(lo, hi))
+                order = np.argsort(job.read_old_id(lo, hi))
                 pending.result()
                 if b + 1 < n_buckets:  # its buffer held bucket b - 1, placed already
-                    pending = reader.submit(load, b + 1)
+                    pending = reader.submit(self._load, b + 1, raws[(b + 1) % two])
                 slot = b % two
                 writer.wait_for_buffer(slot)
                 # The i-th row of the bucket belongs at new position order[i].
-                data = raws[slot][: k * out_rb].view(out_dtype).reshape(k, *row_shape)
+                data = raws[slot][: k * out_rb].view(job.out_dtype).reshape(k, *row_shape)
                 copy_rows(as_words(data[:k]), np.arange(k), order, as_words(placed[slot][:k]), zero)
                 writer.submit(slot, lo, placed[slot][:k])
-                files[b].close()
+                self.files[b].close()
                 path.unlink()
                 progress(k, k * out_rb)
-
-    try:
-        split()  # its buffers are freed before place() allocates its own
-        place()
-    finally:
-        for f in files:
-            f.close()
-            f.path.unlink(missing_ok=True)
-    return {"strategy": "shuffle", "blocks": n_buckets}
 
 
 def _first_nonfinite(block: np.ndarray) -> int:

@@ -29,7 +29,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,21 +183,61 @@ def mean_rows(
     n_windows = max(1, -(-num_out // window))
     bounds = np.minimum(np.arange(n_windows + 1, dtype=np.int64) * window, num_out)
     out_rb = d * np.dtype(out_dtype).itemsize
+    windows = _EdgeWindows(edges, len(rows), num_out, bounds, edge_block, tmp_dir)
+    with open(out_path, "wb") as out:
+        out.truncate(num_out * out_rb)
+        for first in range(0, n_windows, max_open_files):
+            last = min(n_windows, first + max_open_files)
+            if n_windows > 1:
+                windows.split(first, last)
+            for k in range(first, last):
+                lo, hi = int(bounds[k]), int(bounds[k + 1])
+                acc = _window_mean(rows, windows.edges_of(k), lo, hi, progress)
+                os.pwrite(out.fileno(), acc.astype(out_dtype).tobytes(), lo * out_rb)
+                del acc  # one window of sums in memory: free it before the next is summed
+        out.flush()
+        os.fsync(out.fileno())
+    return MappedRows(out_path, 0, (num_out, d), np.dtype(out_dtype), name=out_path.name)
 
-    def checked(src: np.ndarray, dst: np.ndarray) -> None:
-        if len(src) and (src.min() < 0 or src.max() >= len(rows)):
-            raise InputDataError(f"{edges.name!r} has a source id outside [0, {len(rows)})")
-        if len(dst) and (dst.min() < 0 or dst.max() >= num_out):
-            raise InputDataError(f"{edges.name!r} has a target id outside [0, {num_out})")
 
-    def window_edges(k: int):  # type: ignore[no-untyped-def]
-        if n_windows == 1:
-            for _, src, dst in edges.blocks(edge_block):
-                checked(src, dst)
+class _EdgeWindows:
+    """The edges of :func:`mean_rows` by window of targets ``[bounds[k], bounds[k + 1])``.
+
+    With one window, :meth:`edges_of` reads the edges themselves; with more,
+    :meth:`split` first writes each window's ``(source, target)`` pairs to
+    ``tmp_dir/mean_<k>.i64``, which :meth:`edges_of` reads back and removes.
+    """
+
+    def __init__(
+        self,
+        edges: EdgeSource,
+        num_rows: int,
+        num_out: int,
+        bounds: NDArray[np.int64],
+        edge_block: int,
+        tmp_dir: Path,
+    ) -> None:
+        self.edges, self.num_rows, self.num_out = edges, num_rows, num_out
+        self.bounds, self.edge_block, self.tmp_dir = bounds, edge_block, tmp_dir
+        self.n_windows = len(bounds) - 1
+
+    def _checked(self, src: np.ndarray, dst: np.ndarray) -> None:
+        if len(src) and (src.min() < 0 or src.max() >= self.num_rows):
+            raise InputDataError(
+                f"{self.edges.name!r} has a source id outside [0, {self.num_rows})"
+            )
+        if len(dst) and (dst.min() < 0 or dst.max() >= self.num_out):
+            raise InputDataError(f"{self.edges.name!r} has a target id outside [0, {self.num_out})")
+
+    def edges_of(self, k: int):  # type: ignore[no-untyped-def]
+        """Yield ``(src, dst)`` blocks of the edges into window ``k``."""
+        if self.n_windows == 1:
+            for _, src, dst in self.edges.blocks(self.edge_block):
+                self._checked(src, dst)
                 yield src, dst
             return
-        path = tmp_dir / f"mean_{k}.i64"
-        pairs = np.empty((edge_block, 2), dtype=np.int64)
+        path = self.tmp_dir / f"mean_{k}.i64"
+        pairs = np.empty((self.edge_block, 2), dtype=np.int64)
         with open(path, "rb") as f:
             while True:
                 got = f.readinto(memoryview(pairs).cast("B")) // 16
@@ -206,13 +246,14 @@ def mean_rows(
                 yield pairs[:got, 0], pairs[:got, 1]
         path.unlink()
 
-    def split_edges(first: int, last: int) -> None:
+    def split(self, first: int, last: int) -> None:
         """Bucket the edges of windows [first, last) into one file per window."""
-        files = {k: open(tmp_dir / f"mean_{k}.i64", "wb") for k in range(first, last)}
+        bounds = self.bounds
+        files = {k: open(self.tmp_dir / f"mean_{k}.i64", "wb") for k in range(first, last)}
         lo, hi = bounds[first], bounds[last]
         try:
-            for _, src, dst in edges.blocks(edge_block):
-                checked(src, dst)
+            for _, src, dst in self.edges.blocks(self.edge_block):
+                self._checked(src, dst)
                 inside = (dst >= lo) & (dst < hi)
                 s, t = src[inside], dst[inside]
                 b = np.empty(len(t), dtype=np.int64)
@@ -227,28 +268,26 @@ def mean_rows(
             for f in files.values():
                 f.close()
 
-    with open(out_path, "wb") as out:
-        out.truncate(num_out * out_rb)
-        for first in range(0, n_windows, max_open_files):
-            last = min(n_windows, first + max_open_files)
-            if n_windows > 1:
-                split_edges(first, last)
-            for k in range(first, last):
-                lo, hi = int(bounds[k]), int(bounds[k + 1])
-                acc = np.zeros((hi - lo, d), dtype=np.float32)
-                cnt = np.zeros(hi - lo, dtype=np.int64)
-                for src, dst in window_edges(k):
-                    order = np.argsort(src, kind="stable")
-                    got = rows.take(np.ascontiguousarray(src[order]))
-                    got = np.ascontiguousarray(got, dtype=np.float32)  # kernels have no float16
-                    scatter_add_rows(acc, cnt, np.ascontiguousarray(dst[order] - lo), got)
-                    if progress is not None:
-                        progress(len(src))
-                acc /= np.maximum(cnt, 1)[:, None]
-                os.pwrite(out.fileno(), acc.astype(out_dtype).tobytes(), lo * out_rb)
-        out.flush()
-        os.fsync(out.fileno())
-    return MappedRows(out_path, 0, (num_out, d), np.dtype(out_dtype), name=out_path.name)
+
+def _window_mean(
+    rows: RowSource,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    lo: int,
+    hi: int,
+    progress: Callable[[int], None] | None,
+) -> NDArray[np.float32]:
+    """Float32 mean of ``rows[src]`` per target in ``[lo, hi)`` over edge ``blocks`` (0 if none)."""
+    acc = np.zeros((hi - lo, rows.shape[1]), dtype=np.float32)
+    cnt = np.zeros(hi - lo, dtype=np.int64)
+    for src, dst in blocks:
+        order = np.argsort(src, kind="stable")
+        got = rows.take(np.ascontiguousarray(src[order]))
+        got = np.ascontiguousarray(got, dtype=np.float32)  # kernels have no float16
+        scatter_add_rows(acc, cnt, np.ascontiguousarray(dst[order] - lo), got)
+        if progress is not None:
+            progress(len(src))
+    acc /= np.maximum(cnt, 1)[:, None]
+    return acc
 
 
 def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None = None) -> Source:
@@ -277,6 +316,33 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
             f"{str(root)!r} holds no MAG240M dataset (meta.pt and processed/ not found)"
         )
     root = found
+    counts = _read_meta(root)
+    splits, test_key = _read_splits(root, test_split)
+    proc = root / "processed"
+    feat, labels = _open_papers(proc, counts["paper"])
+    rel = _open_relations(proc, graph)
+    files = [root / "meta.pt", root / "split_dict.pt", feat.path, Path(labels.path)]  # type: ignore[attr-defined]
+    files += [e.edge_index.path for e in rel.values()]  # type: ignore[attr-defined]
+    info: dict[str, Any] = {"graph": graph, "test_split": test_key}
+    if graph == "full":
+        return _full_graph(root, counts, splits, feat, labels, rel, files, info)
+    return Source(
+        format="mag240m",
+        path=root,
+        num_nodes=counts["paper"],
+        features=feat,
+        labels=labels,
+        edges=rel["cites"],
+        splits=splits,
+        num_classes=counts["num_classes"],
+        default_undirected=True,
+        files=files,
+        info=info,
+    )
+
+
+def _read_meta(root: Path) -> dict[str, int]:
+    """The node counts and ``num_classes`` of ``meta.pt`` (0 for a missing count)."""
     meta = load_torch_pickle(root / "meta.pt", "meta.pt")
     if not isinstance(meta, dict) or not {"paper", "num_classes"} <= set(meta):
         raise SourceFormatError("'meta.pt' must be a dict with 'paper', ..., 'num_classes'")
@@ -289,7 +355,13 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
                 "the file is damaged, download it again"
             )
         counts[key] = int(value)
-    p, a, i = counts["paper"], counts["author"], counts["institution"]
+    return counts
+
+
+def _read_splits(
+    root: Path, test_split: str | None
+) -> tuple[dict[str, NDArray[np.int64]], str | None]:
+    """The train/valid/test paper ids of ``split_dict.pt``, and the key used as test."""
     raw_split = load_torch_pickle(root / "split_dict.pt", "split_dict.pt")
     if not isinstance(raw_split, dict):
         raise SourceFormatError("'split_dict.pt' must be a dict of id arrays")
@@ -306,7 +378,11 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
                 f"'split_dict.pt'[{theirs!r}] has dtype {arr.dtype}; expected ids"
             )
         splits[ours] = arr.astype(np.int64)
-    proc = root / "processed"
+    return splits, test_key
+
+
+def _open_papers(proc: Path, p: int) -> tuple[MappedRows, RowSource]:
+    """The paper features ``[p, D]`` and labels ``[p]`` of ``processed/paper/``, shapes checked."""
     feat = open_npy(proc / "paper" / "node_feat.npy", "processed/paper/node_feat.npy")
     if len(feat.shape) != 2 or feat.shape[0] != p or feat.dtype.kind != "f":
         raise SourceFormatError(
@@ -320,6 +396,11 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
         raise SourceFormatError(
             f"'processed/paper/node_label.npy' has shape {labels.shape}; expected ({p},)"
         )
+    return feat, labels
+
+
+def _open_relations(proc: Path, graph: str) -> dict[str, ArrayEdges]:
+    """The edge lists the ``graph`` needs (``cites`` only for ``'papers'``), by short name."""
     rel: dict[str, ArrayEdges] = {}
     for short, folder in _RELATIONS.items():
         if graph == "papers" and short != "cites":
@@ -327,23 +408,21 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
         rel[short] = ArrayEdges(
             open_npy(proc / folder / "edge_index.npy", f"processed/{folder}/edge_index.npy")
         )
-    files = [root / "meta.pt", root / "split_dict.pt", feat.path, Path(labels.path)]  # type: ignore[attr-defined]
-    files += [e.edge_index.path for e in rel.values()]  # type: ignore[attr-defined]
-    info: dict[str, Any] = {"graph": graph, "test_split": test_key}
-    if graph == "papers":
-        return Source(
-            format="mag240m",
-            path=root,
-            num_nodes=p,
-            features=feat,
-            labels=labels,
-            edges=rel["cites"],
-            splits=splits,
-            num_classes=counts["num_classes"],
-            default_undirected=True,
-            files=files,
-            info=info,
-        )
+    return rel
+
+
+def _full_graph(
+    root: Path,
+    counts: dict[str, int],
+    splits: dict[str, NDArray[np.int64]],
+    feat: MappedRows,
+    labels: RowSource,
+    rel: dict[str, ArrayEdges],
+    files: list[Path],
+    info: dict[str, Any],
+) -> Source:
+    """The ``full`` graph: papers, authors and institutions, typed edges, unlabelled non-papers."""
+    p, a, i = counts["paper"], counts["author"], counts["institution"]
     info["node_types"] = {"paper": [0, p], "author": [p, p + a], "institution": [p + a, p + a + i]}
     edges = ChainEdges(
         [(rel["cites"], 0, 0), (rel["writes"], p, 0), (rel["affiliated_with"], p, p + a)],
@@ -354,6 +433,26 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
     )
     no_label = np.nan if labels.dtype.kind == "f" else -1
     labels = ConcatRows([labels, FillRows(a + i, no_label, labels.dtype, "no labels")], "labels")
+    return Source(
+        format="mag240m",
+        path=root,
+        num_nodes=p + a + i,
+        features=feat,
+        labels=labels,
+        edges=edges,
+        splits=splits,
+        num_classes=counts["num_classes"],
+        default_undirected=True,
+        files=files,
+        info=info,
+        prepare=_full_features(feat, rel, a, i),
+    )
+
+
+def _full_features(
+    feat: MappedRows, rel: dict[str, ArrayEdges], a: int, i: int
+) -> Callable[..., RowSource]:
+    """The full graph's ``Source.prepare``: paper features, then author and institution means."""
 
     def prepare(
         tmp_dir: Path,
@@ -382,17 +481,4 @@ def read_mag240m(root: str | Path, graph: str = "papers", test_split: str | None
             )
         return ConcatRows([feat, authors, insts], "paper + author + institution features")
 
-    return Source(
-        format="mag240m",
-        path=root,
-        num_nodes=p + a + i,
-        features=feat,
-        labels=labels,
-        edges=edges,
-        splits=splits,
-        num_classes=counts["num_classes"],
-        default_undirected=True,
-        files=files,
-        info=info,
-        prepare=prepare,
-    )
+    return prepare

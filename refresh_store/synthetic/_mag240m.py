@@ -28,15 +28,36 @@ _PAPERS_PER_INSTITUTION = 4733  # 122M papers / 25.7K institutions
 def write_mag240m(plan: _Plan, root: Path) -> dict[str, int]:
     import torch  # only here: refresh_store does not import torch at import time
 
-    n, d = plan.n, plan.feature_dim
     proc = root / "processed"
     (proc / "paper").mkdir(parents=True)
+    split_ids = _write_papers(plan, proc / "paper")
+    num_authors, num_institutions, counts = _write_edges(plan, proc)
+    meta = {
+        "paper": plan.n,
+        "author": num_authors,
+        "institution": num_institutions,
+        "num_classes": plan.num_classes,
+    }
+    torch.save(meta, root / "meta.pt")
+    torch.save(_split_dict(split_ids), root / "split_dict.pt")
+    return {
+        "num_edges": counts["paper___cites___paper"],
+        "num_authors": num_authors,
+        "num_institutions": num_institutions,
+        "num_writes_edges": counts["author___writes___paper"],
+        "num_affiliated_edges": counts["author___affiliated_with___institution"],
+    }
+
+
+def _write_papers(plan: _Plan, folder: Path) -> list[list[NDArray[np.int64]]]:
+    """Stream paper features, labels and years into ``folder``; return split ids per block."""
+    n, d = plan.n, plan.feature_dim
     centroids = _centroids(plan)
     split_ids: list[list[NDArray[np.int64]]] = [[], [], []]
     with (
-        open(proc / "paper" / "node_feat.npy", "wb") as ff,
-        open(proc / "paper" / "node_label.npy", "wb") as fl,
-        open(proc / "paper" / "node_year.npy", "wb") as fy,
+        open(folder / "node_feat.npy", "wb") as ff,
+        open(folder / "node_label.npy", "wb") as fl,
+        open(folder / "node_year.npy", "wb") as fy,
     ):
         feat = _NpyStream(ff, plan.spec.dtype, (n, d))
         label = _NpyStream(fl, np.dtype(np.float32), (n,))
@@ -50,7 +71,12 @@ def write_mag240m(plan: _Plan, root: Path) -> dict[str, int]:
                 split_ids[code].append(np.flatnonzero(nb.split == code) + lo)
         for s in (feat, label, year):
             s.close()
+    return split_ids
 
+
+def _write_edges(plan: _Plan, proc: Path) -> tuple[int, int, dict[str, int]]:
+    """Write the three ``edge_index.npy``; return (authors, institutions, edges per relation)."""
+    n = plan.n
     num_authors = max(plan.papers.res_class.shape[0], int(round(n * _AUTHORS_PER_PAPER)))
     num_institutions = max(1, int(round(n / _PAPERS_PER_INSTITUTION)))
     authors = _make_domain(plan.seed, _DOM_AUTHOR, num_authors, plan.papers.res_class)
@@ -75,29 +101,18 @@ def write_mag240m(plan: _Plan, root: Path) -> dict[str, int]:
         (proc / name).mkdir()
         with open(proc / name / "edge_index.npy", "wb") as f:
             counts[name] = _write_edge_index(plan, f, rel, rows, name)
+    return num_authors, num_institutions, counts
 
-    meta = {
-        "paper": n,
-        "author": num_authors,
-        "institution": num_institutions,
-        "num_classes": plan.num_classes,
-    }
-    torch.save(meta, root / "meta.pt")
+
+def _split_dict(split_ids: list[list[NDArray[np.int64]]]) -> dict[str, NDArray[np.int64]]:
+    """``split_dict.pt``: train, valid and the test papers, whole and split as ogb.lsc does."""
     train, valid, test = (np.concatenate(ids).astype(np.int64) for ids in split_ids)
     # ogb.lsc splits the test papers into test-dev / test-challenge by i % 5 < 3.
     dev = np.arange(test.shape[0]) % 5 < 3
-    split = {
+    return {
         "train": train,
         "valid": valid,
         "test-whole": test,
         "test-dev": test[dev],
         "test-challenge": test[~dev],
-    }
-    torch.save(split, root / "split_dict.pt")
-    return {
-        "num_edges": counts["paper___cites___paper"],
-        "num_authors": num_authors,
-        "num_institutions": num_institutions,
-        "num_writes_edges": counts["author___writes___paper"],
-        "num_affiliated_edges": counts["author___affiliated_with___institution"],
     }

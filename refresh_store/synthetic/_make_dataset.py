@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._graph import (
     _DEFAULT_NAME,
@@ -198,19 +199,58 @@ def make_dataset(
             f"use at least {_min_nodes(res_class.shape[0])} nodes or fewer classes"
         )
 
+    plan = _make_plan(
+        spec, n, dim, classes, labelled_fraction, seed, avg_degree, skew, homophily,
+        feature_signal, rows, progress, res_class,
+    )  # fmt: skip
+    out = Path(out)
+    final = out / spec.dir_name
+    _check_replaceable(final, overwrite)
+    partial = out / (spec.dir_name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # left by an interrupted run of this function
+    partial.mkdir(parents=True)
+    try:
+        _write_layout(plan, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
+
+
+def _make_plan(
+    spec: _Spec,
+    n: int,
+    dim: int,
+    classes: int,
+    labelled_fraction: float,
+    seed: int,
+    avg_degree: float,
+    skew: float,
+    homophily: float,
+    feature_signal: float,
+    rows: int,
+    progress: bool,
+    res_class: NDArray[np.int64],
+) -> _Plan:
+    """The plan of a dataset from checked arguments: its papers and their citation relation."""
     papers = _make_domain(seed, _DOM_PAPER, n, res_class)
     out_active, in_active = _active_slots(n)
     cites = _Relation(
         papers, papers, out_active, in_active, skew * _OUT_SKEW_RATIO, skew, avg_degree * n,
         homophily, _P_SELF_LOOP, _P_REPEAT, seed, _REL_CITES,
     )  # fmt: skip
-    plan = _Plan(
+    return _Plan(
         spec, n, dim, classes, labelled_fraction, seed, avg_degree, skew, homophily,
         feature_signal, rows, progress, papers, cites,
     )  # fmt: skip
 
-    out = Path(out)
-    final = out / spec.dir_name
+
+def _check_replaceable(final: Path, overwrite: bool) -> None:
+    """Refuse an existing ``final`` unless ``overwrite`` and make_dataset wrote it."""
     if final.exists():
         if not overwrite:
             raise FileExistsError(
@@ -221,41 +261,34 @@ def make_dataset(
                 f"'{final}' has no {INFO_FILE}, so it was not written by make_dataset; "
                 "refusing to replace it: remove it yourself"
             )
-    partial = out / (spec.dir_name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # left by an interrupted run of this function
-    partial.mkdir(parents=True)
-    try:
-        # ogb opens a local dataset without asking to download only when the
-        # release marker and processed/ exist.
-        (partial / "RELEASE_v1.txt").write_text(
-            f"Synthetic {spec.name} written by refresh_store.synthetic (not the real data).\n"
-        )
-        (partial / "processed").mkdir()
-        counts = _WRITERS[spec.layout](plan, partial)
-        info = {
-            "generator": "refresh_store.synthetic",
-            "layout": spec.layout,
-            "name": spec.name,
-            "num_nodes": n,
-            **counts,
-            "feature_dim": dim,
-            "feature_dtype": spec.dtype.name,
-            "num_classes": classes,
-            "seed": seed,
-            "avg_degree": avg_degree,
-            "skew": skew,
-            "homophily": homophily,
-            "feature_signal": feature_signal,
-            "labelled_fraction": labelled_fraction,
-        }
-        with open(partial / INFO_FILE, "w") as f:
-            json.dump(info, f, indent=2)
-            f.write("\n")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
+
+
+def _write_layout(plan: _Plan, partial: Path) -> None:
+    """Write the dataset of ``plan`` into the empty folder ``partial``, :data:`INFO_FILE` last."""
+    spec = plan.spec
+    # ogb opens a local dataset without asking to download only when the
+    # release marker and processed/ exist.
+    (partial / "RELEASE_v1.txt").write_text(
+        f"Synthetic {spec.name} written by refresh_store.synthetic (not the real data).\n"
+    )
+    (partial / "processed").mkdir()
+    counts = _WRITERS[spec.layout](plan, partial)
+    info = {
+        "generator": "refresh_store.synthetic",
+        "layout": spec.layout,
+        "name": spec.name,
+        "num_nodes": plan.n,
+        **counts,
+        "feature_dim": plan.feature_dim,
+        "feature_dtype": spec.dtype.name,
+        "num_classes": plan.num_classes,
+        "seed": plan.seed,
+        "avg_degree": plan.avg_degree,
+        "skew": plan.skew,
+        "homophily": plan.homophily,
+        "feature_signal": plan.feature_signal,
+        "labelled_fraction": plan.labelled_fraction,
+    }
+    with open(partial / INFO_FILE, "w") as f:
+        json.dump(info, f, indent=2)
+        f.write("\n")
