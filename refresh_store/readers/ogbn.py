@@ -26,7 +26,8 @@ from ._source import Source
 
 __all__ = ["CsvRows", "CsvEdges", "read_csv_ids", "find_split_dir", "read_ogbn"]
 
-_CSV_ERRORS = (ValueError, OSError, EOFError, zlib.error, pd.errors.ParserError)
+# OverflowError: an integer past int64 (pandas raises it for "99999999999999999999").
+_CSV_ERRORS = (ValueError, OverflowError, OSError, EOFError, zlib.error, pd.errors.ParserError)
 
 
 def _csv_chunks(path: Path, rows: int, dtype: type, name: str) -> Iterator[np.ndarray]:
