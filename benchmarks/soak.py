@@ -31,9 +31,12 @@ Analysis, per series, over epochs 2..N (epoch 1 is warm-up: lazily built
 pools, first-touch pages, the allocator's arenas): the least-squares slope
 per epoch, the range (max - min), and a verdict:
 
-* RSS, peak RSS and GC objects: ``flat`` when ``|slope| * N`` (the drift a
-  run of N epochs would show) is below 2 % of the series' mean, else ``grows``
-  or ``shrinks``;
+* RSS, peak RSS, GC objects and glibc's heap (bytes in use, and bytes freed
+  but kept in its arenas, from ``mallinfo2``: a leak grows the first,
+  fragmentation the second): ``flat`` when ``|slope| * N`` (the drift a run
+  of N epochs would show) is below 2 % of the series' mean, else ``grows`` or
+  ``shrinks``, with ``then flat from epoch k`` when the same test passes on
+  the last half of epochs 2..N (growth that levels off);
 * file descriptors, threads, memory mappings: ``flat`` only when every value
   at epochs 2..N equals epoch 1's (no growth at all after warm-up); ``grows``
   when the last is above epoch 1's; ``varies`` otherwise (bounded, e.g. a
@@ -56,6 +59,7 @@ generated dataset and its store are cached under ``bench_cache/soak/``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -89,6 +93,8 @@ SERIES: dict[str, tuple[float, str, str]] = {
     "python_threads": (1, "Python threads", "exact"),
     "memory_maps": (1, "memory mappings", "exact"),
     "gc_objects": (1, "objects tracked by the GC", "drift"),
+    "malloc_in_use_bytes": (2**20, "malloc: in use (MiB)", "drift"),
+    "malloc_free_bytes": (2**20, "malloc: free, kept in arenas (MiB)", "drift"),
 }
 DRIFT_TOLERANCE = 0.02  # 2 % of the mean over a run of N epochs
 
@@ -164,6 +170,32 @@ def _thread_names() -> dict[str, int]:
     return dict(sorted(names.items()))
 
 
+class _MallInfo2(ctypes.Structure):
+    # glibc >= 2.33 (malloc.h); every field is a size_t.
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+        "keepcost".split()
+    ]
+
+
+def _mallinfo() -> tuple[int | None, int | None]:
+    """glibc's heap: (bytes in use, bytes free but kept in its arenas); Nones elsewhere.
+
+    It tells a leak (in use grows) from fragmentation (free grows: freed
+    chunks the allocator cannot hand back because live ones share their pages).
+    It only reads counters: sampling does not change what the process holds.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        f = libc.mallinfo2
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return None, None
+    f.restype = _MallInfo2
+    m = f()
+    return int(m.uordblks + m.hblkhd), int(m.fordblks)
+
+
 def sample_process(proc: psutil.Process) -> dict[str, Any]:
     """One sample of this process's resources (after a full garbage collection)."""
     import numba
@@ -185,6 +217,7 @@ def sample_process(proc: psutil.Process) -> dict[str, Any]:
             sorted(Counter(t.name.rstrip("0123456789_-") for t in threading.enumerate()).items())
         ),
     }
+    out["malloc_in_use_bytes"], out["malloc_free_bytes"] = _mallinfo()
     try:
         out["memory_maps"] = _count_lines("/proc/self/maps")
     except OSError:  # not Linux
@@ -355,10 +388,16 @@ def analyse(epochs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     if kind == "drift":
         limit = DRIFT_TOLERANCE * abs(mean)
         out["limit"] = limit
+        # The same test on the last half of epochs 2..N: an allocator that
+        # fragments for a while and then reuses what it holds levels off.
+        half = rest[len(rest) // 2 :]
+        out["slope_last_half"] = b2 = slope([p[0] for p in half], [p[1] for p in half])
         if abs(b * n) < limit:
             out["verdict"] = "flat"
         else:
             out["verdict"] = "grows" if b > 0 else "shrinks"
+            if len(half) >= 3 and abs(b2 * n) < limit:
+                out["verdict"] += f", then flat from epoch {half[0][0]}"
     else:
         # The epoch from which the series holds its last value: a pool that fills
         # up to its size and stops is told apart from one that keeps growing.
@@ -429,18 +468,22 @@ def markdown(result: dict[str, Any]) -> str:
             + (f"; memory fit lowered {run['memory_fit']}" if run["memory_fit"] else "")
             + ".",
             "",
-            "| series | epoch 1 | mean 2..N | slope / epoch | range 2..N | slope x N | verdict |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| series | epoch 1 | mean 2..N | slope / epoch | last half | range 2..N | slope x N "
+            "| verdict |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for key, (_, label, _kind) in SERIES.items():
             a = summ[key]
+            if a["epoch1"] is None:
+                continue  # not recorded (an older result, or not glibc)
             if a["slope_per_epoch"] is None:
-                lines.append(f"| {label} | {_fmt(a['epoch1'])} | | | | | {a['verdict']} |")
+                lines.append(f"| {label} | {_fmt(a['epoch1'])} | | | | | | {a['verdict']} |")
                 continue
+            half = a.get("slope_last_half")
             lines.append(
                 f"| {label} | {_fmt(a['epoch1'])} | {_fmt(a['mean'])} | "
-                f"{a['slope_per_epoch']:+,.3f} | {_fmt(a['range'])} | "
-                f"{a['drift_over_run']:+,.2f} | **{a['verdict']}** |"
+                f"{a['slope_per_epoch']:+,.3f} | {'' if half is None else f'{half:+,.3f}'} | "
+                f"{_fmt(a['range'])} | {a['drift_over_run']:+,.2f} | **{a['verdict']}** |"
             )
         e1, last = run["epochs"][0], run["epochs"][-1]
         b, c = run["before_trainer"], run["after_release"]
@@ -455,7 +498,8 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Before the trainer -> after `close()` and dropping it: fds {b['num_fds']} -> {c['num_fds']} "
             f"({_diff(b['fd_kinds'], c['fd_kinds'])}), OS threads {b['num_threads']} -> "
-            f"{c['num_threads']} ({_diff(b['thread_names'], c['thread_names'])}), RSS "
+            f"{c['num_threads']} (Python threads: "
+            f"{_diff(b['python_thread_names'], c['python_thread_names'])}), RSS "
             f"{b['rss_bytes'] / 2**20:,.0f} -> {c['rss_bytes'] / 2**20:,.0f} MiB, memory maps "
             f"{b['memory_maps']} -> {c['memory_maps']}.",
             "",
@@ -485,13 +529,18 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         print("matplotlib is missing (pip install -e .[bench]); no plot", file=sys.stderr)
         return None
-    keys = list(SERIES)
+    # Series no run recorded (an older result, or not glibc) get no panel.
+    keys = [
+        k for k in SERIES if any(e.get(k) is not None for r in result["runs"] for e in r["epochs"])
+    ]
     cols = 4
     rows = (len(keys) + cols) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys + ["wall_s"]):
         scale, label = (1, "epoch wall time (s)") if key == "wall_s" else SERIES[key][:2]
         for i, run in enumerate(result["runs"]):
+            if any(e.get(key) is None for e in run["epochs"]):
+                continue  # not recorded by this run
             xs = [e["epoch"] for e in run["epochs"]]
             ys = [e[key] / scale for e in run["epochs"]]
             ax.plot(xs, ys, "o-", ms=3, color=f"C{i}", label=f"--cache {run['mode']}")

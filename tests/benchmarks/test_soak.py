@@ -44,6 +44,11 @@ def test_rss_verdict_skips_the_warm_up_epoch_and_scales_with_the_run():
     assert a["verdict"] == "grows"
     assert a["slope_per_epoch"] == pytest.approx(2.0)
     assert a["range"] == pytest.approx(36.0)  # epochs 2..20
+    # Growth that stops half-way (an allocator settling) is told apart from a leak.
+    settles = [1000 * mib + 5 * mib * min(i, 8) for i in range(20)]
+    assert soak.analyse(_epochs("rss_bytes", settles), "rss_bytes")["verdict"] == (
+        "grows, then flat from epoch 11"
+    )
     # 0.5 MiB per epoch = 10 MiB over the run = 1 %: within the tolerance.
     small = [1000 * mib + mib * i // 2 for i in range(20)]
     assert soak.analyse(_epochs("rss_bytes", small), "rss_bytes")["verdict"] == "flat"
@@ -73,8 +78,9 @@ def test_a_tiny_run_samples_every_epoch_and_writes_its_report(tmp_path):
     (run,) = result["runs"]
     assert run["mode"] == "refresh"
     assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3]
+    glibc = soak._mallinfo()[0] is not None
     for e in run["epochs"]:
-        for key in [*soak.SERIES, "wall_s", "numba_threads", "torch_threads", "valid_acc",
+        for key in [*(k for k in soak.SERIES if glibc or not k.startswith("malloc")), "wall_s", "numba_threads", "torch_threads", "valid_acc",
                     "thread_names", "python_thread_names", "fd_kinds"]:  # fmt: skip
             assert e[key] is not None, key
         assert e["peak_rss_bytes"] > 0 and e["num_fds"] > 0 and e["num_threads"] >= 1
