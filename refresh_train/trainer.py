@@ -64,6 +64,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import DistContext
 from .epoch import batch_seed, epoch_batches, num_batches
 from .evaluate import evaluate
+from .heap import limit_arenas, release_free_memory
 from .loader import BatchLoader
 from .memory_fit import fit_memory
 from .metrics import JsonlWriter, MetricsWriteError, RssMonitor, format_table, hit_rates
@@ -113,6 +114,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, dist: DistContext | None = None) -> None:
+        # Before the I/O and loader threads exist: they share two malloc arenas.
+        limit_arenas()
         self.config = config
         self.dist = dist
         self.rank = dist.rank if dist is not None else 0
@@ -474,6 +477,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> None:
         cfg = self.config
+        release_free_memory()  # what the last epoch freed, before its peak is measured
         self.rss.reset()
         record = self.train_epoch(epoch)
         last = epoch + 1 == cfg.epochs
