@@ -9,7 +9,7 @@ DEMO_DIR := demo_data
 # unpinned torch pulls a multi-GB CUDA build from PyPI.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-all lint format clean
+.PHONY: install demo test test-slow test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# What CI runs after `make test`: the slow tests (kills, faults, peak RSS, crash
+# resume) and every property test with 400 fixed examples.
+test-slow: $(STAMP)
+	REFRESH_HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "slow or hypothesis"
 
 test-all: $(STAMP)
 	REFRESH_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -m "slow or not slow"

@@ -1,8 +1,11 @@
-"""Hypothesis profiles: a bounded example count for ``make test``, more for ``make test-all``.
+"""Hypothesis profiles: a bounded example count for ``make test``, more for the slow runs.
 
-``REFRESH_HYPOTHESIS_PROFILE=thorough`` (set by ``make test-all``) raises the
-count of the fuzz tests that take it from the profile (those that pin
-``max_examples`` themselves keep theirs).
+``fast`` (``make test``) and ``ci`` (``make test-slow``, which CI runs after
+``make test``) draw the same examples on every run (``derandomize``), so CI's
+verdict is a function of the code; ``thorough`` (``make test-all``) draws as
+many as ``ci`` but new ones each run, to explore. Fuzz tests that pin
+``max_examples`` themselves keep theirs. A case ``thorough`` finds becomes an
+explicit ``@example``.
 
 ``one_torch_thread`` (one test) and ``one_torch_thread_per_module`` run torch
 on one thread, for tests of tiny tensors.
@@ -16,12 +19,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 _SLOW_GENERATION = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-settings.register_profile(
-    "fast", max_examples=25, deadline=None, suppress_health_check=_SLOW_GENERATION
-)
-settings.register_profile(
-    "thorough", max_examples=400, deadline=None, suppress_health_check=_SLOW_GENERATION
-)
+_COMMON = dict(deadline=None, suppress_health_check=_SLOW_GENERATION)
+settings.register_profile("fast", max_examples=25, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=400, derandomize=True, **_COMMON)
+settings.register_profile("thorough", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("REFRESH_HYPOTHESIS_PROFILE", "fast"))
 
 

@@ -36,9 +36,12 @@ def store(tmp_path_factory):
 
 
 def _argv(store, tmp) -> list[str]:
+    # Batches of 8: about 60 steps an epoch, so an epoch lasts long enough (about a
+    # second here) that a kill or Ctrl-C sent just after a checkpoint lands in the
+    # next epoch even on a loaded machine (with 10 steps, epochs 2-3 could end first).
     return [
         "--store", str(store.path), "--layers", "2", "--hidden", "16", "--fanouts", "5,3",
-        "--batch-size", "50", "--epochs", str(EPOCHS), "--lr", "0.01", "--seed", "5",
+        "--batch-size", "8", "--epochs", str(EPOCHS), "--lr", "0.01", "--seed", "5",
         "--cache", "raw", "--cache-budget", "4KiB", "--host-budget", "8KiB", "--lookahead", "2",
         "--eval-batch-size", "512", "--checkpoint-dir", str(tmp / "ckpt"),
         "--metrics-out", str(tmp / "m.jsonl"), "--no-progress",
@@ -74,7 +77,7 @@ def _start(args: list[str], code: str | None = None) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_for(proc: subprocess.Popen, ready, timeout_s: float = 120.0) -> bool:
+def _wait_for(proc: subprocess.Popen, ready, timeout_s: float = 600.0) -> bool:
     """Poll until ``ready()`` or the process ends; whether it is still running."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
