@@ -30,6 +30,37 @@ _F32 = 4
 #: 2-4 MiB measured on small steps here, rounded up.
 STEP_OVERHEAD_BYTES = 4 << 20  # 4 MiB
 
+#: RSS of a fresh ``python -c "import torch, numba, zarr, torch_geometric"``
+#: that also imports this project's trainer modules: 413 MiB (403 MiB for the
+#: four libraries alone), median of 3 fresh processes of
+#: ``benchmarks/memory_plan.py`` on the 2-core benchmark machine (Python
+#: 3.11.7, torch 2.13.0+cpu, numba 0.68.1, zarr 3.1.6, torch_geometric 2.8.1;
+#: ``benchmarks/results/memory_plan.md``). The plan takes the larger of this
+#: and the planning process's own RSS.
+LIBRARIES_BYTES = 413 << 20  # 413 MiB
+
+#: What a process grows by on first use beyond its imports: Numba kernels
+#: loaded from their cache, library code pages the first step and the first
+#: evaluation touch (ogb's evaluator imports pandas), torch's thread pools.
+#: Measured by the same script as RSS after a 2-epoch run on a 600-node store
+#: minus RSS after the imports: 138 MiB (median of 3), rounded up to 160 MiB.
+RUNTIME_BYTES = 160 << 20  # 160 MiB
+
+#: Device memory of a CUDA context and torch's kernels (not measured here:
+#: a commonly seen figure, an estimate).
+CUDA_CONTEXT_BYTES = 512 << 20  # 512 MiB
+
+#: Training batches sampled at start to measure per-batch node and edge counts.
+PROBE_BATCHES = 4
+#: The measured per-batch figures are the largest probe's times this (capped
+#: at the fanouts' worst case): full batches of an epoch differ by a few per
+#: cent from one another.
+PROBE_MARGIN = 1.10
+
+#: ``BufferPool`` allocates 1/8 more than asked, so that a slightly larger
+#: batch reuses the buffer.
+POOL_HEADROOM = 1.125
+
 Blocks = Sequence[tuple[int, int, int]]
 """``(num_src, num_dst, num_edges)`` per block, block 0 (the input side) first."""
 
