@@ -36,9 +36,7 @@ def store(tmp_path_factory):
 
 
 def _argv(store, tmp) -> list[str]:
-    # Batches of 8: about 60 steps an epoch, so an epoch lasts long enough (about a
-    # second here) that a kill or Ctrl-C sent just after a checkpoint lands in the
-    # next epoch even on a loaded machine (with 10 steps, epochs 2-3 could end first).
+    # Batches of 8: about 60 steps an epoch (see _SLOW_STEPS).
     return [
         "--store", str(store.path), "--layers", "2", "--hidden", "16", "--fanouts", "5,3",
         "--batch-size", "8", "--epochs", str(EPOCHS), "--lr", "0.01", "--seed", "5",
@@ -67,6 +65,28 @@ def _resume_to_the_end_and_compare(store, tmp, uninterrupted) -> None:
     assert [{k: r[k] for k in KEYS} for r in got] == [
         {k: r[k] for k in KEYS} for r in whole_metrics
     ]
+
+
+# Runs the trainer with every optimiser step at least 10 ms long, so an epoch
+# (about 60 steps) lasts at least 0.6 s on any machine: a kill or Ctrl-C sent
+# 0-0.4 s after a checkpoint lands in the next epoch, not after the run ended
+# (on an idle machine the epochs took 0.3 s and the last kill came too late).
+_SLOW_STEPS = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from refresh_train.cli import main
+
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        time.sleep(0.01)
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = step
+    sys.exit(main(sys.argv[1:]))
+    """
+)
 
 
 def _start(args: list[str], code: str | None = None) -> subprocess.Popen:
@@ -106,7 +126,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_result(
     for _ in range(4):
         resume = ["--resume"] if ckpt.exists() else []
         seen = _mtime(ckpt)
-        proc = _start([*_argv(store, tmp_path), *resume])
+        proc = _start([*_argv(store, tmp_path), *resume], _SLOW_STEPS)
         # Once training runs (a checkpoint was written), kill it a moment later:
         # in a batch, in evaluation or while the next checkpoint is written.
         if _wait_for(proc, lambda seen=seen: _mtime(ckpt) != seen):
@@ -191,7 +211,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_one_that_resumes(
 
 def test_ctrl_c_in_a_real_process_saves_and_resumes(store, tmp_path, uninterrupted):
     metrics = tmp_path / "m.jsonl"
-    proc = _start(_argv(store, tmp_path))
+    proc = _start(_argv(store, tmp_path), _SLOW_STEPS)
 
     def first_epoch_done() -> bool:
         return metrics.exists() and metrics.read_text().count("\n") >= 1
