@@ -9,11 +9,19 @@ Ids are degree-reordered like a converted store (node 0 has most edges).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from refresh_store.store import Store
 from refresh_store.writer import write_store
+from refresh_train.config import (
+    EvalConfig,
+    HistoryConfig,
+    LoaderConfig,
+    TierConfig,
+    TrainConfig,
+)
 
 
 def planted_arrays(
@@ -71,3 +79,34 @@ def planted_store(path: Path, **kwargs) -> Store:
     """Write :func:`planted_arrays` as a store at ``path`` and open it."""
     num_classes = kwargs.get("num_classes", 4)
     return write_store(path, num_classes=num_classes, **planted_arrays(**kwargs))
+
+
+def small_run_config(store: Store, cache: str = "raw", **kw: Any) -> TrainConfig:
+    """A 2-layer SAGE run on a planted store, every tier and the history in play
+    (device 300 rows, host 600, lookahead 4 in windows of 1,500 rows), no memory check."""
+    row = store.region("features").row_bytes
+    base = dict(
+        store=str(store.path),
+        model="sage",
+        layers=2,
+        hidden=32,
+        fanouts=(8, 4),
+        batch_size=128,
+        epochs=1,
+        lr=0.01,
+        seed=3,
+        tiers=TierConfig(
+            cache=cache,
+            cache_budget_bytes=300 * row,
+            host_budget_bytes=600 * row,
+            lookahead_batches=4,
+            lookahead_budget_bytes=1500 * row,
+        ),
+        history=HistoryConfig(staleness_iters=50),
+        eval=EvalConfig(batch_size=512),
+        loader=LoaderConfig(prefetch_batches=2),
+        progress=False,
+        max_rss_bytes=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)

@@ -8,13 +8,12 @@ plans stays between them.
 from __future__ import annotations
 
 import pytest
-from _planted import planted_store
+from _planted import planted_store, small_run_config
 
 import refresh_train.memory_plan as memory_plan
 from refresh_train.cli import config_from_args
 from refresh_train.config import (
     ConfigError,
-    EvalConfig,
     HistoryConfig,
     LoaderConfig,
     TierConfig,
@@ -39,32 +38,7 @@ def steady_rss(monkeypatch):
 
 
 def _config(store, cache: str = "raw", **kw) -> TrainConfig:
-    row = store.region("features").row_bytes
-    base = dict(
-        store=str(store.path),
-        layers=2,
-        hidden=32,
-        fanouts=(8, 4),
-        batch_size=128,
-        epochs=2,
-        lr=0.01,
-        seed=3,
-        tiers=TierConfig(
-            cache=cache,
-            cache_budget_bytes=300 * row,
-            host_budget_bytes=600 * row,
-            lookahead_batches=4,
-            lookahead_budget_bytes=1500 * row,
-        ),
-        history=HistoryConfig(staleness_iters=50),
-        eval=EvalConfig(batch_size=512),
-        loader=LoaderConfig(prefetch_batches=2),
-        progress=False,
-        max_rss_bytes=0,
-        fit_memory=BOTH,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_run_config(store, cache, **{"epochs": 2, "fit_memory": BOTH, **kw})
 
 
 def _model(store, cfg):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _planted import planted_store
+from _planted import planted_store, small_run_config
 
 from refresh_train._memory_sizes import policy_bytes
 from refresh_train.cli import config_from_args, main
@@ -28,7 +28,6 @@ from refresh_train.config import (
     EvalConfig,
     HistoryConfig,
     LoaderConfig,
-    TierConfig,
     TrainConfig,
 )
 from refresh_train.memory_plan import MemoryPlanError, plan_memory
@@ -47,32 +46,7 @@ def store(tmp_path_factory):
 
 
 def _config(store, cache: str = "raw", **kw) -> TrainConfig:
-    row = store.region("features").row_bytes
-    base = dict(
-        store=str(store.path),
-        model="sage",
-        layers=2,
-        hidden=32,
-        fanouts=(8, 4),
-        batch_size=128,
-        epochs=1,
-        lr=0.01,
-        seed=3,
-        tiers=TierConfig(
-            cache=cache,
-            cache_budget_bytes=300 * row,
-            host_budget_bytes=600 * row,
-            lookahead_batches=4,
-            lookahead_budget_bytes=1500 * row,
-        ),
-        history=HistoryConfig(staleness_iters=50),
-        eval=EvalConfig(batch_size=512),
-        loader=LoaderConfig(prefetch_batches=2),
-        progress=False,
-        max_rss_bytes=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_run_config(store, cache, **kw)
 
 
 def _items(plan) -> dict:

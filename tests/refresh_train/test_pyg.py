@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from _params import DEVICES
 from _planted import planted_arrays, planted_store
 from torch_geometric.loader import NodeLoader
 from torch_geometric.nn import GraphSAGE
@@ -24,15 +25,6 @@ from refresh_train.pyg import (
     open_pyg,
 )
 from refresh_train.trainer import train
-
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
 
 
 @pytest.fixture(scope="module")

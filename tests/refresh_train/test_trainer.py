@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _params import DEVICES
 from _planted import planted_store
 
 from refresh_train.config import EvalConfig, LoaderConfig, TierConfig, TrainConfig
@@ -17,14 +18,6 @@ REQUIRED = (
     "rows_device rows_host rows_disk bytes_device bytes_host bytes_disk disk_bytes_read "
     "disk_reads peak_rss_bytes"
 ).split()
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from _params import DEVICES
 
 from refresh_train.config import HIST_POLICY_NAMES
 from refresh_train.history import (
@@ -27,14 +28,6 @@ from refresh_train.history import (
 )
 from refresh_train.history.table import EMPTY
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
 DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.float32, id="fp32")]
 
 

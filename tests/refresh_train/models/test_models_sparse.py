@@ -9,19 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _params import DEVICES
 
 from refresh_train.batch import Block
 from refresh_train.models import GCN, _sparse, build_model
 from refresh_train.sampler import NeighborSampler
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
 MODELS = [
     pytest.param("sage", {}, id="sage"),

@@ -21,6 +21,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from _params import DEVICES
 from _planted import planted_store
 
 from refresh_train.checkpoint import CHECKPOINT_NAME
@@ -41,14 +42,6 @@ from refresh_train.modes import CACHE_MODES, NoCache, RefreshCache
 from refresh_train.sampler import NeighborSampler, num_batches
 from refresh_train.trainer import Trainer, train
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
 RESULT_KEYS = ("train_loss", "train_acc", "valid_acc", "test_acc")
 HIST_KEYS = (
     "hist_lookups",

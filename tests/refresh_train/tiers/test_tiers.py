@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from _params import DEVICES
 from _planted import planted_arrays
 
 from refresh_store.store import Store
@@ -29,14 +30,6 @@ from refresh_train.tiers import (
 
 N = 1500
 D = 12
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
 
 
 @dataclass
