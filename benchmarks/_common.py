@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,3 +26,35 @@ def preload(arrays: Iterable[np.ndarray]) -> None:
         step = 1 << 24
         for lo in range(0, len(arr), step):
             np.asarray(arr[lo : lo + step]).sum()
+
+
+def ensure_store(name: str, spec: dict[str, Any], data_dir: Path) -> Path:
+    """Generate and convert a dataset once (under ``data_dir``, named by ``name`` and
+    ``spec``: layout, nodes, classes, avg_degree, labelled); reuse it afterwards."""
+    from refresh_store.convert import convert
+    from refresh_store.store import open_store
+    from refresh_store.synthetic import make_dataset
+
+    key = "_".join(f"{k}{v}" for k, v in sorted(spec.items()))
+    dst = data_dir / f"{name}_{key}" / "store"
+    if (dst / "zarr.json").exists():
+        try:
+            open_store(dst)
+            return dst
+        except Exception:  # a damaged cache: rebuild it
+            pass
+    src_root = data_dir / f"{name}_{key}" / "src"
+    print(f"generating {name} ({spec['nodes']:,} nodes) ...", flush=True)
+    src = make_dataset(
+        spec["layout"],
+        spec["nodes"],
+        src_root,
+        seed=0,
+        num_classes=spec["classes"],
+        avg_degree=spec["avg_degree"],
+        labelled_fraction=spec["labelled"],
+        progress=False,
+        overwrite=True,
+    )
+    convert(src, dst, progress=False, overwrite=True)
+    return dst

@@ -69,12 +69,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import drop_cache  # noqa: E402
+from _common import drop_cache, ensure_store  # noqa: E402
 from _pyg_baseline import train_pyg_baseline  # noqa: E402
 
-from refresh_store.convert import convert  # noqa: E402
 from refresh_store.store import Store, open_store  # noqa: E402
-from refresh_store.synthetic import make_dataset  # noqa: E402
 from refresh_train.config import (  # noqa: E402
     EvalConfig,
     HistoryConfig,
@@ -107,33 +105,6 @@ def dataset_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "products": dict(layout="ogbn", nodes=args.products_nodes, labelled=0.1, classes=47,
                          avg_degree=25.0),
     }  # fmt: skip
-
-
-def ensure_store(name: str, spec: dict[str, Any], data_dir: Path) -> Path:
-    """Generate and convert a dataset once; reuse it afterwards."""
-    key = "_".join(f"{k}{v}" for k, v in sorted(spec.items()))
-    dst = data_dir / f"{name}_{key}" / "store"
-    if (dst / "zarr.json").exists():
-        try:
-            open_store(dst)
-            return dst
-        except Exception:  # a damaged cache: rebuild it
-            pass
-    src_root = data_dir / f"{name}_{key}" / "src"
-    print(f"generating {name} ({spec['nodes']:,} nodes) ...", flush=True)
-    src = make_dataset(
-        spec["layout"],
-        spec["nodes"],
-        src_root,
-        seed=0,
-        num_classes=spec["classes"],
-        avg_degree=spec["avg_degree"],
-        labelled_fraction=spec["labelled"],
-        progress=False,
-        overwrite=True,
-    )
-    convert(src, dst, progress=False, overwrite=True)
-    return dst
 
 
 def feature_bytes(store: Store) -> int:

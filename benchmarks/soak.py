@@ -79,6 +79,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import ensure_store  # noqa: E402
+
 CACHE_DIR = ROOT / "bench_cache" / "soak"
 OUT = ROOT / "benchmarks" / "results" / "soak.json"
 
@@ -105,36 +107,6 @@ def dataset_spec(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         layout="papers100m", nodes=args.nodes, labelled=args.labelled, classes=32, avg_degree=10.0
     )
-
-
-def ensure_store(spec: dict[str, Any], data_dir: Path) -> Path:
-    """Generate and convert the dataset once; reuse it afterwards."""
-    from refresh_store.convert import convert
-    from refresh_store.store import open_store
-    from refresh_store.synthetic import make_dataset
-
-    key = "_".join(f"{k}{v}" for k, v in sorted(spec.items()))
-    dst = data_dir / key / "store"
-    if (dst / "zarr.json").exists():
-        try:
-            open_store(dst)
-            return dst
-        except Exception:  # a damaged cache: rebuild it
-            pass
-    print(f"generating {spec['nodes']:,} nodes -> {dst} ...", flush=True)
-    src = make_dataset(
-        spec["layout"],
-        spec["nodes"],
-        data_dir / key / "src",
-        seed=0,
-        num_classes=spec["classes"],
-        avg_degree=spec["avg_degree"],
-        labelled_fraction=spec["labelled"],
-        progress=False,
-        overwrite=True,
-    )
-    convert(src, dst, progress=False, overwrite=True)
-    return dst
 
 
 # ------------------------------------------------------------------ probing
@@ -635,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     spec = dataset_spec(args)
-    store = ensure_store(spec, Path(args.data_dir))
+    store = ensure_store("soak", spec, Path(args.data_dir))
     if args.child_out:  # one mode, inside the child process
         Path(args.child_out).write_text(json.dumps(soak_run(store, modes[0], args), default=str))
         return 0
