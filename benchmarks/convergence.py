@@ -1,0 +1,305 @@
+"""Does the historical cache cost accuracy once training has converged?
+
+The memory-access benchmark trains every run for 4 epochs, where the
+validation accuracy is still rising, and entries of the history table never
+grow much older than the run. This one trains SAGE on the same generated
+``papers`` graph (2M nodes, 1 % labelled) at a 10 % device budget for many
+epochs, evaluating after each, with
+
+* ``none``: raw features only (``raw`` trains identically: same samples, same rows);
+* ``refresh``: the history cache with the published policy (``grad+stale``,
+  staleness 200);
+* ``refresh-nostale``: the gradient criterion without the staleness bound
+  (``--hist-policy grad``), where entries may grow arbitrarily old: the
+  variant that moved the fewest bytes in the 4-epoch ablation.
+
+Per run and epoch it records training loss, validation and test accuracy
+(sampled evaluation, fanouts 15,10,5), memory access bytes, epoch time and
+the history's hits and mean age of hits. The report gives, per variant, the
+test accuracy at the epoch of best validation accuracy (model selection as a
+user does it) and at the last epoch, the difference to ``none`` in points,
+and whether validation accuracy still rose over the last quarter of the run.
+
+    python benchmarks/convergence.py            # 12 epochs, seed 0 (about 1 h on 2 cores)
+    python benchmarks/convergence.py --seeds 0,1 --epochs 20
+    python benchmarks/convergence.py --quick    # 200K-node graph, 3 epochs
+
+Runs already in ``--out`` with the same settings are kept (a cut-short run
+continues where it stopped); ``--report`` rewrites the table and plot from
+the records. Writes ``benchmarks/results/convergence.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import memory_access as ma  # noqa: E402
+from _common import drop_cache, ensure_store  # noqa: E402
+
+from refresh_store.store import open_store  # noqa: E402
+from refresh_train.config import EvalConfig  # noqa: E402
+from refresh_train.trainer import Trainer  # noqa: E402
+
+#: Variant name -> (cache mode, history settings).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "none": ("none", {}),
+    "refresh": ("refresh", {}),
+    "refresh-nostale": ("refresh", {"policy": "grad"}),
+}
+#: Per-epoch keys kept from the trainer's metrics records.
+EPOCH_KEYS = (
+    "epoch train_loss valid_acc test_acc memory_access_bytes epoch_time_s "
+    "hist_hits hist_lookups hist_mean_age_of_hits"
+).split()
+
+
+def run_one(store: Path, variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one variant from a cold page cache, evaluating after every epoch."""
+    mode, hist = VARIANTS[variant]
+    cfg = ma.run_config(store, mode=mode, budget_frac=args.budget, seed=seed, model="sage",
+                        args=args, **hist)  # fmt: skip
+    cfg = dataclasses.replace(cfg, eval=EvalConfig(mode="sampled", batch_size=2048, every_epochs=1))
+    drop_cache(str(open_store(store).region("features").path))
+    t0 = time.perf_counter()
+    with Trainer(cfg) as trainer:
+        records = trainer.run()
+    return {
+        "variant": variant,
+        "seed": seed,
+        "epochs": [{k: r.get(k) for k in EPOCH_KEYS} for r in records],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+# ------------------------------------------------------------------ report
+def _selected(run: dict[str, Any]) -> dict[str, Any]:
+    """The epoch of best validation accuracy (the first of equals)."""
+    return max(run["epochs"], key=lambda e: (e["valid_acc"], -e["epoch"]))
+
+
+def _still_rising(run: dict[str, Any]) -> bool:
+    """Whether validation accuracy's best of the last quarter beats the rest's by 0.2 points."""
+    eps = run["epochs"]
+    q = max(1, len(eps) // 4)
+    head, tail = eps[:-q], eps[-q:]
+    if not head:
+        return True
+    return max(e["valid_acc"] for e in tail) > max(e["valid_acc"] for e in head) + 0.002
+
+
+def _points(mine: list[float], runs: list[dict[str, Any]], ref: dict[int, float]) -> float | None:
+    """Mean difference in points between ``mine`` (one per run) and ``ref`` by seed."""
+    pairs = [(m, ref[r["seed"]]) for m, r in zip(mine, runs) if r["seed"] in ref]
+    return 100 * statistics.mean(m - n for m, n in pairs) if pairs else None
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant: accuracies (selected and last epoch), bytes, differences to ``none``."""
+    rows = []
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    none = by_variant.get("none", [])
+    none_sel = {r["seed"]: _selected(r)["test_acc"] for r in none}
+    none_last = {r["seed"]: r["epochs"][-1]["test_acc"] for r in none}
+    none_bytes = {r["seed"]: r["epochs"][-1]["memory_access_bytes"] for r in none}
+    for name in VARIANTS:
+        rs = by_variant.get(name, [])
+        if not rs:
+            continue
+        sel = [_selected(r)["test_acc"] for r in rs]
+        last = [r["epochs"][-1]["test_acc"] for r in rs]
+        shares = [r["epochs"][-1]["memory_access_bytes"] / none_bytes[r["seed"]]
+                  for r in rs if r["seed"] in none_bytes]  # fmt: skip
+        rows.append({
+            "variant": name, "runs": len(rs), "epochs": len(rs[0]["epochs"]),
+            "selected_epoch": [_selected(r)["epoch"] for r in rs],
+            "test_acc_selected": statistics.mean(sel),
+            "test_acc_last": statistics.mean(last),
+            "vs_none_selected_points": _points(sel, rs, none_sel),
+            "vs_none_last_points": _points(last, rs, none_last),
+            "share_of_none_last_epoch": statistics.mean(shares) if shares else None,
+            "still_rising": any(_still_rising(r) for r in rs),
+            "mean_age_of_hits_last": rs[0]["epochs"][-1].get("hist_mean_age_of_hits"),
+            "epoch_time_s": statistics.median(e["epoch_time_s"] for r in rs for e in r["epochs"]),
+        })  # fmt: skip
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    def pts(x: float | None) -> str:
+        return "-" if x is None else f"{x:+.2f}"
+
+    lines = [
+        "# Accuracy at convergence: `none` against `refresh`",
+        "",
+        f"Machine: {result['machine']}; load average {result['load_start']} at the start, "
+        f"{result['load_end']} at the end. Settings: {result['settings']}.",
+        "",
+        "Selected = the epoch of best validation accuracy; bytes = the last epoch's memory",
+        "access as a share of `none`'s. Accuracies are means over seeds.",
+        "",
+        "| variant | epochs | selected epoch | test acc % (selected) | vs none | "
+        "test acc % (last) | vs none | bytes, last epoch | still rising | mean age of hits |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in result["summary"]:
+        share = r["share_of_none_last_epoch"]
+        age = r["mean_age_of_hits_last"]
+        lines.append(
+            f"| {r['variant']} | {r['epochs']} | {', '.join(map(str, r['selected_epoch']))} | "
+            f"{100 * r['test_acc_selected']:.2f} | {pts(r['vs_none_selected_points'])} | "
+            f"{100 * r['test_acc_last']:.2f} | {pts(r['vs_none_last_points'])} | "
+            f"{'-' if share is None else f'{100 * share:.1f} %'} | "
+            f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], out: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    none_bytes = {r["seed"]: r["epochs"] for r in result["records"] if r["variant"] == "none"}
+    for j, name in enumerate(VARIANTS):
+        for r in (x for x in result["records"] if x["variant"] == name):
+            eps = r["epochs"]
+            label = f"{name} (seed {r['seed']})"
+            ax1.plot([e["epoch"] for e in eps], [100 * e["test_acc"] for e in eps], "o-",
+                     ms=3, color=f"C{j}", label=label)  # fmt: skip
+            ref = none_bytes.get(r["seed"])
+            if ref and name != "none":
+                ax2.plot([e["epoch"] for e in eps],
+                         [100 * e["memory_access_bytes"] / n["memory_access_bytes"]
+                          for e, n in zip(eps, ref)], "o-", ms=3, color=f"C{j}", label=label)  # fmt: skip
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("test accuracy % (sampled)")
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("memory access, % of none")
+    ax2.set_ylim(0, 105)
+    ax2.legend(fontsize=8)
+    fig.suptitle("SAGE on papers, 10 % device budget")
+    fig.tight_layout()
+    path = out.with_suffix(".png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def report(result: dict[str, Any], out: Path) -> int:
+    result["summary"] = summarize(result["records"])
+    md = markdown(result)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    png = plot(result, out)
+    if png:
+        print("plot:", png)
+    return 0
+
+
+# ------------------------------------------------------------------ main
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--budget", type=float, default=0.10, help="device budget, share of features")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--papers-nodes", type=int, default=2_000_000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="200K-node graph, 3 epochs, hidden 64")
+    p.add_argument("--report", action="store_true",
+                   help="only rewrite the table and plot from the records in --out")  # fmt: skip
+    p.add_argument("--data-dir", default=str(ma.CACHE_DIR))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "convergence.json"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        if not out.exists():
+            print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
+            return 2
+        return report(json.loads(out.read_text()), out)
+    variants = args.variants.split(",")
+    if bad := [v for v in variants if v not in VARIANTS]:
+        print(f"error: --variants: unknown variant {bad[0]!r}; use {', '.join(VARIANTS)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.quick:
+        args.epochs, args.hidden = 3, 64
+    args.quick = bool(args.quick)
+    spec = ma.dataset_specs(
+        argparse.Namespace(quick=args.quick, papers_nodes=args.papers_nodes, products_nodes=0)
+    )["papers"]
+    settings = (f"SAGE 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
+                f"{args.epochs} epochs, device budget {100 * args.budget:g} % of the feature "
+                f"bytes, host budget 0, lookahead 0, prefetch 2, sampled evaluation every epoch; "
+                f"papers graph {spec['nodes']:,} nodes")  # fmt: skip
+    if args.device != "cpu":
+        settings += f", models on {args.device}"
+    previous: dict[tuple[str, int], dict[str, Any]] = {}
+    if out.exists():
+        old = json.loads(out.read_text())
+        if old.get("settings") == settings:
+            previous = {(r["variant"], r["seed"]): r for r in old["records"]}
+    result: dict[str, Any] = {
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
+        "settings": settings,
+        "load_start": _load(),
+        "dataset": spec,
+        "records": [],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = ensure_store("papers", spec, Path(args.data_dir))
+    todo = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
+    # Records of variants and seeds outside this invocation stay.
+    kept = [r for k, r in previous.items() if k not in todo]
+    for i, key in enumerate(todo):
+        if key in previous:
+            result["records"].append(previous[key])
+            continue
+        print(f"[{i + 1}/{len(todo)}] {key[0]}, seed {key[1]}", flush=True)
+        rec = run_one(store, key[0], key[1], args)
+        last = rec["epochs"][-1]
+        print(f"    test acc {last['test_acc']:.4f} after {len(rec['epochs'])} epochs, "
+              f"{last['memory_access_bytes'] / 2**20:,.0f} MiB in the last", flush=True)  # fmt: skip
+        result["records"].append(rec)
+        _save(result, kept, out)
+    result["records"] += kept
+    _save(result, [], out)
+    return report(result, out)
+
+
+def _save(result: dict[str, Any], kept: list[dict[str, Any]], out: Path) -> None:
+    """Write the records so far and ``kept`` (an earlier invocation's) atomically."""
+    result["load_end"] = _load()
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**result, "records": result["records"] + kept}, indent=1))
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The convergence benchmark's bookkeeping (``benchmarks/convergence.py``).
+
+Its runs take an hour; it must evaluate every epoch, keep what it measured,
+rerun only what is missing and pick the epoch a user would select.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import convergence as cv  # noqa: E402
+
+TINY = ["--papers-nodes", "3000", "--epochs", "2", "--hidden", "16", "--batch-size", "64"]
+
+
+def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "cv.json"
+    args = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert cv.main(args) == 0
+    recs = json.loads(out.read_text())["records"]
+    assert sorted(r["variant"] for r in recs) == sorted(cv.VARIANTS)
+    for r in recs:
+        assert [e["epoch"] for e in r["epochs"]] == [1, 2]
+        for e in r["epochs"]:
+            assert set(cv.EPOCH_KEYS) <= set(e)
+            assert e["test_acc"] is not None and e["valid_acc"] is not None
+            assert e["memory_access_bytes"] > 0
+    by = {r["variant"]: r for r in recs}
+    assert by["none"]["epochs"][0]["hist_lookups"] is None
+    assert by["refresh"]["epochs"][-1]["hist_lookups"] > 0
+
+    # Drop one run: the rerun trains only that one and gets the same bytes.
+    data = json.loads(out.read_text())
+    data["records"] = [r for r in data["records"] if r["variant"] != "refresh"]
+    out.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cv.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("] ") == 1 and "] refresh, seed 0" in printed
+    again = {r["variant"]: r for r in json.loads(out.read_text())["records"]}
+    assert again["none"] == by["none"]
+    assert [e["memory_access_bytes"] for e in again["refresh"]["epochs"]] == [
+        e["memory_access_bytes"] for e in by["refresh"]["epochs"]
+    ]
+    assert "| refresh-nostale |" in out.with_suffix(".md").read_text()
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert cv.main(["--variants", "none,nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+    assert cv.main(["--report", "--out", str(tmp_path / "missing.json")]) == 2
+
+
+def _run(seed: int, valid: list[float], test: list[float], nbytes: list[int], variant: str):
+    return {
+        "variant": variant,
+        "seed": seed,
+        "epochs": [
+            {
+                "epoch": i + 1,
+                "valid_acc": v,
+                "test_acc": t,
+                "memory_access_bytes": b,
+                "epoch_time_s": 1.0,
+                "hist_mean_age_of_hits": None,
+            }  # fmt: skip
+            for i, (v, t, b) in enumerate(zip(valid, test, nbytes))
+        ],
+    }
+
+
+def test_selection_differences_and_still_rising():
+    none = _run(0, [0.5, 0.7, 0.7, 0.69], [0.50, 0.72, 0.71, 0.70], [100] * 4, "none")
+    refresh = _run(0, [0.5, 0.6, 0.65, 0.71], [0.50, 0.60, 0.66, 0.73], [90, 60, 50, 40], "refresh")
+    rows = {r["variant"]: r for r in cv.summarize([none, refresh])}
+    # The first epoch of the best validation accuracy is the one selected.
+    assert rows["none"]["selected_epoch"] == [2]
+    assert rows["none"]["test_acc_selected"] == 0.72
+    assert rows["refresh"]["selected_epoch"] == [4]
+    assert abs(rows["refresh"]["vs_none_selected_points"] - 1.0) < 1e-9
+    assert abs(rows["refresh"]["vs_none_last_points"] - 3.0) < 1e-9
+    assert rows["refresh"]["share_of_none_last_epoch"] == 0.4
+    # Validation still rose in the last quarter for refresh (0.71 > 0.65 + 0.002), not for none.
+    assert rows["refresh"]["still_rising"] and not rows["none"]["still_rising"]
