@@ -118,6 +118,41 @@ def test_trimming_keeps_the_seeds_logits(model, one_torch_thread):
         torch.testing.assert_close(pb._forward(net, data, x, trim=trim), full, rtol=1e-5, atol=1e-5)
 
 
+def test_edge_rank_numbers_each_nodes_in_edges_0_to_count():
+    dst = torch.tensor([3, 3, 0, 3, 7, 0, 3, 7, 7, 7, 7, 1])
+    torch.manual_seed(0)
+    ranks = pb._edge_rank(dst)
+    for v in dst.unique().tolist():
+        assert sorted(ranks[dst == v].tolist()) == list(range(int((dst == v).sum())))
+    # A random order: another draw numbers node 7's edges differently.
+    orders = {tuple(pb._edge_rank(dst)[dst == 7].tolist()) for _ in range(20)}
+    assert len(orders) > 1
+
+
+def test_capped_forward_gives_each_layer_its_block_fanout(one_torch_thread):
+    indptr, indices = tiny_graph()
+    data = pb.HierarchicalSampler(indptr, indices, [4, 3, 2], seed=1).sample(np.arange(0, 60, 3), 0)
+    x = torch.randn(data.num_nodes, 12, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = pb.pyg_model("sage", 12, 16, 5, 3).eval()
+    plain = pb._forward(net, data, x, trim="dst")
+    # Caps no lower than any hop's fanout change nothing.
+    wide = pb._forward_dst(net, data, x, caps=[4, 4, 4])
+    torch.testing.assert_close(wide, plain, rtol=1e-5, atol=1e-5)
+    # Block counts (2, 3, 4 from the input layer up): each layer's edges per destination
+    # are capped, so the seeds' logits change.
+    seen = []
+    conv0 = net.convs[0]
+    hook = conv0.register_forward_pre_hook(lambda m, a: seen.append(a[1].clone()))
+    capped = pb._forward(net, data, x, trim="dst-capped", fanouts=[4, 3, 2])
+    hook.remove()
+    assert not torch.allclose(capped, plain)
+    per_dst = torch.bincount(seen[0][1])
+    assert per_dst.max() <= 2 and per_dst.max() == 2
+    with pytest.raises(ValueError, match="fanouts"):
+        pb._forward(net, data, x, trim="dst-capped")
+
+
 def test_dst_trimming_trains_like_the_full_forward(one_torch_thread):
     # Same gradients, so dropout aside the two train the same model.
     indptr, indices = tiny_graph()
