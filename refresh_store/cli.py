@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-budget",
         default="2GiB",
+        type=_byte_size,
         help="working memory bound, e.g. 2GiB, 512MiB (default 2GiB)",
     )
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per inner chunk of features")
@@ -134,33 +135,41 @@ def _export_parser() -> argparse.ArgumentParser:
         help="original: the source's node order and ids (default); store: the store's reordered ids",
     )
     p.add_argument(
-        "--memory-budget", default="256MiB", help="bound on blocks held (default 256MiB)"
+        "--memory-budget",
+        default="256MiB",
+        type=_byte_size,
+        help="bound on blocks held (default 256MiB)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 def _run_export(argv: Sequence[str]) -> int:
-    from .convert import parse_size
     from .export import export_store
 
-    parser = _export_parser()
-    args = parser.parse_args(argv)
-    try:
-        budget = parse_size(args.memory_budget)
-    except ValueError as exc:
-        parser.error(f"--memory-budget: {exc}")
+    args = _export_parser().parse_args(argv)
     arrays = [a.strip() for a in args.arrays.split(",") if a.strip()]
     summary = export_store(
         args.store,
         args.out,
         arrays=arrays,
         ids=args.ids,
-        memory_budget_bytes=budget,
+        memory_budget_bytes=args.memory_budget,
         progress=not args.no_progress,
     )
     print(summary.table())
     return 0
+
+
+def _byte_size(text: str) -> int:
+    """``--memory-budget``'s argparse type: bytes, or a usage error naming the flag (exit 2)."""
+    from .convert import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        # argparse names the flag itself: "argument --memory-budget: must be a size like ..."
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--memory-budget ")) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -184,18 +193,13 @@ def _run_verify(argv: Sequence[str]) -> int:
 
 
 def _run_convert(argv: Sequence[str]) -> int:
-    from .convert import ConvertOptions, convert, parse_size
+    from .convert import ConvertOptions, convert
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        budget = parse_size(args.memory_budget)
-    except ValueError as exc:
-        parser.error(f"--memory-budget: {exc}")
+    args = build_parser().parse_args(argv)
     opts = ConvertOptions(
         format=args.format,
         reorder=args.reorder,
-        memory_budget_bytes=budget,
+        memory_budget_bytes=args.memory_budget,
         chunk_rows=args.chunk_rows,
         dtype=args.dtype,
         undirected=args.undirected,

@@ -63,3 +63,17 @@ def test_converter_bad_input_is_one_line_exit_2(tmp_path, kind, message):
     assert "Traceback" not in proc.stderr
     assert not is_complete_store(dst)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # source untouched
+
+
+@pytest.mark.parametrize("command", [[], ["export"]])
+@pytest.mark.parametrize("size", ["12XB", "0", "-1GiB"])
+def test_a_bad_memory_budget_is_a_usage_error_naming_the_flag(tmp_path, capsys, command, size):
+    from refresh_store.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*command, str(tmp_path / "a"), str(tmp_path / "b"), f"--memory-budget={size}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: argument --memory-budget: must be " in err
+    assert repr(size) in err and err.count("--memory-budget") == 1
+    assert not (tmp_path / "b").exists()
