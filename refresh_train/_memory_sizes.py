@@ -418,6 +418,8 @@ class CacheSizes:
     device_max: int = 0  # most device bytes of rows and table together
     split_resize: int = 0  # a new copy of the larger side while the split moves
     auto: bool = False  # the split is measured (no --hist-fraction)
+    slot_map_bytes: int = 0  # --hist-order lookups: node lists and hash maps (host)
+    score_bytes: int = 0  # --hist-order lookups: the scores while the order is computed
 
 
 def cache_sizes(config: TrainConfig, n: int, row: int, dims: list[int]) -> CacheSizes:
@@ -442,6 +444,13 @@ def cache_sizes(config: TrainConfig, n: int, row: int, dims: list[int]) -> Cache
     resize = 0
     if split.automatic:
         resize = max(max(k * row for k, _ in sizes), max(h * table_row for _, h in sizes))
+    slot_map = scores = 0
+    if hist.order == "lookups":
+        from .history.slots import score_bytes, slot_map_bytes
+
+        most = min(n, tiers.cache_budget_bytes // (table_row * len(layers)))
+        slot_map = len(layers) * slot_map_bytes(most)
+        scores = score_bytes(n, len(layers))
     return CacheSizes(
         hist_layers=layers,
         table_row=table_row,
@@ -452,4 +461,6 @@ def cache_sizes(config: TrainConfig, n: int, row: int, dims: list[int]) -> Cache
         device_max=max(k * row + h * table_row * len(layers) for k, h in sizes),
         split_resize=resize,
         auto=hist.fraction is None,
+        slot_map_bytes=slot_map,
+        score_bytes=scores,
     )

@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between admission and use (default max(lookahead,2)+2)",
     )
     h.add_argument("--hist-dtype", help="float16 | float32: element type of the table (float16)")
+    h.add_argument(
+        "--hist-order",
+        help="lookups | degree: which nodes get table slots (default lookups: the most looked up)",
+    )
     h.add_argument("--no-hist-count-saved", dest="hist_count_saved", action="store_false",
                    default=None, help="do not sample unpruned batches to count what pruning saved")  # fmt: skip
     e = p.add_argument_group("evaluation")
@@ -197,7 +201,7 @@ _KEYS = {
     "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval",
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
     "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_fraction",
-    "hist_lag", "hist_dtype", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
+    "hist_lag", "hist_dtype", "hist_order", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
     "predict_out", "predict_split", "verify_store",
 }  # fmt: skip
 
@@ -283,6 +287,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         fraction=values.get("hist_fraction"),
         lag_steps=values.get("hist_lag"),
         dtype=_pick(values, "hist_dtype", "float16"),
+        order=_pick(values, "hist_order", "lookups"),
         count_saved=bool(_pick(values, "hist_count_saved", True)),
     )
     eval_fanouts = values.get("eval_fanouts")

@@ -175,6 +175,7 @@ PREDICT_SPLITS = ("train", "valid", "test", "test-dev", "test-challenge", "test-
 #: :mod:`refresh_train.history.policy`.
 HIST_POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
 HIST_DTYPES = ("float16", "float32")
+HIST_ORDERS = ("lookups", "degree")
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,11 @@ class HistoryConfig:
         one train.
     dtype
         Element type of the table (``"float16"`` halves its bytes per entry).
+    order
+        Which nodes get the table's slots: ``"lookups"`` the ones the cached
+        layers are expected to look up most, from the topology and the
+        training nodes; ``"degree"`` the prefix of the degree-ordered ids
+        (an ablation). See :mod:`refresh_train.history.slots`.
     count_saved
         Also sample each batch without pruning to count exactly the nodes and
         raw rows pruning saved (``nodes_pruned``, ``rows_saved``; they also
@@ -229,6 +235,7 @@ class HistoryConfig:
     fraction: float | None = None
     lag_steps: int | None = None
     dtype: str = "float16"
+    order: str = "lookups"
     count_saved: bool = True
 
     def __post_init__(self) -> None:
@@ -269,6 +276,8 @@ class HistoryConfig:
             raise ConfigError(f"hist_fraction must be in [0, 1], got {f!r}")
         if self.dtype not in HIST_DTYPES:
             raise ConfigError(f"hist_dtype must be one of {HIST_DTYPES}, got {self.dtype!r}")
+        if self.order not in HIST_ORDERS:
+            raise ConfigError(f"hist_order must be one of {HIST_ORDERS}, got {self.order!r}")
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
         """The cached layers of a ``num_layers``-layer model (highest first)."""

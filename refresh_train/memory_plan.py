@@ -348,6 +348,18 @@ class _Planner:
                     f"{s.h_start:,} nodes x {layers} layer(s) x {s.table_row} B",
                     ("--cache-budget", "--hist-fraction"),
                 )
+            if s.slot_map_bytes:
+                self.add(
+                    "history slot order",
+                    s.slot_map_bytes + s.score_bytes,
+                    0,
+                    "always",
+                    "bound",
+                    f"node lists and hash maps of up to {s.slot_map_bytes // 2**20:,} MiB, and "
+                    f"{s.score_bytes // 2**20:,} MiB of scores while the order is computed "
+                    "(at start)",
+                    ("--hist-order",),
+                )
             self.add(
                 "history birth stamps",
                 8 * s.h_max * layers,

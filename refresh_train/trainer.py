@@ -205,6 +205,7 @@ class Trainer:
             self.device,
             dims=self.model.dims,
             history=config.history,
+            fanouts=self.fanouts,
             seed=config.seed,
         )
         self.cache.keep_batch_buffers(

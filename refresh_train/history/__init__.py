@@ -8,6 +8,8 @@ with the raw-feature tiers:
   O(1)-per-node lookups for the sampler's pruning hook;
 - :class:`AdmissionPolicy` (:mod:`.policy`) picks which fresh embeddings
   enter it after each step (gradient criterion, staleness, ablations);
+- :class:`SlotOrder` (:mod:`.slots`) decides which nodes get the table's
+  slots: the ones the cached layers are expected to look up most;
 - :class:`BudgetSplit` (:mod:`.split`) divides the device budget between
   raw rows and the table from what each measurably saves.
 """
@@ -15,11 +17,13 @@ with the raw-feature tiers:
 from __future__ import annotations
 
 from .policy import HIST_POLICIES, AdmissionPolicy, make_policy
+from .slots import SlotOrder
 from .split import INITIAL_HIST_FRACTION, BudgetSplit, SplitCounters
 from .table import HistoryTable
 
 __all__ = [
     "HistoryTable",
+    "SlotOrder",
     "AdmissionPolicy",
     "HIST_POLICIES",
     "make_policy",

@@ -1,18 +1,17 @@
-"""The history table: cached embeddings of the hottest nodes, with exact ages.
+"""The history table: cached embeddings of the nodes with slots, with exact ages.
 
-For each cached layer ``l`` the table has one row per node of the prefix
-``[0, H)`` of the degree-ordered ids: row ``v`` holds ``h^(l)(v)`` and the
-global step ``birth[v]`` at which it was computed (or nothing yet). The
-prefix is the same choice the device tier makes for raw rows, for the same
-reason: a store's node 0 has the highest degree, so the first ``H`` ids are
-the nodes sampling reaches most often, and their sub-trees are the largest
-a hit prunes. So
+For each cached layer ``l`` the table has ``H`` rows, one per slot
+``[0, H)``: row ``s`` holds ``h^(l)`` of the node whose slot is ``s`` (which
+node that is, :class:`~refresh_train.history.slots.SlotOrder` decides: by
+default the nodes the layer looks up most, most first) and the global step
+``birth[s]`` at which it was computed (or nothing yet). The table itself
+only sees slots. So
 
-* a lookup is ``v < H`` and one read of ``birth[v]``, O(1) per node, with no
-  index over the whole graph (the slot of node ``v`` is ``v``);
+* a lookup is ``s < H`` and one read of ``birth[s]``, O(1) per node;
 * nothing is ever evicted to make room: an entry is replaced by a newer
   embedding of the same node, and stops being usable once it is older than
-  the staleness bound (ages are exact: ``step - birth``).
+  the staleness bound (ages are exact: ``step - birth``);
+* growing or shrinking the table keeps the entries of the slots that stay.
 
 The birth stamps live in host memory, where the sampler looks them up; the
 embeddings live on the compute device. The table has no locking: the
@@ -38,7 +37,9 @@ EMPTY = np.iinfo(np.int64).min // 4
 
 
 class HistoryTable:
-    """Embeddings ``h^(l)`` of nodes ``[0, rows)`` for each cached layer ``l``.
+    """Embeddings ``h^(l)`` of the nodes of slots ``[0, rows)`` for each cached layer ``l``.
+
+    Below, "ids" are slots.
 
     Parameters
     ----------
@@ -47,7 +48,7 @@ class HistoryTable:
     width
         Embedding width (the model's hidden width).
     rows
-        Nodes per layer (the prefix ``[0, rows)``); 0 holds nothing.
+        Slots per layer (``[0, rows)``); 0 holds nothing.
     dtype
         Element type of the stored embeddings.
     device

@@ -42,6 +42,9 @@ class CacheMode:
         modes that cache embeddings need them.
     history
         Settings of the historical embedding cache (modes that have one).
+    fanouts
+        The sampler's fanouts, from the seeds outward (the refresh mode ranks
+        its table's nodes with them).
     seed
         The run's seed.
     """
@@ -61,12 +64,14 @@ class CacheMode:
         *,
         dims: Sequence[int] | None = None,
         history: HistoryConfig | None = None,
+        fanouts: Sequence[int] | None = None,
         seed: int = 0,
     ) -> None:
         self.store = store
         self.config = config
         self.device = resolve_device(device)
         self.dims = tuple(dims) if dims is not None else None
+        self.fanouts = tuple(fanouts) if fanouts is not None else None
         self.history_config = history
         self.seed = int(seed)
         self.io = IOConfig(

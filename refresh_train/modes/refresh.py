@@ -5,9 +5,10 @@ How a step goes
 1. **Sample** (loader thread): before sampling the batch of step ``i``, the
    admissions of every step ``<= i - lag`` are written into the history
    table, in step order. The sampler's pruning hook then looks each node of
-   a cached layer up (the table holds the hottest nodes, a prefix of the
-   degree-ordered ids, so a lookup is one comparison and one read): a node
-   with an entry no older than the staleness bound is *cached*: it is not
+   a cached layer up (the table's slots belong to the nodes the layer looks
+   up most, :mod:`refresh_train.history.slots`; a lookup is one probe of a
+   hash map, one comparison and one read): a node with an entry no older
+   than the staleness bound is *cached*: it is not
    expanded, so its whole sub-tree is neither sampled nor fetched, and its
    embedding is copied out of the table into the batch right away. A
    batch's seeds are never served from the table: their loss trains every
@@ -44,9 +45,10 @@ Bytes
 -----
 ``cache_budget_bytes`` is shared: :class:`~refresh_train.history.BudgetSplit`
 gives ``raw_bytes`` to the device tier's rows (the ``K`` hottest) and
-``hist_bytes`` to the table (the ``H`` hottest nodes of each cached layer).
-Admissions need no room of their own: they are written into rows no batch
-will read before their birth is set.
+``hist_bytes`` to the table (the first ``H`` slots of each cached layer; no
+more than the nodes that have a slot, so a table may use less than its
+share). Admissions need no room of their own: they are written into rows no
+batch will read before their birth is set.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..history import BudgetSplit, HistoryTable, SplitCounters, make_policy
 from ..history.cover import uncovered_rank
+from ..history.slots import SlotOrder
 from .raw import RawCache
 
 if TYPE_CHECKING:
@@ -81,11 +84,11 @@ _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 @dataclass
 class _Admission:
-    """Nodes of one layer whose rows step ``step`` wrote, not yet usable."""
+    """Slots of one layer that step ``step`` wrote, not yet usable."""
 
     step: int
     layer: int
-    ids: np.ndarray  # int64 [n]
+    ids: np.ndarray  # int64 [n]: slots of the table
     ready: torch.cuda.Event | None = None  # the writes, on the compute stream
 
 
@@ -106,7 +109,8 @@ class RefreshCache(RawCache):
     """``--cache refresh``: see the module docstring.
 
     Parameters are those of :class:`~refresh_train.modes.CacheMode`; ``dims``
-    and ``history`` are required.
+    and ``history`` are required, and ``fanouts`` with ``history.order ==
+    "lookups"`` (the default).
     """
 
     name = "refresh"
@@ -124,6 +128,7 @@ class RefreshCache(RawCache):
         *,
         dims: Sequence[int] | None = None,
         history: HistoryConfig | None = None,
+        fanouts: Sequence[int] | None = None,
         seed: int = 0,
     ) -> None:
         if dims is None or history is None:
@@ -136,17 +141,24 @@ class RefreshCache(RawCache):
                 f"hist layers {self.hist_layers!r} must be hidden layers 1..{num_layers - 1} "
                 "of one width"
             )
+        width = widths.pop()
         self.split = BudgetSplit(config.cache_budget_bytes, history.fraction)
-        super().__init__(store, config, device, dims=dims, history=history, seed=seed)
+        # The split's sizes, before the tiers are built from them.
+        self._raw_row_bytes = store.region("features").row_bytes
+        self._entry_bytes = (
+            width * torch.empty((), dtype=_TORCH_DTYPES[history.dtype]).element_size()
+        )
+        self.order = self._slot_order(store, history, fanouts, num_layers)
+        super().__init__(
+            store, config, device, dims=dims, history=history, fanouts=fanouts, seed=seed
+        )
         hc = history
         self.policy = make_policy(hc.policy, hc.grad_quantile, seed)
         self.staleness: float = hc.staleness_iters if self.policy.uses_staleness else math.inf
         self.lag = hc.resolved_lag(self.lookahead_batches())
         # The automatic split counts its candidates on the unpruned samples.
         self.count_saved = hc.count_saved or self.split.automatic
-        self.table = HistoryTable(
-            self.hist_layers, widths.pop(), 0, _TORCH_DTYPES[hc.dtype], self.device
-        )
+        self.table = HistoryTable(self.hist_layers, width, 0, _TORCH_DTYPES[hc.dtype], self.device)
         self._pending: deque[_Admission] = deque()
         self._size_table()
         sizes = [self._sizes(f) for f in self.split.candidates()]
@@ -160,20 +172,48 @@ class RefreshCache(RawCache):
         self._counters = _Counters(self.hist_layers, self._split_counters())
 
     # ------------------------------------------------------------- sizes
+    def _slot_order(
+        self, store: Store, history: HistoryConfig, fanouts: Sequence[int] | None, num_layers: int
+    ) -> SlotOrder:
+        """Which nodes get the table's slots (:mod:`refresh_train.history.slots`)."""
+        if history.order == "degree":
+            return SlotOrder.by_degree()
+        if fanouts is None or len(fanouts) != num_layers:
+            raise ValueError(
+                f"hist_order 'lookups' needs the sampler's {num_layers} fanouts, got {fanouts!r}"
+            )
+        most = self.split.budget_bytes // (self._entry_bytes * len(self.hist_layers))
+        return SlotOrder.by_lookups(
+            store.indptr, store.indices, store.train_idx, fanouts, self.hist_layers, most
+        )
+
     def _raw_budget_bytes(self) -> int:
-        return self.split.raw_bytes
+        return self._sizes(self.split.hist_fraction)[0] * self._raw_row_bytes
 
     def _sizes(self, fraction: float) -> tuple[int, int]:
-        """``(K, H)``: raw rows and table nodes per layer when the table gets ``fraction``."""
+        """``(K, H)``: raw rows and table slots per layer when the table gets ``fraction``.
+
+        A table never has more slots than a layer has nodes with one; the
+        bytes it leaves unused stay unused (so that a memory plan made
+        before the order is known holds).
+        """
         n = self.store.num_nodes
         hist = self.split.hist_bytes_at(fraction)
-        k = min(n, (self.split.budget_bytes - hist) // self.tiers.row_bytes)
-        h = min(n, hist // (self.table.row_bytes * len(self.hist_layers)))
+        k = min(n, (self.split.budget_bytes - hist) // self._raw_row_bytes)
+        h = min(n, hist // (self._entry_bytes * len(self.hist_layers)))
+        ranked = [self.order.ranked(v) for v in self.hist_layers]
+        if None not in ranked:
+            h = min(h, max(ranked))
         return k, h
 
     def _split_counters(self) -> SplitCounters:
         """Empty counters for the automatic split, with what its model needs."""
-        bands = np.diff(self._cand_h, prepend=0) * len(self.hist_layers)
+        # Per band of slots, the (node, layer) pairs that hold one.
+        bands = sum(
+            np.diff(np.minimum(self._cand_h, r if r is not None else self.store.num_nodes),
+                    prepend=0)
+            for r in (self.order.ranked(v) for v in self.hist_layers)
+        )  # fmt: skip
         return SplitCounters(
             self.split.grid, bands, self.staleness, self.lag, self.policy.admitted_share
         )
@@ -221,7 +261,8 @@ class RefreshCache(RawCache):
     def _prune(self, layer: int, ids: np.ndarray, step: int, num_seeds: int) -> np.ndarray:
         if layer not in self.table.birth:
             return np.full(len(ids), -1, dtype=np.int64)
-        rows = self.table.lookup(layer, ids, step, self.staleness, skip=num_seeds)
+        slots = self.order.slots(layer, ids)
+        rows = self.table.lookup(layer, slots, step, self.staleness, skip=num_seeds)
         hit = rows[rows >= 0]
         c = self._counters
         c.lookups[layer] += max(0, len(ids) - num_seeds)
@@ -229,12 +270,12 @@ class RefreshCache(RawCache):
         c.age_sum += int((step - self.table.birth[layer][hit]).sum())
         # How often each band's nodes are looked up, held by the table or not:
         # what the split's model of the usable share needs.
-        c.split.band_lookups += self._bands(ids[num_seeds:])
+        c.split.band_lookups += self._bands(slots[num_seeds:])
         return rows
 
-    def _bands(self, nodes: np.ndarray) -> np.ndarray:
-        """How many of ``nodes`` fall in each band ``[H_{j-1}, H_j)`` of the candidates."""
-        band = np.searchsorted(self._cand_h, nodes, side="right")
+    def _bands(self, slots: np.ndarray) -> np.ndarray:
+        """How many of ``slots`` fall in each band ``[H_{j-1}, H_j)`` of the candidates."""
+        band = np.searchsorted(self._cand_h, slots, side="right")
         return np.bincount(band, minlength=self.split.grid + 2)[: self.split.grid + 1]
 
     def _count_saved(
@@ -250,7 +291,7 @@ class RefreshCache(RawCache):
         c.rows_saved += len(full.input_nodes) - len(batch.input_nodes)
         if self.split.automatic:
             rows = full.input_nodes.numpy()
-            rank = uncovered_rank(full, len(seeds), self.hist_layers)
+            rank = uncovered_rank(full, len(seeds), self.hist_layers, slots=self.order.slots)
             for i, k in enumerate(self._cand_k):
                 beyond = rows >= k
                 c.split.noprune[i] += int(np.count_nonzero(beyond))
@@ -304,8 +345,8 @@ class RefreshCache(RawCache):
             grad = h.grad if h.grad is not None else torch.zeros_like(h)
             norms = torch.linalg.vector_norm(grad.float(), dim=1)
         pos = self.policy.select(norms, n, step, layer)
-        ids = batch.layer_nodes[layer - 1][:n].numpy()[pos]
-        # Only the table's nodes, and not one admitted in the last lag steps:
+        ids = self.order.slots(layer, batch.layer_nodes[layer - 1][:n].numpy()[pos])
+        # Only nodes with a slot in the table, and not one admitted in the last lag steps:
         # every other node's birth is final now (see after_step). A usable
         # entry is left to expire, so the row taken is one no later step may
         # use, and no batch sampled from now on reads it before its birth is set.
@@ -352,7 +393,7 @@ class RefreshCache(RawCache):
     def _apply_split(self) -> None:
         # The side that shrinks goes first, so the two together stay within
         # the budget but for the copy of the one being resized.
-        k = min(self.split.raw_bytes // self.tiers.row_bytes, self.tiers.num_rows)
+        k = min(self._sizes(self.split.hist_fraction)[0], self.tiers.num_rows)
         if k > self.tiers.num_cached:
             self._size_table()
         self.tiers.resize(k, self.store.features)
@@ -388,7 +429,7 @@ class RefreshCache(RawCache):
             else 0.0,
             hist_mean_age_of_hits=c.age_sum / hits if hits else None,
             hist_lag_steps=self.lag,
-            cache_split_hist_bytes=self.split.hist_bytes,
+            cache_split_hist_bytes=self.table.nbytes,
         )
         return out
 
@@ -403,6 +444,7 @@ class RefreshCache(RawCache):
         out.update(
             hist_layers=list(self.hist_layers),
             hist_policy=self.policy.name,
+            hist_order=self.order.kind,
             hist_rows=self.table.rows,
             hist_lag_steps=self.lag,
             hist_fraction=self.split.hist_fraction,
@@ -427,6 +469,7 @@ class RefreshCache(RawCache):
             ]
         return {
             "split": self.split.state_dict(),
+            "slot_order": self.order.fingerprint(),
             "table": self.table.state_dict(),
             "pending": pending,
             "steps_done": self._steps_done,
@@ -443,6 +486,12 @@ class RefreshCache(RawCache):
             raise CheckpointError(
                 f"the checkpoint's history table caches layers {saved!r}, this run "
                 f"{sorted(self.hist_layers)!r}; resume with the same --hist-layers"
+            )
+        if state.get("slot_order", self.order.fingerprint()) != self.order.fingerprint():
+            raise CheckpointError(
+                "the checkpoint's history table gives its slots to other nodes than this run "
+                "would (another --hist-order, --fanouts, training split or store); resume with "
+                "the settings it was written with"
             )
         self.split.load_state_dict(state["split"])
         self._apply_split()

@@ -341,7 +341,7 @@ class Recorder:
             cached[layer] = set(ids.tolist())
             self.lookups.append((step, layer, batch.layer_nodes[layer].numpy()[n:], cached[layer]))
             if len(ids):
-                births = mode.table.birth[layer][ids].copy()
+                births = mode.table.birth[layer][mode.order.slots(layer, ids)].copy()
                 emb = block.cached_emb.detach().cpu().clone()
                 self.served.append(Served(step, layer, ids.copy(), births, emb))
         if self.compare_pruning:
@@ -387,10 +387,11 @@ class Recorder:
         else:  # random: tested apart in test_history.py
             pos = mode.policy.select(None, n, step, layer)
         ids = nodes[pos]
-        keep = (ids < mode.table.rows) & ~np.isin(ids, list(queued))
-        pos, ids = pos[keep], ids[keep]
+        slots = mode.order.slots(layer, ids)
+        keep = (slots < mode.table.rows) & ~np.isin(ids, list(queued))
+        pos, ids, slots = pos[keep], ids[keep], slots[keep]
         # Only rows no later step may use are written: a usable entry expires.
-        birth = mode.table.birth[layer][ids]
+        birth = mode.table.birth[layer][slots]
         free = (birth == EMPTY) | (birth + mode.staleness <= step)
         if not free.all():
             self.capped_steps += 1
@@ -402,13 +403,13 @@ class Recorder:
             new = [a for a in mode._pending if a.step == step]
         for a in new:
             emb = mode.table.gather(a.layer, a.ids).cpu()  # written at once, usable later
-            for i, v in enumerate(a.ids.tolist()):
+            for i, v in enumerate(mode.order.nodes(a.layer, a.ids).tolist()):
                 self.admitted[(a.layer, v, step)] = emb[i]
         if not expected:
             return
         got = {}
         for a in new:
-            got[a.layer] = sorted(got.get(a.layer, []) + a.ids.tolist())
+            got[a.layer] = sorted(got.get(a.layer, []) + mode.order.nodes(a.layer, a.ids).tolist())
         for layer, (_pos, ids) in expected.items():
             self.admission_checks += 1
             if got.get(layer, []) != sorted(ids.tolist()):
@@ -608,7 +609,9 @@ def _mode(store, budget: int, history: HistoryConfig, hidden: int) -> RefreshCac
         cache="refresh", cache_budget_bytes=budget, host_budget_bytes=0, lookahead_batches=0
     )
     dims = [store.feature_dim, hidden, hidden, store.num_classes]
-    return RefreshCache(store, tiers, torch.device("cpu"), dims=dims, history=history)
+    return RefreshCache(
+        store, tiers, torch.device("cpu"), dims=dims, history=history, fanouts=(3, 3, 3)
+    )
 
 
 def _assert_within_budget(mode: RefreshCache, budget: int) -> None:
@@ -1034,7 +1037,7 @@ def test_the_automatic_split_follows_its_counters_and_describe(store, monkeypatc
         end_epoch(mode)
 
     monkeypatch.setattr(RefreshCache, "end_epoch", spy_end_epoch)
-    cfg = _config(store, budget_rows=400, epochs=3, history=_hist(lag_steps=2))
+    cfg = _config(store, budget_rows=600, epochs=3, history=_hist(lag_steps=2))
     budget = cfg.tiers.cache_budget_bytes
     moves = 0
     with Trainer(cfg) as t:
@@ -1047,7 +1050,8 @@ def test_the_automatic_split_follows_its_counters_and_describe(store, monkeypatc
             record = t.train_epoch(epoch)
             after = mode.describe()
             assert record["cache_split_raw_bytes"] == before["device_bytes_raw_rows"]
-            assert record["cache_split_hist_bytes"] == int(budget * before["hist_fraction"])
+            assert record["cache_split_hist_bytes"] == before["device_bytes_table"]
+            assert record["cache_split_hist_bytes"] <= int(budget * before["hist_fraction"])
             assert record["hist_rows"] == before["hist_rows"]
             assert record["cache_split_raw_bytes"] + record["cache_split_hist_bytes"] <= budget
             assert sum(v for k, v in after.items() if k.startswith("device_bytes_")) <= budget
@@ -1064,9 +1068,10 @@ def test_the_automatic_split_follows_its_counters_and_describe(store, monkeypatc
                 for seeds, bseed in rec.sampled:
 
                     def prune(layer, ids, _s=seeds, _h=h):
-                        _n = len(_s)
-                        m = (ids < _h) & (layer in mode.hist_layers)
-                        m[:_n] = False
+                        m = np.zeros(len(ids), dtype=bool)
+                        if layer in mode.hist_layers:
+                            m = mode.order.slots(layer, ids) < _h
+                        m[: len(_s)] = False
                         return m
 
                     noprune += int((sampler.sample(seeds, bseed).input_nodes >= k).sum())
@@ -1105,7 +1110,8 @@ def test_every_history_flag_reaches_the_config(store):
     cfg = config_from_args(
         f"--store {store.path} --cache refresh --layers 3 --fanouts 3,3,3 --hist-layers 1,2 "
         "--grad-quantile 0.75 --staleness 17 --hist-policy random --hist-warmup 5 "
-        "--hist-fraction 0.4 --hist-lag 3 --hist-dtype float32 --no-hist-count-saved".split()
+        "--hist-fraction 0.4 --hist-lag 3 --hist-dtype float32 --hist-order degree "
+        "--no-hist-count-saved".split()
     )
     assert cfg.tiers.cache == "refresh"
     assert cfg.history == HistoryConfig(
@@ -1117,6 +1123,7 @@ def test_every_history_flag_reaches_the_config(store):
         fraction=0.4,
         lag_steps=3,
         dtype="float32",
+        order="degree",
         count_saved=False,
     )
 
@@ -1126,6 +1133,7 @@ def test_history_defaults(store):
     assert h == HistoryConfig()
     assert (h.grad_quantile, h.staleness_iters, h.policy) == (0.9, 200, "grad+stale")
     assert (h.warmup_steps, h.fraction, h.dtype, h.count_saved) == (0, None, "float16", True)
+    assert h.order == "lookups"
     assert h.resolved_layers(3) == (2,) and h.resolved_lag(8) == 10 and h.resolved_lag(0) == 4
 
 
@@ -1147,6 +1155,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         f"{key('hist-fraction')} = 1\n"
         f"{key('hist-lag')} = 5\n"
         f'{key("hist-dtype")} = "float32"\n'
+        f'{key("hist-order")} = "degree"\n'
         f"{key('no-hist-count-saved')} = true\n"
     )
     h = config_from_args(["--config", str(toml), "--staleness", "11"]).history
@@ -1159,6 +1168,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         fraction=1,
         lag_steps=5,
         dtype="float32",
+        order="degree",
         count_saved=False,
     )
     toml.write_text(
@@ -1182,6 +1192,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         (["--hist-fraction", "2"], "hist_fraction must be in [0, 1]"),
         (["--hist-fraction", "-0.5"], "hist_fraction must be in [0, 1]"),
         (["--hist-dtype", "bfloat16"], "hist_dtype must be one of"),
+        (["--hist-order", "random"], "hist_order must be one of"),
         (["--hist-lag", "0"], "lag_steps must be an integer >= 1"),
         (["--hist-warmup", "-2"], "warmup_steps must be an integer >= 0"),
         (["--staleness", "soon"], "invalid int value"),
@@ -1206,6 +1217,7 @@ def test_bad_history_values_exit_2_with_one_line(store, capsys, args, message):
         (dict(fraction=2), "hist_fraction"),
         (dict(lag_steps=0), "lag_steps"),
         (dict(dtype="int8"), "hist_dtype"),
+        (dict(order="pagerank"), "hist_order"),
     ],
 )
 def test_history_config_rejects_bad_values(kw, message):
