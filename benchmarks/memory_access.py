@@ -81,6 +81,7 @@ from refresh_train.config import (  # noqa: E402
     TrainConfig,
 )
 from refresh_train.history.cover import uncovered_rank  # noqa: E402
+from refresh_train.history.slots import SlotOrder  # noqa: E402
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches  # noqa: E402
 from refresh_train.trainer import Trainer  # noqa: E402
 
@@ -177,10 +178,12 @@ def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 16) -
     """Rows a perfect history cache would still fetch, as a share of ``none``'s.
 
     The sampler alone, on the first ``batches`` batches of epoch 0: the
-    device tier holds the hottest ``K`` rows and the table the hottest ``H``
-    nodes of the cached layers, always usable (no staleness, no lag, no
-    admission rule); seeds are never pruned. Every split in steps of 1/16 is
-    tried (:func:`refresh_train.history.cover.uncovered_rank` answers all at
+    device tier holds the hottest ``K`` rows and the table the first ``H``
+    slots of the cached layers (the nodes they look up most, as the refresh
+    mode orders them; ``_degree``: the ``H`` hottest ids, the earlier
+    order), always usable (no staleness, no lag, no admission rule); seeds
+    are never pruned. Every split in steps of 1/16 is tried
+    (:func:`refresh_train.history.cover.uncovered_rank` answers all at
     once); the best is reported.
     """
     store = open_store(store_path)
@@ -197,12 +200,22 @@ def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 16) -
         "rows_share_of_graph": base / len(full) / n,
         "raw_only_share": sum(int((b.input_nodes >= int(budget / row)).sum()) for b in full) / base,
     }
-    for layers in ((2,), (2, 1)):
-        ranks = [uncovered_rank(b, len(p), layers) for b, p in zip(full, parts)]
+    most = int(budget // (emb))
+    for layers, kind in (((2,), "lookups"), ((2,), "degree"), ((2, 1), "lookups")):
+        order = (
+            SlotOrder.by_lookups(
+                store.indptr, store.indices, store.train_idx, [15, 10, 5], layers, most
+            )  # fmt: skip
+            if kind == "lookups"
+            else SlotOrder.by_degree()
+        )
+        ranks = [uncovered_rank(b, len(p), layers, slots=order.slots) for b, p in zip(full, parts)]
         best = None
         for i in range(17):
             hf = i / 16
             h = int(budget * hf / emb / len(layers))
+            if kind == "lookups":
+                h = min(h, max(order.ranked(v) for v in layers))
             k = int(budget * (1 - hf) / row)
             left = sum(
                 int(np.count_nonzero((b.input_nodes.numpy() >= k) & (r >= h)))
@@ -210,7 +223,7 @@ def ideal_bound(store_path: Path, budget_frac: float, args, batches: int = 16) -
             )
             if best is None or left / base < best[1]:
                 best = (hf, left / base)
-        key = "l" + "".join(map(str, layers))
+        key = "l" + "".join(map(str, layers)) + ("_degree" if kind == "degree" else "")
         out[f"ideal_{key}_share"], out[f"ideal_{key}_hist_fraction"] = best[1], best[0]
     return out
 
@@ -307,6 +320,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         for policy in POLICY_NAMES[1:]:
             runs.append(dict(first, section="policies", mode="refresh", policy=policy))
         runs.append(dict(first, section="policies", mode="refresh", layers=(2, 1)))
+        # The table's slots by degree, as before they went to the most looked-up nodes.
+        runs.append(dict(first, section="policies", mode="refresh", order="degree"))
     if "sweeps" in args.sections:
         for q in args.quantiles:
             if q != 0.9:
@@ -362,7 +377,7 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         # The policy as varied by the run (None = the default), not the record's name for it.
         key = (r["dataset"], r["model"], r["mode"], r["budget_frac"], r["section"],
                r.get("run", r).get("policy"), r.get("grad_quantile"), r.get("staleness_iters"),
-               tuple(r["layers"]) if r.get("layers") else None)  # fmt: skip
+               tuple(r["layers"]) if r.get("layers") else None, r.get("order"))  # fmt: skip
         out.setdefault(key, []).append(r)
     rows = []
     for key, rs in out.items():
@@ -375,7 +390,7 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         rows.append({
             "dataset": ds, "model": model, "mode": mode, "budget_frac": b, "section": key[4],
             "policy": key[5], "grad_quantile": key[6], "staleness_iters": key[7],
-            "layers": key[8], "runs": len(rs),
+            "layers": key[8], "order": key[9], "runs": len(rs),
             "memory_access_bytes": mean_bytes,
             "share_of_none": mean_bytes / none_bytes if none_bytes else None,
             "test_acc_mean": statistics.mean(acc),
@@ -424,24 +439,28 @@ def markdown(result: dict[str, Any]) -> str:
         if ideal:
             lines += ["", "What a perfect history cache would leave (the sampler alone, the table's",
                       "nodes always usable; best split of the budget):", "",
-                      "| budget | raw rows only | ideal, layer 2 | ideal, layers 2+1 |", "|---:|---:|---:|---:|"]  # fmt: skip
+                      "| budget | raw rows only | ideal, layer 2 | ideal, layer 2, degree order | ideal, layers 2+1 |",
+                      "|---:|---:|---:|---:|---:|"]  # fmt: skip
             for b, v in sorted(ideal.items()):
                 lines.append(
                     f"| {100 * float(b):.0f} % | {_pct(v['raw_only_share'])} | "
                     f"{_pct(v['ideal_l2_share'])} (table {100 * v['ideal_l2_hist_fraction']:.0f} %) | "
+                    f"{_pct(v.get('ideal_l2_degree_share'))} | "
                     f"{_pct(v['ideal_l21_share'])} (table {100 * v['ideal_l21_hist_fraction']:.0f} %) |"
                 )
         lines.append("")
-    other = [r for r in rows if r["section"] in ("models", "policies", "sweeps")]
+    # "degree": grid runs whose table took the prefix of degree-ordered ids (the
+    # order before slots went to the most looked-up nodes).
+    other = [r for r in rows if r["section"] in ("models", "policies", "sweeps", "degree")]
     if other:
-        lines += ["## Models, policies and sweeps (10 % budget)", "",
-                  "| section | dataset | model | mode | variant | share of none | test acc % | vs none (points) |",
-                  "|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+        lines += ["## Models, policies, sweeps and the degree-ordered table", "",
+                  "| section | dataset | model | mode | budget | variant | runs | share of none | test acc % | vs none (points) |",
+                  "|---|---|---|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
         for r in other:
             variant = (
                 ", ".join(
                     f"{k}={r[k]}"
-                    for k in ("policy", "grad_quantile", "staleness_iters", "layers")
+                    for k in ("policy", "grad_quantile", "staleness_iters", "layers", "order")
                     if r[k] is not None
                 )
                 or "default"
@@ -450,7 +469,8 @@ def markdown(result: dict[str, Any]) -> str:
                 "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
             )
             lines.append(
-                f"| {r['section']} | {r['dataset']} | {r['model']} | {r['mode']} | {variant} | "
+                f"| {r['section']} | {r['dataset']} | {r['model']} | {r['mode']} | "
+                f"{100 * r['budget_frac']:.0f} % | {variant} | {r['runs']} | "
                 f"{_pct(r['share_of_none'])} | {100 * r['test_acc_mean']:.2f} | {diff} |"
             )
         lines.append("")
@@ -602,7 +622,11 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
                         label="ideal history cache (layer 2)")  # fmt: skip
             pol = [r for r in rows if r["dataset"] == ds and r["section"] == "policies"]
             for j, r in enumerate(pol):
-                label = r["policy"] or "layers " + ",".join(map(str, r["layers"] or ()))
+                label = r["policy"] or (
+                    f"{r['order']} order"
+                    if r["order"]
+                    else "layers " + ",".join(map(str, r["layers"] or ()))
+                )
                 ax.plot([100 * r["budget_frac"]], [100 * r["share_of_none"]], "x", ms=8,
                         color=f"C{j + 2}", label=f"refresh, {label}")  # fmt: skip
             ax.axhline(100, color="grey", lw=0.8)
@@ -619,7 +643,8 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
     stale = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "refresh"
              and r["budget_frac"] == 0.10 and r["model"] == "sage"
              and r["section"] in ("grid", "sweeps") and r["policy"] is None
-             and r["grad_quantile"] is None and r["layers"] is None]  # fmt: skip
+             and r["grad_quantile"] is None and r["layers"] is None
+             and r["order"] is None]  # fmt: skip
     if len(stale) > 1:
         pts = sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
                       r["test_acc_mean"], r["share_of_none"]) for r in stale)  # fmt: skip
@@ -745,7 +770,9 @@ def main(argv: list[str] | None = None) -> int:
         result["ideal_raw"] = old_ideal
     have_ideal = result.get("ideal_raw") or {}
     if "ideal" in args.sections and any(
-        str(b) not in have_ideal.get(ds, {}) for ds in stores for b in args.budgets
+        "ideal_l2_degree_share" not in have_ideal.get(ds, {}).get(str(b), {})
+        for ds in stores
+        for b in args.budgets
     ):
         result["ideal_raw"] = {
             **have_ideal,
@@ -766,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         if run["section"] == "baseline":
             rec = baseline_run(stores[run["dataset"]], run["mode"].split("-")[1], args)
         else:
-            hist = {k: run[k] for k in ("policy", "grad_quantile", "staleness_iters", "layers")
+            hist = {k: run[k] for k in ("policy", "grad_quantile", "staleness_iters", "layers", "order")
                     if k in run}  # fmt: skip
             cfg = run_config(stores[run["dataset"]], mode=run["mode"],
                              budget_frac=run["budget_frac"], seed=run["seed"],
