@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,12 @@ def ensure_store(name: str, spec: dict[str, Any], data_dir: Path) -> Path:
     )
     convert(src, dst, progress=False, overwrite=True)
     return dst
+
+
+def report_saved(out: Path, report: Callable[[dict[str, Any], Path], int]) -> int:
+    """``--report``: redraw the tables and plots from the records in ``out``
+    (exit 2, one line, when there are none yet)."""
+    if not out.exists():
+        print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
+        return 2
+    return report(json.loads(out.read_text()), out)

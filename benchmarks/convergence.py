@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import memory_access as ma  # noqa: E402
-from _common import drop_cache, ensure_store  # noqa: E402
+from _common import drop_cache, ensure_store, report_saved  # noqa: E402
 
 from refresh_store.store import open_store  # noqa: E402
 from refresh_train.config import EvalConfig  # noqa: E402
@@ -239,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.report:
-        if not out.exists():
-            print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
-            return 2
-        return report(json.loads(out.read_text()), out)
+        return report_saved(out, report)
     variants = args.variants.split(",")
     if bad := [v for v in variants if v not in VARIANTS]:
         print(f"error: --variants: unknown variant {bad[0]!r}; use {', '.join(VARIANTS)}",

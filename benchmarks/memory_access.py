@@ -69,7 +69,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import drop_cache, ensure_store  # noqa: E402
+from _common import drop_cache, ensure_store, report_saved  # noqa: E402
 from _pyg_baseline import train_pyg_baseline  # noqa: E402
 
 from refresh_store.store import Store, open_store  # noqa: E402
@@ -720,10 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.report:
         # A long run writes its tables only at the end; this reads what it has so far.
-        if not out.exists():
-            print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
-            return 2
-        return report(json.loads(out.read_text()), out)
+        return report_saved(out, report)
     settings = (f"SAGE/GCN/GAT 3 layers, hidden {args.hidden}, fanouts 15,10,5, batch "
                 f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, host budget 0, "
                 "lookahead 0, prefetch 2, history defaults unless stated")  # fmt: skip

@@ -80,7 +80,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import drop_cache  # noqa: E402
+from _common import drop_cache, report_saved  # noqa: E402
 
 CACHE_DIR = ROOT / "bench_cache" / "project_scale"
 FANOUTS = (15, 10, 5)
@@ -939,10 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.report:
-        if not out.exists():
-            print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
-            return 2
-        return report(json.loads(out.read_text()), out)
+        return report_saved(out, report)
     if args.quick:
         args.papers_sizes, args.mag_sizes = "100000,200000,400000", "100000,200000,400000"
         args.batches, args.compute_batches = 6, 3

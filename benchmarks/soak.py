@@ -79,7 +79,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import ensure_store  # noqa: E402
+from _common import ensure_store, report_saved  # noqa: E402
 
 CACHE_DIR = ROOT / "bench_cache" / "soak"
 OUT = ROOT / "benchmarks" / "results" / "soak.json"
@@ -591,10 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.report:
-        if not out.exists():
-            print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
-            return 2
-        return report(json.loads(out.read_text()), out)
+        return report_saved(out, report)
     if args.quick:
         args.nodes, args.epochs = 30_000, 6
     modes = args.modes.split(",")
