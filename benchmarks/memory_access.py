@@ -608,19 +608,25 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
     files = []
     grid = [r for r in rows if r["section"] == "grid"]
     if grid:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
         for ax, ds in zip(axes, ("papers", "products")):
             for mode in ("raw", "refresh"):
                 pts = sorted((r["budget_frac"], r["share_of_none"]) for r in grid
                              if r["dataset"] == ds and r["mode"] == mode)  # fmt: skip
                 if pts:
                     ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=mode)
+            before = sorted((r["budget_frac"], r["share_of_none"]) for r in rows
+                            if r["section"] == "degree" and r["dataset"] == ds)  # fmt: skip
+            if before:
+                ax.plot([100 * p[0] for p in before], [100 * p[1] for p in before], "o:",
+                        color="grey", label="refresh, degree-ordered table (before)")  # fmt: skip
             ideal = result["summary"]["ideal"].get(ds, {})
             if ideal:
                 pts = sorted((float(b), v["ideal_l2_share"]) for b, v in ideal.items())
                 ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "k^--",
-                        label="ideal history cache (layer 2)")  # fmt: skip
-            pol = [r for r in rows if r["dataset"] == ds and r["section"] == "policies"]
+                        label="perfect table (layer 2)")  # fmt: skip
+            pol = [r for r in rows if r["dataset"] == ds and r["section"] == "policies"
+                   and r["order"] is None]  # fmt: skip
             for j, r in enumerate(pol):
                 label = r["policy"] or (
                     f"{r['order']} order"
@@ -634,7 +640,7 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
             ax.set_xlabel("device budget, % of feature bytes")
             ax.set_ylabel("memory access per epoch, % of none")
             ax.set_ylim(0, 105)
-            ax.legend()
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         fig.tight_layout()
         path = out.with_name(out.stem + "_bytes.png")
         fig.savefig(path, dpi=110)
