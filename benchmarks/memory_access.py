@@ -88,6 +88,8 @@ from refresh_train.trainer import Trainer  # noqa: E402
 CACHE_DIR = ROOT / "bench_cache" / "memory_access"
 MODES = ("none", "raw", "refresh")
 POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
+#: History settings a run may vary (HistoryConfig fields, named alike in records).
+VARIANT_KEYS = ("policy", "grad_quantile", "staleness_iters", "layers", "order")
 
 
 # ------------------------------------------------------------------ datasets
@@ -458,12 +460,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|---|---|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
         for r in other:
             variant = (
-                ", ".join(
-                    f"{k}={r[k]}"
-                    for k in ("policy", "grad_quantile", "staleness_iters", "layers", "order")
-                    if r[k] is not None
-                )
-                or "default"
+                ", ".join(f"{k}={r[k]}" for k in VARIANT_KEYS if r[k] is not None) or "default"
             )
             diff = (
                 "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
@@ -796,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         if run["section"] == "baseline":
             rec = baseline_run(stores[run["dataset"]], run["mode"].split("-")[1], args)
         else:
-            hist = {k: run[k] for k in ("policy", "grad_quantile", "staleness_iters", "layers", "order")
+            hist = {k: run[k] for k in VARIANT_KEYS
                     if k in run}  # fmt: skip
             cfg = run_config(stores[run["dataset"]], mode=run["mode"],
                              budget_frac=run["budget_frac"], seed=run["seed"],

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from _params import DEVICES
-from _planted import planted_store
+from _planted import planted_store, small_run_config
 
-from refresh_train.config import EvalConfig, LoaderConfig, TierConfig, TrainConfig
+from refresh_train.config import EvalConfig, HistoryConfig, LoaderConfig, TierConfig, TrainConfig
 from refresh_train.metrics import read_jsonl
 from refresh_train.sampler import NeighborSampler, batch_seed, epoch_batches
 from refresh_train.trainer import Trainer, train
@@ -26,24 +26,19 @@ def store(tmp_path_factory):
 
 
 def _config(store, **kw) -> TrainConfig:
+    """:func:`small_run_config` with a raw cache of 150 device and 300 host rows, no
+    lookahead, the default history, 2 epochs and the memory check on."""
     row = store.region("features").row_bytes
     base = dict(
-        store=str(store.path),
-        model="sage",
-        layers=2,
-        hidden=32,
-        fanouts=(8, 4),
-        batch_size=128,
         epochs=2,
-        lr=0.01,
         seed=1,
         tiers=TierConfig(cache="raw", cache_budget_bytes=150 * row, host_budget_bytes=300 * row),
+        history=HistoryConfig(),
         eval=EvalConfig(mode="sampled", batch_size=512),
-        loader=LoaderConfig(prefetch_batches=2),
-        progress=False,
+        max_rss_bytes=None,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return small_run_config(store, **base)
 
 
 @pytest.mark.parametrize("device", DEVICES)
