@@ -22,7 +22,8 @@ Sections (``--sections``):
 ``grid``     3-layer SAGE, every mode at every budget, 3 seeds, both datasets
 ``models``   GCN and GAT at 10 %, every mode, both datasets
 ``policies`` each ``--hist-policy`` at 10 % on ``papers`` (and ``--hist-layers 2,1``)
-``sweeps``   ``--grad-quantile`` and ``--staleness`` at 10 % on ``papers``
+``sweeps``   ``--grad-quantile``, ``--staleness`` and ``--hist-warmup`` at 10 % on
+             ``papers`` (a warmup of 100 steps is about its first epoch)
 ``ideal``    what a perfect history cache would leave: the sampler alone, with
              the table's nodes always cached (an upper bound on any policy)
 ``loader``   loader-only passes (sampling + fetching, no model) from a cold
@@ -89,7 +90,7 @@ CACHE_DIR = ROOT / "bench_cache" / "memory_access"
 MODES = ("none", "raw", "refresh")
 POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
 #: History settings a run may vary (HistoryConfig fields, named alike in records).
-VARIANT_KEYS = ("policy", "grad_quantile", "staleness_iters", "layers", "order")
+VARIANT_KEYS = ("policy", "grad_quantile", "staleness_iters", "layers", "order", "warmup_steps")
 
 
 # ------------------------------------------------------------------ datasets
@@ -331,6 +332,9 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         for t in args.staleness:
             if t != 200:
                 runs.append(dict(first, section="sweeps", mode="refresh", staleness_iters=t))
+        for w in args.warmups:
+            if w != 0:
+                runs.append(dict(first, section="sweeps", mode="refresh", warmup_steps=w))
     if "models" in args.sections:
         for ds in datasets:
             for model in ("gcn", "gat"):
@@ -379,7 +383,8 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         # The policy as varied by the run (None = the default), not the record's name for it.
         key = (r["dataset"], r["model"], r["mode"], r["budget_frac"], r["section"],
                r.get("run", r).get("policy"), r.get("grad_quantile"), r.get("staleness_iters"),
-               tuple(r["layers"]) if r.get("layers") else None, r.get("order"))  # fmt: skip
+               tuple(r["layers"]) if r.get("layers") else None, r.get("order"),
+               r.get("warmup_steps"))  # fmt: skip
         out.setdefault(key, []).append(r)
     rows = []
     for key, rs in out.items():
@@ -392,7 +397,7 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         rows.append({
             "dataset": ds, "model": model, "mode": mode, "budget_frac": b, "section": key[4],
             "policy": key[5], "grad_quantile": key[6], "staleness_iters": key[7],
-            "layers": key[8], "order": key[9], "runs": len(rs),
+            "layers": key[8], "order": key[9], "warmup_steps": key[10], "runs": len(rs),
             "memory_access_bytes": mean_bytes,
             "share_of_none": mean_bytes / none_bytes if none_bytes else None,
             "test_acc_mean": statistics.mean(acc),
@@ -647,7 +652,7 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
              and r["budget_frac"] == 0.10 and r["model"] == "sage"
              and r["section"] in ("grid", "sweeps") and r["policy"] is None
              and r["grad_quantile"] is None and r["layers"] is None
-             and r["order"] is None]  # fmt: skip
+             and r["order"] is None and r["warmup_steps"] is None]  # fmt: skip
     if len(stale) > 1:
         pts = sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
                       r["test_acc_mean"], r["share_of_none"]) for r in stale)  # fmt: skip
@@ -690,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--quantiles", default="0.5,0.7,0.9,1.0")
     p.add_argument("--staleness", default="0,20,50,200,1000")
+    p.add_argument("--warmups", default="0,100", help="--hist-warmup steps to sweep")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
@@ -719,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.quantiles = [float(q) for q in args.quantiles.split(",")]
     args.staleness = [int(t) for t in args.staleness.split(",")]
+    args.warmups = [int(w) for w in args.warmups.split(",")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.report:

@@ -66,3 +66,22 @@ def test_records_resume_and_report(tmp_path, capsys):
     md = out.with_suffix(".md").read_text()
     assert "| papers |" in md or "papers" in md
     assert ma.main(["--report", "--out", str(tmp_path / "missing.json")]) == 2
+
+
+def test_sweeps_plan_each_setting_once_with_its_history_field():
+    """Every swept value but the default is one refresh run varying only that field."""
+    import argparse
+
+    args = argparse.Namespace(
+        sections={"sweeps"}, datasets={"papers"}, seeds=[0], budgets=[0.1],
+        quantiles=[0.5, 0.9], staleness=[20, 200], warmups=[0, 100],
+    )  # fmt: skip
+    runs = ma.plan(args)
+    varied = [{k: r[k] for k in ma.VARIANT_KEYS if k in r} for r in runs]
+    assert varied == [{"grad_quantile": 0.5}, {"staleness_iters": 20}, {"warmup_steps": 100}]
+    assert all(r["mode"] == "refresh" and r["budget_frac"] == 0.1 for r in runs)
+    # Each name is a HistoryConfig field, so run_config can pass it on as is.
+    from refresh_train.config import HistoryConfig
+
+    for v in varied:
+        assert HistoryConfig(**v) != HistoryConfig()
