@@ -164,6 +164,8 @@ class RefreshCache(RawCache):
         sizes = [self._sizes(f) for f in self.split.candidates()]
         self._cand_k = np.array([k for k, _ in sizes], dtype=np.int64)
         self._cand_h = np.array([h for _, h in sizes], dtype=np.int64)
+        # _count_candidates relies on the table growing as the raw rows shrink.
+        assert (np.diff(self._cand_k) <= 0).all() and (np.diff(self._cand_h) >= 0).all()
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         # (step, layer, ids) admitted in the last lag steps (main thread only).
         self._recent: deque[tuple[int, int, np.ndarray]] = deque()
@@ -290,12 +292,27 @@ class RefreshCache(RawCache):
         c.nodes_pruned += sum(len(a) - len(b) for a, b in zip(full.layer_nodes, batch.layer_nodes))
         c.rows_saved += len(full.input_nodes) - len(batch.input_nodes)
         if self.split.automatic:
-            rows = full.input_nodes.numpy()
             rank = uncovered_rank(full, len(seeds), self.hist_layers, slots=self.order.slots)
-            for i, k in enumerate(self._cand_k):
-                beyond = rows >= k
-                c.split.noprune[i] += int(np.count_nonzero(beyond))
-                c.split.covered[i] += self._bands(rank[beyond])
+            self._count_candidates(full.input_nodes.numpy(), rank, c.split)
+
+    def _count_candidates(self, rows: np.ndarray, rank: np.ndarray, split: SplitCounters) -> None:
+        """Add each candidate's ``noprune`` and ``covered`` counts for one batch.
+
+        Candidate ``i`` fetches the rows ``>= K_i``; ``K_i`` does not grow with
+        ``i`` (the table's share does), so a row is fetched by every candidate
+        from the first whose ``K`` is at most the row on. One histogram over
+        (that first candidate, band) and a running sum over candidates give
+        every count in one pass over the rows, instead of one per candidate.
+        """
+        n = self.split.grid + 1
+        first = n - np.searchsorted(self._cand_k[::-1], rows, side="right")
+        band = np.searchsorted(self._cand_h, rank, side="right")  # n: in no band
+        fetched = first < n
+        hist = np.bincount(
+            first[fetched] * (n + 1) + band[fetched], minlength=n * (n + 1)
+        ).reshape(n, n + 1)
+        split.noprune += np.cumsum(hist.sum(axis=1))
+        split.covered += np.cumsum(hist[:, :n], axis=0)
 
     def forward(self, model: torch.nn.Module, batch: MiniBatch) -> torch.Tensor:
         x = self._inputs(batch)

@@ -1235,3 +1235,28 @@ def test_a_bad_toml_history_value_is_reported(store, tmp_path):
 def test_one_layer_models_without_refresh_still_configure(store):
     TrainConfig(store=str(store.path), layers=1, fanouts=(5,), tiers=TierConfig(cache="raw"))
     config_from_args(f"--store {store.path} --model mlp --layers 1 --fanouts 5".split())
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_candidate_counts_in_one_pass_equal_one_count_per_candidate(trial):
+    """``_count_candidates`` against counting each candidate's rows on its own."""
+    rng = np.random.default_rng(trial)
+    grid = int(rng.integers(1, 17))
+    n = grid + 1
+    # K shrinks and H grows with the table's share, ties included.
+    cand_k = np.sort(rng.integers(0, 500, n))[::-1].copy()
+    cand_h = np.sort(rng.integers(0, 300, n))
+    rows = rng.integers(0, 600, int(rng.integers(0, 400)))
+    rank = rng.integers(0, 350, len(rows))
+    rank[rng.random(len(rows)) < 0.2] = np.iinfo(np.int64).max  # no table spares them
+    fake = type("Fake", (), {})()
+    fake.split = type("Split", (), {"grid": grid})()
+    fake._cand_k, fake._cand_h = cand_k, cand_h
+    got = SplitCounters(grid, np.zeros(n, dtype=np.int64), 200, 2, 0.9)
+    RefreshCache._count_candidates(fake, rows, rank, got)
+    for i, k in enumerate(cand_k):
+        beyond = rows >= k
+        assert got.noprune[i] == np.count_nonzero(beyond)
+        band = np.searchsorted(cand_h, rank[beyond], side="right")
+        want = np.bincount(band, minlength=n + 1)[:n]
+        np.testing.assert_array_equal(got.covered[i], want)
