@@ -598,7 +598,8 @@ def _worst_seed(records: list[dict[str, Any]]) -> tuple[float, dict[str, Any]] |
 
 
 def plots(result: dict[str, Any], out: Path) -> list[str]:
-    """Bytes per epoch against budget per mode/dataset; accuracy against staleness."""
+    """Bytes per epoch against budget per mode/dataset; accuracy against staleness; the
+    bytes/accuracy trade-off of every setting at 10 % (:func:`frontier`)."""
     try:
         import matplotlib
 
@@ -678,7 +679,60 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files.append(str(path))
+    points = frontier(result["records"])
+    if len(points) > 1:
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        for j, (label, share, diff) in enumerate(points):
+            ax.plot([100 * share], [diff], "o", color="grey" if label == "raw" else f"C{j % 10}")
+            ax.annotate(label, (100 * share, diff), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(-0.5, color="grey", lw=0.8, ls=":")
+        ax.axvline(30, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("memory access per epoch, % of none")
+        ax.set_ylabel("test accuracy minus none's (points)")
+        ax.set_title("papers, SAGE, 10 % budget, seed 0, 4 epochs")
+        fig.tight_layout()
+        path = out.with_name(out.stem + "_frontier.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(str(path))
     return files
+
+
+def frontier(records: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """Bytes against accuracy of every setting run at 10 % on ``papers`` with seed 0.
+
+    ``(label, share of none's bytes, test accuracy minus none's in points)``
+    per run, ``raw`` included, each paired with ``none`` of the same seed
+    (the sweeps ran one seed; the grid's other seeds would not compare).
+    """
+    mine = [r for r in records if r["dataset"] == "papers" and r["model"] == "sage"
+            and r["seed"] == 0 and r["run"].get("order") is None]  # fmt: skip
+    none = [r for r in mine if r["mode"] == "none"]
+    if not none:
+        return []
+    base = none[0]
+    out = []
+    for r in mine:
+        if r["budget_frac"] != 0.10 or r["mode"] not in ("raw", "refresh"):
+            continue
+        varied = [
+            f"{_SHORT.get(k, k)}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in r["run"].items()
+            if k in VARIANT_KEYS
+        ]
+        label = "raw" if r["mode"] == "raw" else ", ".join(varied) or "refresh (defaults)"
+        out.append((label, r["memory_access_bytes"] / base["memory_access_bytes"],
+                    100 * (r["test_acc"] - base["test_acc"])))  # fmt: skip
+    # Settings that train alike (q=1.0 admits what the stale policy does) share a point.
+    merged: dict[tuple[float, float], list[str]] = {}
+    for label, share, diff in out:
+        merged.setdefault((share, diff), []).append(label)
+    return sorted(((" = ".join(v), *k) for k, v in merged.items()), key=lambda p: p[1])
+
+
+_SHORT = {"staleness_iters": "staleness", "grad_quantile": "q", "warmup_steps": "warmup"}
 
 
 # ------------------------------------------------------------------ main

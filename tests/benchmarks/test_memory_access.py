@@ -85,3 +85,34 @@ def test_sweeps_plan_each_setting_once_with_its_history_field():
 
     for v in varied:
         assert HistoryConfig(**v) != HistoryConfig()
+
+
+def test_frontier_pairs_each_setting_with_none_of_its_seed():
+    def rec(mode, acc, nbytes, seed=0, budget=0.1, **varied):
+        run = dict(section="x", dataset="papers", mode=mode, budget_frac=budget, seed=seed,
+                   model="sage", **varied)  # fmt: skip
+        return dict(run, run=run, test_acc=acc, memory_access_bytes=nbytes)
+
+    records = [
+        rec("none", 0.80, 1000, budget=0.0),
+        rec("none", 0.70, 2000, seed=1, budget=0.0),
+        rec("raw", 0.80, 700),
+        rec("refresh", 0.79, 400),
+        rec("refresh", 0.78, 300, policy="stale"),
+        rec("refresh", 0.78, 300, grad_quantile=1.0),  # trains as "stale" does
+        rec("refresh", 0.81, 600, staleness_iters=50, layers=[2, 1]),
+        rec("refresh", 0.50, 100, seed=1),  # another seed: not on seed 0's plot
+        rec("refresh", 0.50, 100, order="degree"),  # the earlier table
+        rec("refresh", 0.50, 100, budget=0.2),
+    ]
+    got = ma.frontier(records)
+    want = [
+        ("policy=stale = q=1.0", 0.3, -2.0),
+        ("refresh (defaults)", 0.4, -1.0),
+        ("staleness=50, layers=2,1", 0.6, 1.0),
+        ("raw", 0.7, 0.0),
+    ]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    for (_, share, diff), (_, s, d) in zip(got, want):
+        assert abs(share - s) < 1e-12 and abs(diff - d) < 1e-9
+    assert ma.frontier([r for r in records if r["mode"] != "none"]) == []
