@@ -116,3 +116,22 @@ def test_frontier_pairs_each_setting_with_none_of_its_seed():
     for (_, share, diff), (_, s, d) in zip(got, want):
         assert abs(share - s) < 1e-12 and abs(diff - d) < 1e-9
     assert ma.frontier([r for r in records if r["mode"] != "none"]) == []
+
+
+def test_accuracy_against_none_is_paired_by_seed():
+    def rec(mode, seed, acc, section="grid", budget=0.1, **varied):
+        run = dict(section=section, dataset="papers", mode=mode, budget_frac=budget, seed=seed,
+                   model="sage", **varied)  # fmt: skip
+        return dict(run, run=run, test_acc=acc, memory_access_bytes=100 + seed,
+                    epoch_time_s=1.0, last_epoch={}, feature_ram_bytes=1)  # fmt: skip
+
+    records = [rec("none", s, a, budget=0.0) for s, a in ((0, 0.80), (1, 0.70), (2, 0.75))]
+    records += [rec("refresh", 0, 0.79, section="sweeps", staleness_iters=50)]
+    records += [rec("refresh", s, 0.74) for s in (0, 1, 2)]
+    records += [rec("refresh", 3, 0.70, section="sweeps", grad_quantile=0.5)]  # no none of seed 3
+    rows = {(r["section"], r["staleness_iters"], r["grad_quantile"]): r
+            for r in ma.summarize(records, {})["rows"] if r["mode"] == "refresh"}  # fmt: skip
+    assert abs(rows["sweeps", 50, None]["acc_minus_none_points"] - (-1.0)) < 1e-9
+    assert abs(rows["grid", None, None]["acc_minus_none_points"] - (-1.0)) < 1e-9
+    assert abs(rows["sweeps", None, 0.5]["acc_minus_none_points"] - (-5.0)) < 1e-9
+    assert abs(rows["sweeps", 50, None]["share_of_none"] - 1.0) < 1e-12
