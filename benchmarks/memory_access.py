@@ -23,7 +23,7 @@ Sections (``--sections``):
 ``models``   GCN and GAT at 10 %, every mode, both datasets
 ``policies`` each ``--hist-policy`` at 10 % on ``papers`` (and ``--hist-layers 2,1``)
 ``sweeps``   ``--grad-quantile``, ``--staleness`` and ``--hist-warmup`` at 10 % on
-             ``papers`` (a warmup of 100 steps is about its first epoch)
+             ``papers`` (a warmup of 100 steps is most of its first epoch of 125)
 ``ideal``    what a perfect history cache would leave: the sampler alone, with
              the table's nodes always cached (an upper bound on any policy)
 ``loader``   loader-only passes (sampling + fetching, no model) from a cold
