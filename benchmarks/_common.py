@@ -69,3 +69,11 @@ def report_saved(out: Path, report: Callable[[dict[str, Any], Path], int]) -> in
         print(f"error: {str(out)!r} does not exist; run the benchmark first", file=sys.stderr)
         return 2
     return report(json.loads(out.read_text()), out)
+
+
+def save_results(out: Path, result: dict[str, Any], md: str) -> None:
+    """Write ``result`` to ``out`` (JSON) and ``md`` beside it (``.md``), and print ``md``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(md)
+    print(md)

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import memory_access as ma  # noqa: E402
-from _common import ensure_store  # noqa: E402
+from _common import ensure_store, save_results  # noqa: E402
 from _pyg_baseline import train_pyg_baseline  # noqa: E402
 
 from refresh_store.store import open_store  # noqa: E402
@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}]", flush=True)
         result["runs"][name] = run_one(store, name, args)
         out.write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    save_results(out, result, markdown(result))
     return 0
 
 

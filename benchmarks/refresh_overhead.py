@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import memory_access as ma  # noqa: E402
-from _common import ensure_store  # noqa: E402
+from _common import ensure_store, save_results  # noqa: E402
 
 from refresh_train.history import SplitCounters  # noqa: E402
 from refresh_train.history.cover import uncovered_rank  # noqa: E402
@@ -167,12 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         **measure(store, args),
     }
     result["load"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    save_results(Path(args.out), result, markdown(result))
     return 0
 
 
