@@ -308,9 +308,8 @@ class RefreshCache(RawCache):
         first = n - np.searchsorted(self._cand_k[::-1], rows, side="right")
         band = np.searchsorted(self._cand_h, rank, side="right")  # n: in no band
         fetched = first < n
-        hist = np.bincount(
-            first[fetched] * (n + 1) + band[fetched], minlength=n * (n + 1)
-        ).reshape(n, n + 1)
+        pairs = first[fetched] * (n + 1) + band[fetched]
+        hist = np.bincount(pairs, minlength=n * (n + 1)).reshape(n, n + 1)
         split.noprune += np.cumsum(hist.sum(axis=1))
         split.covered += np.cumsum(hist[:, :n], axis=0)
 
