@@ -196,8 +196,17 @@ def test_short_read_stops_the_run_and_no_step_trains_on_it(store, tmp_path, monk
     assert state["extra"]["step"] == state["extra"]["mid_epoch"]["batches_done"] == len(steps)
 
 
+@pytest.fixture
+def sigint_default():
+    """SIGINT as an interactive run has it: a shell's background job (``cmd &``,
+    ``nohup``) starts with it ignored, and the latch then rightly leaves it so."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def test_ctrl_c_stops_after_the_batch_and_resume_equals_an_uninterrupted_run(
-    store, tmp_path, monkeypatch, capsys, uninterrupted
+    store, tmp_path, monkeypatch, capsys, uninterrupted, sigint_default
 ):
     real_step = torch.optim.Adam.step
     count = [0]
@@ -226,7 +235,7 @@ def test_ctrl_c_stops_after_the_batch_and_resume_equals_an_uninterrupted_run(
 
 
 def test_ctrl_c_with_the_history_cache_keeps_the_epoch_checkpoint(
-    store, tmp_path, monkeypatch, capsys
+    store, tmp_path, monkeypatch, capsys, sigint_default
 ):
     """--cache refresh cannot resume between steps: the epoch-end checkpoint stays as it was."""
     real_step = torch.optim.Adam.step
@@ -250,7 +259,7 @@ def test_ctrl_c_with_the_history_cache_keeps_the_epoch_checkpoint(
     assert state["extra"]["step"] == BATCHES
 
 
-def test_second_ctrl_c_stops_at_once():
+def test_second_ctrl_c_stops_at_once(sigint_default):
     with SigintLatch() as latch:
         signal.raise_signal(signal.SIGINT)
         assert latch.requested
@@ -299,3 +308,16 @@ def test_stops_are_refresh_errors():
     """The command line's one-line, exit-2 path catches them."""
     assert issubclass(TrainingStopped, RefreshError)
     assert issubclass(IOSchedulerError, RefreshError)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """A run started with SIGINT ignored (``nohup``, ``cmd &``) is not made interruptible."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with SigintLatch() as latch:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert not latch.requested
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
