@@ -54,8 +54,7 @@ def count_per_candidate(cache: Any, rows: np.ndarray, rank: np.ndarray, split: A
     for i, k in enumerate(cache._cand_k):
         beyond = rows >= k
         split.noprune[i] += int(np.count_nonzero(beyond))
-        band = np.searchsorted(cache._cand_h, rank[beyond], side="right")
-        split.covered[i] += np.bincount(band, minlength=n + 1)[:n]
+        split.covered[i] += np.bincount(cache._band(rank[beyond]), minlength=n + 1)[:n]
 
 
 def _median_ms(fn: Callable[[int], Any], batches: int, repeats: int) -> float:

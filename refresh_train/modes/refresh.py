@@ -275,9 +275,13 @@ class RefreshCache(RawCache):
         c.split.band_lookups += self._bands(slots[num_seeds:])
         return rows
 
+    def _band(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's band ``j`` (``[H_{j-1}, H_j)`` of the candidates); ``grid + 1``: none."""
+        return np.searchsorted(self._cand_h, slots, side="right")
+
     def _bands(self, slots: np.ndarray) -> np.ndarray:
-        """How many of ``slots`` fall in each band ``[H_{j-1}, H_j)`` of the candidates."""
-        band = np.searchsorted(self._cand_h, slots, side="right")
+        """How many of ``slots`` fall in each band of the candidates."""
+        band = self._band(slots)
         return np.bincount(band, minlength=self.split.grid + 2)[: self.split.grid + 1]
 
     def _count_saved(
@@ -306,7 +310,7 @@ class RefreshCache(RawCache):
         """
         n = self.split.grid + 1
         first = n - np.searchsorted(self._cand_k[::-1], rows, side="right")
-        band = np.searchsorted(self._cand_h, rank, side="right")  # n: in no band
+        band = self._band(rank)
         fetched = first < n
         pairs = first[fetched] * (n + 1) + band[fetched]
         hist = np.bincount(pairs, minlength=n * (n + 1)).reshape(n, n + 1)

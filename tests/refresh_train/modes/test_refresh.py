@@ -1252,6 +1252,7 @@ def test_candidate_counts_in_one_pass_equal_one_count_per_candidate(trial):
     fake = type("Fake", (), {})()
     fake.split = type("Split", (), {"grid": grid})()
     fake._cand_k, fake._cand_h = cand_k, cand_h
+    fake._band = lambda slots: RefreshCache._band(fake, slots)
     got = SplitCounters(grid, np.zeros(n, dtype=np.int64), 200, 2, 0.9)
     RefreshCache._count_candidates(fake, rows, rank, got)
     for i, k in enumerate(cand_k):
