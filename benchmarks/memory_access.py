@@ -49,7 +49,8 @@ Usage::
     python benchmarks/memory_access.py --quick --out FILE.json   # a few minutes
 
 Finished runs are kept in ``--out`` and skipped when the command is run
-again with the same settings (``--fresh`` reruns them). Results: ``--out``
+again with the same settings (``--fresh`` reruns the chosen ones and keeps
+the others). Results: ``--out``
 (JSON records) and the same name with ``.md`` (tables) and ``_*.png`` (plots).
 """
 
@@ -488,32 +489,49 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_pct(r['share_of_none'])} | {100 * r['test_acc_mean']:.2f} | {diff} |"
             )
         lines.append("")
-    timing = epoch_times(rows)
+    timing = epoch_times(result.get("records", []))
     if timing:
-        lines += ["## Epoch time, SAGE on `papers` (cold SSD for this trainer)", "",
-                  "| configuration | epoch s (median) | test acc % | vs strongest PyG-style | vs raw |",
-                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        # Runs recorded before the load was kept have none to show.
+        load = any("load" in r for _, r in timing["rows"])
+        lines += [f"## Epoch time, SAGE on `papers`, seed {timing['seed']} (cold SSD for this trainer)",
+                  "",
+                  "Model step = the median epoch's forward, backward and optimizer time; the rest",
+                  "of an epoch is waiting for the loader (sampling and fetching)."
+                  + (" Load = the load average (1 minute) at the run's start and end; it counts"
+                     " the run's own disk reader threads." if load else ""),
+                  "",
+                  "| configuration | epoch s (median) | each epoch s | model step s | MiB/epoch "
+                  "| test acc % | vs strongest PyG-style | vs raw |" + (" load |" if load else ""),
+                  "|---|---:|---|---:|---:|---:|---:|---:|" + ("---|" if load else "")]  # fmt: skip
         for name, r in timing["rows"]:
             vs_pyg = timing["pyg"] / r["epoch_time_s"] if timing["pyg"] else None
             vs_raw = timing["raw"] / r["epoch_time_s"] if timing["raw"] else None
+            each = " / ".join(f"{t:.1f}" for t in r.get("epoch_times_s", []))
             lines.append(
-                f"| {name} | {r['epoch_time_s']:.1f} | {100 * r['test_acc_mean']:.2f} | "
+                f"| {name} | {r['epoch_time_s']:.1f} | {each} | {r['compute_s']:.1f} | "
+                f"{r['memory_access_bytes'] / 2**20:,.0f} | {100 * r['test_acc']:.2f} | "
                 f"{'-' if vs_pyg is None else f'{vs_pyg:.2f}x'} | "
                 f"{'-' if vs_raw is None else f'{vs_raw:.2f}x'} |"
+                + (
+                    f" {' -> '.join(f'{x:.0f}' for x in r.get('load', [])) or '-'} |"
+                    if load
+                    else ""
+                )
             )
         lines.append("")
     lo = result.get("loader_only")
     if lo:
         lines += ["## Loader only (sampling + fetching, no model), cold SSD, 10 % on `papers`", "",
-                  "| mode | batches/s | vs none |", "|---|---:|---:|"]  # fmt: skip
+                  "Refresh's passes admit nothing, so its table ages pass by pass (the first pass",
+                  "sees it closest to how training left it).", "",
+                  "| mode | batches/s (median) | each pass | vs none |", "|---|---:|---|---:|"]  # fmt: skip
         base = lo.get("none", {}).get("batches_per_s")
         for mode in MODES:
             if mode in lo:
                 v = lo[mode]["batches_per_s"]
+                each = " / ".join(f"{x:.2f}" for x in lo[mode].get("passes", []))
                 lines.append(
-                    f"| {mode} | {v:.2f} | {v / base:.2f}x |"
-                    if base
-                    else f"| {mode} | {v:.2f} | - |"
+                    f"| {mode} | {v:.2f} | {each} | {f'{v / base:.2f}x' if base else '-'} |"
                 )
         lines.append("")
     lines += ["## Targets", "", "| target | result |", "|---|---|"]
@@ -521,20 +539,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def epoch_times(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The epoch-time comparison at 10 % on ``papers``: (name, row) pairs and the references."""
+def epoch_times(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch-time comparison at 10 % on ``papers``: (name, record) pairs and the references.
+
+    One seed's runs, the seed the PyG-style baseline ran (the grid's first): times of
+    runs made at other moments of a shared machine would not compare.
+    """
+    base = [x for x in records if x["section"] == "baseline"]
+    seed = base[0]["seed"] if base else min((x["seed"] for x in records), default=0)
     pick = []
     for mode in MODES:
-        r = [x for x in rows if x["section"] == "grid" and x["dataset"] == "papers"
-             and x["mode"] == mode and x["budget_frac"] in (0.0, 0.10)]  # fmt: skip
+        r = [x for x in records if x["section"] == "grid" and x["dataset"] == "papers"
+             and x["model"] == "sage" and x["seed"] == seed and x["mode"] == mode
+             and x["budget_frac"] in (0.0, 0.10)]  # fmt: skip
         if r:
             pick.append((f"`--cache {mode}`" + (" 10 %" if mode != "none" else ""), r[0]))
-    base = [x for x in rows if x["section"] == "baseline"]
     pick += [(f"PyG-style, features {x['mode'][4:]}", x) for x in base]
     if not pick:
         return None
     raw = [r for name, r in pick if r["mode"] == "raw"]
     return {
+        "seed": seed,
         "rows": pick,
         "pyg": min((x["epoch_time_s"] for x in base), default=None),
         "raw": raw[0]["epoch_time_s"] if raw else None,
@@ -563,7 +588,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, str]]:
                 f"{ref['memory_access_bytes'] / raw['memory_access_bytes']:.2f}x raw's "
                 f"({'met' if met_raw else 'not met'})",
             })  # fmt: skip
-    t = epoch_times(rows)
+    t = epoch_times(result.get("records", []))
     if t and t["refresh"]:
         if t["raw"]:
             x = t["raw"] / t["refresh"]
@@ -696,8 +721,8 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
         for j, (label, share, diff) in enumerate(points):
             ax.plot([100 * share], [diff], "o", color="grey" if label == "raw" else f"C{j % 10}")
-            ax.annotate(label, (100 * share, diff), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")  # fmt: skip
+        ax.autoscale_view()
+        _label_points(fig, ax, [(label, 100 * share, diff) for label, share, diff in points])
         ax.axhline(0, color="grey", lw=0.8)
         ax.axhline(-0.5, color="grey", lw=0.8, ls=":")
         ax.axvline(30, color="grey", lw=0.8, ls=":")
@@ -710,6 +735,24 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         files.append(str(path))
     return files
+
+
+def _label_points(fig, ax, points: list[tuple[str, float, float]]) -> None:
+    """Label each point beside it, on the first side where no earlier label is."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for label, x, y in points:
+        for dx, dy, ha in ((4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right")):
+            note = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), ha=ha,
+                               textcoords="offset points")  # fmt: skip
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                break
+            note.remove()
+        else:
+            note = ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            box = note.get_window_extent(renderer)
+        placed.append(box)
 
 
 def frontier(records: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
@@ -772,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="small graphs, 10 %% only, 1 seed, 2 epochs"
     )
-    p.add_argument("--fresh", action="store_true", help="rerun runs already in --out")
+    p.add_argument("--fresh", action="store_true",
+                   help="rerun the chosen runs even if --out has them (others are kept)")  # fmt: skip
     p.add_argument("--report", action="store_true",
                    help="only rewrite the tables and plots from the records in --out")  # fmt: skip
     p.add_argument("--data-dir", default=str(CACHE_DIR))
@@ -804,7 +848,8 @@ def main(argv: list[str] | None = None) -> int:
         settings += f", models on {args.device}"
     previous: dict[str, Any] = {}
     old_ideal = old_loader = None
-    if out.exists() and not args.fresh:
+    # --fresh reruns the runs this invocation plans; every other record is kept.
+    if out.exists():
         old = json.loads(out.read_text())
         if old.get("settings") == settings:
             previous = {run_key(r["run"]): r for r in old.get("records", [])}
@@ -842,10 +887,13 @@ def main(argv: list[str] | None = None) -> int:
     if old_ideal:
         result["ideal_raw"] = old_ideal
     have_ideal = result.get("ideal_raw") or {}
-    if "ideal" in args.sections and any(
-        "ideal_l2_degree_share" not in have_ideal.get(ds, {}).get(str(b), {})
-        for ds in stores
-        for b in args.budgets
+    if "ideal" in args.sections and (
+        args.fresh
+        or any(
+            "ideal_l2_degree_share" not in have_ideal.get(ds, {}).get(str(b), {})
+            for ds in stores
+            for b in args.budgets
+        )
     ):
         result["ideal_raw"] = {
             **have_ideal,
@@ -859,10 +907,11 @@ def main(argv: list[str] | None = None) -> int:
         result["loader_only"] = old_loader
     for i, run in enumerate(runs):
         key = run_key(run)
-        if key in previous:
+        if key in previous and not args.fresh:
             result["records"].append(_with_policy(previous[key]))
             continue
         print(f"[{i + 1}/{len(runs)}] {run}", flush=True)
+        load = os.getloadavg()[0]
         if run["section"] == "baseline":
             rec = baseline_run(stores[run["dataset"]], run["mode"].split("-")[1], args)
         else:
@@ -874,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = train_run(cfg)
         rec.update({k: v for k, v in run.items()})
         rec["run"] = run
+        rec["load"] = [round(load, 1), round(os.getloadavg()[0], 1)]
         result["records"].append(_with_policy(rec))
         print(f"    {rec['memory_access_bytes'] / 2**20:,.0f} MiB/epoch, acc {rec['test_acc']:.4f}, "
               f"{rec['epoch_time_s']:.1f} s/epoch", flush=True)  # fmt: skip

@@ -60,6 +60,19 @@ def test_records_resume_and_report(tmp_path, capsys):
     again = kept[ma.run_key(dropped["run"])]
     assert again["memory_access_bytes"] == dropped["memory_access_bytes"]
 
+    # --fresh reruns the chosen runs and keeps every other record as it was.
+    capsys.readouterr()
+    assert ma.main(args + ["--fresh", "--datasets", "products"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("] {") == 3 and "'papers'" not in printed.split("# Memory")[0]
+    third = {ma.run_key(r["run"]): r for r in json.loads(out.read_text())["records"]}
+    assert third.keys() == kept.keys()
+    for key, r in kept.items():
+        if r["dataset"] == "papers":
+            assert third[key] == r
+        else:
+            assert third[key]["memory_access_bytes"] == r["memory_access_bytes"]
+
     # --report rewrites the tables from the records alone.
     out.with_suffix(".md").unlink()
     assert ma.main(["--report", "--out", str(out)]) == 0
@@ -135,3 +148,27 @@ def test_accuracy_against_none_is_paired_by_seed():
     assert abs(rows["grid", None, None]["acc_minus_none_points"] - (-1.0)) < 1e-9
     assert abs(rows["sweeps", None, 0.5]["acc_minus_none_points"] - (-5.0)) < 1e-9
     assert abs(rows["sweeps", 50, None]["share_of_none"] - 1.0) < 1e-12
+
+
+def test_epoch_times_compare_the_runs_of_the_baselines_seed():
+    def rec(mode, seed, t, section="grid", budget=0.1):
+        return dict(section=section, dataset="papers", model="sage", mode=mode, seed=seed,
+                    budget_frac=budget, epoch_time_s=t)  # fmt: skip
+
+    records = [
+        rec("none", 0, 70.0, budget=0.0),
+        rec("raw", 0, 60.0),
+        rec("raw", 1, 10.0),  # another seed, measured at another moment
+        rec("refresh", 1, 5.0),
+        rec("refresh", 0, 30.0),
+        rec("refresh", 0, 1.0, budget=0.2),
+        rec("pyg-warm", 0, 20.0, section="baseline", budget=0.0),
+        rec("pyg-cold", 0, 90.0, section="baseline", budget=0.0),
+    ]
+    t = ma.epoch_times(records)
+    assert t["seed"] == 0
+    assert [r["epoch_time_s"] for _, r in t["rows"]] == [70.0, 60.0, 30.0, 20.0, 90.0]
+    assert (t["pyg"], t["raw"], t["refresh"]) == (20.0, 60.0, 30.0)
+    # Without a baseline, the first seed's runs.
+    t = ma.epoch_times([r for r in records if r["section"] == "grid"])
+    assert t["seed"] == 0 and t["pyg"] is None and t["refresh"] == 30.0
