@@ -477,9 +477,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "| section | dataset | model | mode | budget | variant | runs | share of none | test acc % | vs none (points) |",
                   "|---|---|---|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
         for r in other:
-            variant = (
-                ", ".join(f"{k}={r[k]}" for k in VARIANT_KEYS if r[k] is not None) or "default"
-            )
+            variant = _variant(r) or "default"
             diff = (
                 "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
             )
@@ -772,12 +770,7 @@ def frontier(records: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     for r in mine:
         if r["budget_frac"] != 0.10 or r["mode"] not in ("raw", "refresh"):
             continue
-        varied = [
-            f"{_SHORT.get(k, k)}={','.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in r["run"].items()
-            if k in VARIANT_KEYS
-        ]
-        label = "raw" if r["mode"] == "raw" else ", ".join(varied) or "refresh (defaults)"
+        label = "raw" if r["mode"] == "raw" else _variant(r["run"]) or "refresh (defaults)"
         out.append((label, r["memory_access_bytes"] / base["memory_access_bytes"],
                     100 * (r["test_acc"] - base["test_acc"])))  # fmt: skip
     # Settings that train alike (q=1.0 admits what the stale policy does) share a point.
@@ -785,6 +778,15 @@ def frontier(records: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     for label, share, diff in out:
         merged.setdefault((share, diff), []).append(label)
     return sorted(((" = ".join(v), *k) for k, v in merged.items()), key=lambda p: p[1])
+
+
+def _variant(settings: dict[str, Any]) -> str:
+    """The history settings a run varies, e.g. ``staleness=50, layers=2,1`` ("" for none)."""
+    return ", ".join(
+        f"{_SHORT.get(k, k)}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for k in VARIANT_KEYS
+        if (v := settings.get(k)) is not None
+    )
 
 
 _SHORT = {"staleness_iters": "staleness", "grad_quantile": "q", "warmup_steps": "warmup"}
