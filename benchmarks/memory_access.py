@@ -684,17 +684,8 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files.append(str(path))
-    stale = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "refresh"
-             and r["budget_frac"] == 0.10 and r["model"] == "sage"
-             and r["section"] in ("grid", "sweeps") and r["policy"] is None
-             and r["grad_quantile"] is None and r["layers"] is None
-             and r["order"] is None and r["warmup_steps"] is None]  # fmt: skip
-    if len(stale) > 1:
-        # Accuracy as the difference to none of the same seeds: settings run on
-        # different numbers of seeds then still compare.
-        pts = sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
-                      r["acc_minus_none_points"], r["share_of_none"], r["runs"])
-                     for r in stale if r["acc_minus_none_points"] is not None)  # fmt: skip
+    pts = staleness_points(rows)
+    if len(pts) > 1:
         fig, ax = plt.subplots(figsize=(5, 4))
         h1 = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-",
                      label="test accuracy minus none's (points)")  # fmt: skip
@@ -736,6 +727,23 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         files.append(str(path))
     return files
+
+
+def staleness_points(rows: list[dict[str, Any]]) -> list[tuple[int, float, float, int]]:
+    """``(staleness, accuracy minus none's in points, share of none's bytes, seeds)``.
+
+    Refresh at 10 % on ``papers`` varying only ``--staleness`` (the grid's run is the
+    default, 200). Accuracy is the difference to ``none`` of the same seeds, so
+    settings run on different numbers of seeds still compare.
+    """
+    stale = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "refresh"
+             and r["budget_frac"] == 0.10 and r["model"] == "sage"
+             and r["section"] in ("grid", "sweeps") and r["policy"] is None
+             and r["grad_quantile"] is None and r["layers"] is None
+             and r["order"] is None and r["warmup_steps"] is None]  # fmt: skip
+    return sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
+                   r["acc_minus_none_points"], r["share_of_none"], r["runs"])
+                  for r in stale if r["acc_minus_none_points"] is not None)  # fmt: skip
 
 
 def _label_points(fig, ax, points: list[tuple[str, float, float]]) -> None:

@@ -172,3 +172,32 @@ def test_epoch_times_compare_the_runs_of_the_baselines_seed():
     # Without a baseline, the first seed's runs.
     t = ma.epoch_times([r for r in records if r["section"] == "grid"])
     assert t["seed"] == 0 and t["pyg"] is None and t["refresh"] == 30.0
+
+
+def test_staleness_points_pair_each_setting_with_none_of_its_seeds(tmp_path):
+    def rec(mode, seed, acc, nbytes, section="grid", budget=0.1, dataset="papers", **varied):
+        run = dict(section=section, dataset=dataset, mode=mode, budget_frac=budget, seed=seed,
+                   model="sage", **varied)  # fmt: skip
+        return dict(run, run=run, test_acc=acc, memory_access_bytes=nbytes, epoch_time_s=1.0,
+                    last_epoch={}, feature_ram_bytes=1)  # fmt: skip
+
+    # Seed 0 is the lucky one: one-seed settings must be read against it alone.
+    records = [rec("none", s, a, 1000, budget=0.0) for s, a in ((0, 0.80), (1, 0.70), (2, 0.72))]
+    records += [rec("refresh", s, a, 400) for s, a in ((0, 0.79), (1, 0.69), (2, 0.71))]
+    records += [rec("refresh", 0, 0.81, 600, section="sweeps", staleness_iters=20)]
+    records += [rec("refresh", s, a, 500, section="sweeps", staleness_iters=100)
+                for s, a in ((0, 0.80), (1, 0.72), (2, 0.73))]  # fmt: skip
+    records += [rec("refresh", 0, 0.5, 100, section="sweeps", grad_quantile=0.7)]  # not staleness
+    records += [rec("none", 0, 0.9, 900, budget=0.0, dataset="products"),
+                rec("refresh", 0, 0.9, 100, dataset="products")]  # fmt: skip
+    rows = ma.summarize(records, {})["rows"]
+    got = ma.staleness_points(rows)
+    want = [(20, 1.0, 0.6, 1), (100, 1.0, 0.5, 3), (200, -1.0, 0.4, 3)]
+    assert [(t, n) for t, _, _, n in got] == [(t, n) for t, _, _, n in want]
+    for (_, diff, share, _), (_, d, sh, _) in zip(got, want):
+        assert abs(diff - d) < 1e-9 and abs(share - sh) < 1e-12
+    # The plots draw from such rows without error.
+    files = ma.plots({"summary": {"rows": rows, "ideal": {}}, "records": records},
+                     tmp_path / "ma.json")  # fmt: skip
+    assert str(tmp_path / "ma_staleness.png") in files
+    assert all(Path(f).stat().st_size > 0 for f in files)
