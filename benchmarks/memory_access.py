@@ -747,20 +747,19 @@ def staleness_points(rows: list[dict[str, Any]]) -> list[tuple[int, float, float
 
 
 def _label_points(fig, ax, points: list[tuple[str, float, float]]) -> None:
-    """Label each point beside it, on the first side where no earlier label is."""
+    """Label each point beside it, on the first side where no earlier label is (else the first)."""
     renderer = fig.canvas.get_renderer()
+    sides = ((4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right"))
+    tries = (*sides, sides[0])  # the last: every side taken, the first stays
     placed = []
     for label, x, y in points:
-        for dx, dy, ha in ((4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right")):
+        for i, (dx, dy, ha) in enumerate(tries):
             note = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), ha=ha,
                                textcoords="offset points")  # fmt: skip
             box = note.get_window_extent(renderer)
-            if not any(box.overlaps(b) for b in placed):
+            if i == len(sides) or not any(box.overlaps(b) for b in placed):
                 break
             note.remove()
-        else:
-            note = ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            box = note.get_window_extent(renderer)
         placed.append(box)
 
 
