@@ -400,6 +400,9 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         none_acc = statistics.mean(n["test_acc"] for n in nones) if nones else None
         mean_bytes = statistics.mean(r["memory_access_bytes"] for r in rs)
         acc = [r["test_acc"] for r in rs]
+        by_seed = {n["seed"]: n["test_acc"] for n in nones}
+        diffs = [100 * (r["test_acc"] - by_seed[r["seed"]]) for r in rs
+                 if r["seed"] in by_seed and mode != "none"]  # fmt: skip
         rows.append({
             "dataset": ds, "model": model, "mode": mode, "budget_frac": b, "section": key[4],
             "policy": key[5], "grad_quantile": key[6], "staleness_iters": key[7],
@@ -409,11 +412,45 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
             "test_acc_mean": statistics.mean(acc),
             "test_acc_std": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
             "acc_minus_none_points": 100 * (statistics.mean(acc) - none_acc) if none_acc is not None else None,
+            "acc_minus_none_ci95_points": paired_ci95(diffs)[1] if diffs else None,
+            "paired_seeds": len(diffs),
+            "test_nodes": rs[0].get("test_nodes"),
             "epoch_time_s": statistics.median(r["epoch_time_s"] for r in rs),
             "hist_fraction_end": (rs[0]["last_epoch"].get("cache_split_hist_bytes") or 0)
             / max(1, rs[0]["feature_ram_bytes"]),
         })  # fmt: skip
     return {"rows": rows, "ideal": ideal}
+
+
+def paired_ci95(diffs: list[float]) -> tuple[float, float | None]:
+    """Mean of per-seed paired differences and the half-width of its 95 % t-interval.
+
+    Each difference is one seed's run minus ``none`` of that seed, so the
+    interval covers both the training noise and the test set's sampling
+    noise. ``None`` for a single seed: one difference has no spread.
+    """
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, None
+    from scipy.stats import t  # a dev dependency; only the report needs it
+
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, float(t.ppf(0.975, len(diffs) - 1) * se)
+
+
+def test_set_se_points(acc: float, test_nodes: int) -> float:
+    """Binomial standard error of one accuracy measured on ``test_nodes`` nodes, in points."""
+    return 100 * (acc * (1 - acc) / test_nodes) ** 0.5
+
+
+def _diff(r: dict[str, Any]) -> str:
+    """Accuracy against none, with its 95 % interval where two or more seeds are paired."""
+    if r["acc_minus_none_points"] is None:
+        return "-"
+    ci = r.get("acc_minus_none_ci95_points")
+    return f"{r['acc_minus_none_points']:+.2f}" + (
+        "" if ci is None else f" ± {ci:.2f} ({r['paired_seeds']})"
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -429,21 +466,26 @@ def markdown(result: dict[str, Any]) -> str:
         "per epoch (mean over the run's epochs, the first included). Share = that of `none`",
         "on the same dataset and model; accuracy = final sampled test accuracy, mean ± std",
         'over seeds; "vs none" = against `none` of the same seeds (all of `none`\'s where',
-        "one is missing).",
+        "one is missing), ± the half-width of the 95 % t-interval of the per-seed",
+        "differences (the number of paired seeds in brackets).",
         "",
     ]
     for ds in ("papers", "products"):
         grid = [r for r in rows if r["section"] == "grid" and r["dataset"] == ds]
         if not grid:
             continue
-        lines += [f"## SAGE on `{ds}`", "",
+        nodes = next((r["test_nodes"] for r in grid if r.get("test_nodes")), None)
+        none_acc = next((r["test_acc_mean"] for r in grid if r["mode"] == "none"), None)
+        lines += [f"## SAGE on `{ds}`", ""]
+        if nodes and none_acc is not None:
+            lines += [f"Test set: {nodes:,} nodes; one accuracy near none's has a binomial "
+                      f"standard error of {test_set_se_points(none_acc, nodes):.2f} points.", ""]  # fmt: skip
+        lines += [
                   "| budget | mode | MiB/epoch | share of none | test acc % | vs none (points) | epoch s | table share at end |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in sorted(grid, key=lambda r: (r["budget_frac"], MODES.index(r["mode"]))):
             acc = f"{100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f}"
-            diff = (
-                "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
-            )
+            diff = _diff(r)
             table = "-" if r["mode"] != "refresh" else f"{100 * r['hist_fraction_end']:.0f} %"
             lines.append(
                 f"| {100 * r['budget_frac']:.0f} % | {r['mode']} | {_mb(r['memory_access_bytes'])} | "
@@ -478,9 +520,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|---|---|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
         for r in other:
             variant = _variant(r) or "default"
-            diff = (
-                "-" if r["acc_minus_none_points"] is None else f"{r['acc_minus_none_points']:+.2f}"
-            )
+            diff = _diff(r)
             lines.append(
                 f"| {r['section']} | {r['dataset']} | {r['model']} | {r['mode']} | "
                 f"{100 * r['budget_frac']:.0f} % | {variant} | {r['runs']} | "
@@ -611,8 +651,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, str]]:
         out.append({
             "target": "test accuracy at most 0.5 point below none (every dataset, model, budget)",
             "result": f"{'met' if ok else 'not met'} on the mean over seeds: largest drop "
-            f"{worst['acc_minus_none_points']:+.2f} points ({where(worst)}); largest gain "
-            f"{best['acc_minus_none_points']:+.2f} ({where(best)})"
+            f"{_diff(worst)} points ({where(worst)}); largest gain {_diff(best)} ({where(best)})"
             + (f"; single seeds: largest drop {seed[0]:+.2f} ({where(seed[1])}, seed "
                f"{seed[1]['seed']})" if seed else ""),
         })  # fmt: skip
@@ -935,6 +974,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = train_run(cfg)
         rec.update({k: v for k, v in run.items()})
         rec["run"] = run
+        # How finely test_acc can tell two runs apart depends on it (see test_set_se_points).
+        rec["test_nodes"] = int(open_store(stores[run["dataset"]]).test_idx.shape[0])
         rec["load"] = [round(load, 1), round(os.getloadavg()[0], 1)]
         result["records"].append(_with_policy(rec))
         print(f"    {rec['memory_access_bytes'] / 2**20:,.0f} MiB/epoch, acc {rec['test_acc']:.4f}, "

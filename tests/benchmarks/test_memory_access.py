@@ -150,6 +150,35 @@ def test_accuracy_against_none_is_paired_by_seed():
     assert abs(rows["sweeps", 50, None]["share_of_none"] - 1.0) < 1e-12
 
 
+def test_accuracy_interval_is_over_paired_seed_differences():
+    def rec(mode, seed, acc, budget=0.1, section="grid"):
+        run = dict(section=section, dataset="papers", mode=mode, budget_frac=budget, seed=seed,
+                   model="sage")  # fmt: skip
+        return dict(run, run=run, test_acc=acc, memory_access_bytes=100, epoch_time_s=1.0,
+                    last_epoch={}, feature_ram_bytes=1, test_nodes=10_000)  # fmt: skip
+
+    # none differs a lot between seeds, refresh is exactly one point below it on each:
+    # paired, the interval is zero; unpaired it would be several points wide.
+    nones = [rec("none", s, a, budget=0.0) for s, a in ((0, 0.80), (1, 0.70), (2, 0.75))]
+    refresh = [rec("refresh", s, a) for s, a in ((0, 0.79), (1, 0.69), (2, 0.74))]
+    one = [rec("raw", 0, 0.78)]
+    rows = {r["mode"]: r for r in ma.summarize(nones + refresh + one, {})["rows"]}
+    assert abs(rows["refresh"]["acc_minus_none_points"] - (-1.0)) < 1e-9
+    assert rows["refresh"]["acc_minus_none_ci95_points"] < 1e-9
+    assert rows["refresh"]["paired_seeds"] == 3
+    assert rows["raw"]["acc_minus_none_ci95_points"] is None  # one seed has no spread
+    assert rows["none"]["acc_minus_none_ci95_points"] is None
+    # Two differences of 1 and 3 points: mean 2, standard error 1, t(0.975, 1 dof) = 12.706.
+    mean, half = ma.paired_ci95([1.0, 3.0])
+    assert mean == 2.0 and abs(half - 12.706) < 1e-3
+    assert ma.paired_ci95([0.5]) == (0.5, None)
+    assert abs(ma.test_set_se_points(0.5, 10_000) - 0.5) < 1e-12
+    md = ma.markdown({"summary": ma.summarize(nones + refresh + one, {}), "machine": "m",
+                      "load_start": "0", "load_end": "0", "settings": "s"})  # fmt: skip
+    assert "| -1.00 ± 0.00 (3) |" in md and "| -2.00 |" in md
+    assert "Test set: 10,000 nodes" in md
+
+
 def test_epoch_times_compare_the_runs_of_the_baselines_seed():
     def rec(mode, seed, t, section="grid", budget=0.1):
         return dict(section=section, dataset="papers", model="sage", mode=mode, seed=seed,
