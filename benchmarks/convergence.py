@@ -102,10 +102,13 @@ def _still_rising(run: dict[str, Any]) -> bool:
     return max(e["valid_acc"] for e in tail) > max(e["valid_acc"] for e in head) + 0.002
 
 
-def _points(mine: list[float], runs: list[dict[str, Any]], ref: dict[int, float]) -> float | None:
-    """Mean difference in points between ``mine`` (one per run) and ``ref`` by seed."""
-    pairs = [(m, ref[r["seed"]]) for m, r in zip(mine, runs) if r["seed"] in ref]
-    return 100 * statistics.mean(m - n for m, n in pairs) if pairs else None
+def _points(
+    mine: list[float], runs: list[dict[str, Any]], ref: dict[int, float]
+) -> tuple[float | None, float | None]:
+    """Mean difference in points between ``mine`` (one per run) and ``ref`` by seed,
+    and the half-width of its 95 % interval over those seeds (None below two)."""
+    diffs = [100 * (m - ref[r["seed"]]) for m, r in zip(mine, runs) if r["seed"] in ref]
+    return ma.paired_ci95(diffs) if diffs else (None, None)
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,6 +127,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         sel = [_selected(r)["test_acc"] for r in rs]
         last = [r["epochs"][-1]["test_acc"] for r in rs]
+        vs_sel, ci_sel = _points(sel, rs, none_sel)
+        vs_last, ci_last = _points(last, rs, none_last)
         shares = [r["epochs"][-1]["memory_access_bytes"] / none_bytes[r["seed"]]
                   for r in rs if r["seed"] in none_bytes]  # fmt: skip
         rows.append({
@@ -131,8 +136,11 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "selected_epoch": [_selected(r)["epoch"] for r in rs],
             "test_acc_selected": statistics.mean(sel),
             "test_acc_last": statistics.mean(last),
-            "vs_none_selected_points": _points(sel, rs, none_sel),
-            "vs_none_last_points": _points(last, rs, none_last),
+            "vs_none_selected_points": vs_sel,
+            "vs_none_last_points": vs_last,
+            # none against itself has no spread worth printing.
+            "vs_none_selected_ci95": ci_sel if name != "none" else None,
+            "vs_none_last_ci95": ci_last if name != "none" else None,
             "share_of_none_last_epoch": statistics.mean(shares) if shares else None,
             "still_rising": any(_still_rising(r) for r in rs),
             "mean_age_of_hits_last": rs[0]["epochs"][-1].get("hist_mean_age_of_hits"),
@@ -142,8 +150,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    def pts(x: float | None) -> str:
-        return "-" if x is None else f"{x:+.2f}"
+    def pts(x: float | None, ci: float | None = None) -> str:
+        return "-" if x is None else f"{x:+.2f}" + ("" if ci is None else f" ± {ci:.2f}")
 
     lines = [
         "# Accuracy at convergence: `none` against `refresh`",
@@ -152,7 +160,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['load_end']} at the end. Settings: {result['settings']}.",
         "",
         "Selected = the epoch of best validation accuracy; bytes = the last epoch's memory",
-        "access as a share of `none`'s. Accuracies are means over seeds.",
+        "access as a share of `none`'s. Accuracies are means over seeds; vs none = the mean",
+        "of the per-seed differences, ± the half-width of its 95 % t-interval.",
         "",
         "| variant | epochs | selected epoch | test acc % (selected) | vs none | "
         "test acc % (last) | vs none | bytes, last epoch | still rising | mean age of hits |",
@@ -163,8 +172,8 @@ def markdown(result: dict[str, Any]) -> str:
         age = r["mean_age_of_hits_last"]
         lines.append(
             f"| {r['variant']} | {r['epochs']} | {', '.join(map(str, r['selected_epoch']))} | "
-            f"{100 * r['test_acc_selected']:.2f} | {pts(r['vs_none_selected_points'])} | "
-            f"{100 * r['test_acc_last']:.2f} | {pts(r['vs_none_last_points'])} | "
+            f"{100 * r['test_acc_selected']:.2f} | {pts(r['vs_none_selected_points'], r.get('vs_none_selected_ci95'))} | "
+            f"{100 * r['test_acc_last']:.2f} | {pts(r['vs_none_last_points'], r.get('vs_none_last_ci95'))} | "
             f"{'-' if share is None else f'{100 * share:.1f} %'} | "
             f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} |"
         )

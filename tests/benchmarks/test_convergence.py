@@ -86,3 +86,22 @@ def test_selection_differences_and_still_rising():
     assert rows["refresh"]["share_of_none_last_epoch"] == 0.4
     # Validation still rose in the last quarter for refresh (0.71 > 0.65 + 0.002), not for none.
     assert rows["refresh"]["still_rising"] and not rows["none"]["still_rising"]
+
+
+def test_differences_carry_an_interval_over_paired_seeds():
+    # Seed 1's none is far below seed 0's; refresh is 3 and 1 points above none of its
+    # own seed at the last epoch: mean 2, standard error 1, t(0.975, 1 dof) = 12.706.
+    runs = [
+        _run(0, [0.5, 0.7], [0.50, 0.70], [100, 100], "none"),
+        _run(1, [0.4, 0.5], [0.40, 0.50], [100, 100], "none"),
+        _run(0, [0.5, 0.7], [0.50, 0.73], [90, 40], "refresh"),
+        _run(1, [0.4, 0.5], [0.40, 0.51], [90, 40], "refresh"),
+    ]
+    rows = {r["variant"]: r for r in cv.summarize(runs)}
+    assert abs(rows["refresh"]["vs_none_last_points"] - 2.0) < 1e-9
+    assert abs(rows["refresh"]["vs_none_last_ci95"] - 12.706) < 1e-3
+    assert rows["none"]["vs_none_last_ci95"] is None
+    # One seed: a difference, no interval.
+    one = {r["variant"]: r for r in cv.summarize([runs[0], runs[2]])}
+    assert abs(one["refresh"]["vs_none_last_points"] - 3.0) < 1e-9
+    assert one["refresh"]["vs_none_last_ci95"] is None
