@@ -222,9 +222,11 @@ def test_staleness_points_pair_each_setting_with_none_of_its_seeds(tmp_path):
     rows = ma.summarize(records, {})["rows"]
     got = ma.staleness_points(rows)
     want = [(20, 1.0, 0.6, 1), (100, 1.0, 0.5, 3), (200, -1.0, 0.4, 3)]
-    assert [(t, n) for t, _, _, n in got] == [(t, n) for t, _, _, n in want]
-    for (_, diff, share, _), (_, d, sh, _) in zip(got, want):
+    assert [(t, n) for t, _, _, n, _ in got] == [(t, n) for t, _, _, n in want]
+    for (_, diff, share, _, _), (_, d, sh, _) in zip(got, want):
         assert abs(diff - d) < 1e-9 and abs(share - sh) < 1e-12
+    # The interval: none for one seed; at 200 every seed is one point below, so zero wide.
+    assert got[0][4] is None and got[1][4] > 1.0 and got[2][4] < 1e-9
     # The plots draw from such rows without error.
     files = ma.plots({"summary": {"rows": rows, "ideal": {}}, "records": records},
                      tmp_path / "ma.json")  # fmt: skip
