@@ -481,14 +481,14 @@ def markdown(result: dict[str, Any]) -> str:
             lines += [f"Test set: {nodes:,} nodes; one accuracy near none's has a binomial "
                       f"standard error of {test_set_se_points(none_acc, nodes):.2f} points.", ""]  # fmt: skip
         lines += [
-                  "| budget | mode | MiB/epoch | share of none | test acc % | vs none (points) | epoch s | table share at end |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| budget | mode | seeds | MiB/epoch | share of none | test acc % | vs none (points) | epoch s | table share at end |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in sorted(grid, key=lambda r: (r["budget_frac"], MODES.index(r["mode"]))):
             acc = f"{100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f}"
             diff = _diff(r)
             table = "-" if r["mode"] != "refresh" else f"{100 * r['hist_fraction_end']:.0f} %"
             lines.append(
-                f"| {100 * r['budget_frac']:.0f} % | {r['mode']} | {_mb(r['memory_access_bytes'])} | "
+                f"| {100 * r['budget_frac']:.0f} % | {r['mode']} | {r['runs']} | {_mb(r['memory_access_bytes'])} | "
                 f"{_pct(r['share_of_none'])} | {acc} | {diff} | {r['epoch_time_s']:.1f} | {table} |"
             )
         ideal = s["ideal"].get(ds, {})

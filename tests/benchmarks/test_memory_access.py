@@ -176,6 +176,8 @@ def test_accuracy_interval_is_over_paired_seed_differences():
     md = ma.markdown({"summary": ma.summarize(nones + refresh + one, {}), "machine": "m",
                       "load_start": "0", "load_end": "0", "settings": "s"})  # fmt: skip
     assert "| -1.00 ± 0.00 (3) |" in md and "| -2.00 |" in md
+    # Each row says how many seeds its absolute accuracy is over.
+    assert "| 10 % | refresh | 3 |" in md and "| 10 % | raw | 1 |" in md
     assert "Test set: 10,000 nodes" in md
 
 
