@@ -19,7 +19,7 @@ Datasets (generated, then converted; cached under ``bench_cache/memory_access``)
 
 Sections (``--sections``):
 
-``grid``     3-layer SAGE, every mode at every budget, 3 seeds, both datasets
+``grid``     3-layer SAGE, every mode at every budget, both datasets
 ``models``   GCN and GAT at 10 %, every mode, both datasets
 ``policies`` each ``--hist-policy`` at 10 % on ``papers`` (and ``--hist-layers 2,1``)
 ``sweeps``   ``--grad-quantile``, ``--staleness`` and ``--hist-warmup`` at 10 % on
@@ -32,6 +32,10 @@ Sections (``--sections``):
              trimmed layers, DataLoader workers), SAGE on ``papers``, features
              warm in the page cache (they fit RAM here) and cold (larger than
              the RAM the run may use), against which epoch times compare
+
+Every section runs on every seed of ``--seeds`` (0, 1, 2 unless told), each
+run paired with ``none`` of its seed; the baseline on the first only, ``ideal``
+and ``loader`` on seed 0.
 
 Equal memory for all: every run has the same device budget (``--cache-budget``)
 for feature data, host budget 0 and no lookahead windows (``--lookahead 0``),
@@ -296,8 +300,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every run of the chosen sections, as keyword sets for :func:`run_config`.
 
     Ordered so that a run cut short still has a full picture: the grid's first
-    seed, then the baseline, policies, sweeps and models, then the other seeds'
-    none and refresh runs, then their raw runs.
+    seed, then the baseline, policies, sweeps and models of that seed, then the
+    other seeds' runs of every chosen section but raw, then their raw runs.
     """
     datasets = [ds for ds in ("papers", "products") if ds in args.datasets]
     seeds = args.seeds
@@ -313,41 +317,49 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     seed=seed, model="sage"))  # fmt: skip
         return out
 
-    first = dict(dataset="papers", model="sage", budget_frac=0.10, seed=seeds[0])
+    def variants(seed: int) -> list[dict[str, Any]]:
+        """The policies, sweeps and models of one seed (each paired with none of that seed)."""
+        first = dict(dataset="papers", model="sage", budget_frac=0.10, seed=seed)
+        out: list[dict[str, Any]] = []
+        if "policies" in args.sections:
+            for policy in POLICY_NAMES[1:]:
+                out.append(dict(first, section="policies", mode="refresh", policy=policy))
+            out.append(dict(first, section="policies", mode="refresh", layers=(2, 1)))
+            # The table's slots by degree, as before they went to the most looked-up nodes.
+            out.append(dict(first, section="policies", mode="refresh", order="degree"))
+        if "sweeps" in args.sections:
+            for q in args.quantiles:
+                if q != 0.9:
+                    out.append(dict(first, section="sweeps", mode="refresh", grad_quantile=q))
+            for t in args.staleness:
+                if t != 200:
+                    out.append(dict(first, section="sweeps", mode="refresh", staleness_iters=t))
+            for w in args.warmups:
+                if w != 0:
+                    out.append(dict(first, section="sweeps", mode="refresh", warmup_steps=w))
+        if "models" in args.sections:
+            for ds in datasets:
+                for model in ("gcn", "gat"):
+                    for mode in MODES:
+                        out.append(dict(section="models", dataset=ds, mode=mode, model=model,
+                                        budget_frac=0.0 if mode == "none" else 0.10, seed=seed))  # fmt: skip
+        return out
+
     runs: list[dict[str, Any]] = []
     if "grid" in args.sections:
         runs += grid(seeds[0])
     if "baseline" in args.sections:
+        first = dict(dataset="papers", model="sage", budget_frac=0.0, seed=seeds[0])
         for features in ("warm", "cold"):
-            runs.append(dict(first, section="baseline", mode=f"pyg-{features}", budget_frac=0.0))
-    if "policies" in args.sections:
-        for policy in POLICY_NAMES[1:]:
-            runs.append(dict(first, section="policies", mode="refresh", policy=policy))
-        runs.append(dict(first, section="policies", mode="refresh", layers=(2, 1)))
-        # The table's slots by degree, as before they went to the most looked-up nodes.
-        runs.append(dict(first, section="policies", mode="refresh", order="degree"))
-    if "sweeps" in args.sections:
-        for q in args.quantiles:
-            if q != 0.9:
-                runs.append(dict(first, section="sweeps", mode="refresh", grad_quantile=q))
-        for t in args.staleness:
-            if t != 200:
-                runs.append(dict(first, section="sweeps", mode="refresh", staleness_iters=t))
-        for w in args.warmups:
-            if w != 0:
-                runs.append(dict(first, section="sweeps", mode="refresh", warmup_steps=w))
-    if "models" in args.sections:
-        for ds in datasets:
-            for model in ("gcn", "gat"):
-                for mode in MODES:
-                    runs.append(dict(section="models", dataset=ds, mode=mode, model=model,
-                                     budget_frac=0.0 if mode == "none" else 0.10, seed=seeds[0]))  # fmt: skip
-    if "grid" in args.sections:
-        # The other seeds' none and refresh runs first (the accuracy spread needs
-        # them), their raw runs last: raw trains exactly like none, and its bytes
-        # do not depend on the seed (0.1 % on papers).
-        later = [r for seed in seeds[1:] for r in grid(seed)]
-        runs += sorted(later, key=lambda r: r["mode"] == "raw")
+            runs.append(dict(first, section="baseline", mode=f"pyg-{features}"))
+    runs += variants(seeds[0])
+    # The other seeds' runs after the first seed's full picture, their raw runs
+    # last: raw trains exactly like none, and its bytes do not depend on the
+    # seed (0.1 % on papers), so they add no accuracy and little else. Every
+    # variant is paired with none of its own seed (the grid's for SAGE).
+    later = [r for seed in seeds[1:] for r in
+             (grid(seed) if "grid" in args.sections else []) + variants(seed)]  # fmt: skip
+    runs += sorted(later, key=lambda r: r["mode"] == "raw")
     return runs
 
 

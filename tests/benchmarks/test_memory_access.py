@@ -100,6 +100,35 @@ def test_sweeps_plan_each_setting_once_with_its_history_field():
         assert HistoryConfig(**v) != HistoryConfig()
 
 
+def test_every_variant_runs_on_every_seed_with_later_raw_runs_last():
+    """Models, policies and sweeps are planned per seed: the first seed's whole
+    picture first, then the other seeds' runs, whose raw runs (which train like
+    none) come last, so a run stopped before them has every paired accuracy."""
+    import argparse
+
+    args = argparse.Namespace(
+        sections={"models", "policies", "sweeps"}, datasets={"papers"}, seeds=[0, 3],
+        budgets=[0.1], quantiles=[0.7], staleness=[100], warmups=[0],
+    )  # fmt: skip
+    runs = ma.plan(args)
+    keys = [ma.run_key(r) for r in runs]
+    assert len(set(keys)) == len(keys)
+    first = [r for r in runs if r["seed"] == 0]
+    later = [r for r in runs if r["seed"] == 3]
+    # The same variants on both seeds, and seed 0's all before seed 3's.
+    strip = [{k: v for k, v in r.items() if k != "seed"} for r in first]
+    assert sorted(map(str, strip)) == sorted(
+        str({k: v for k, v in r.items() if k != "seed"}) for r in later
+    )
+    assert runs[: len(first)] == first
+    # Per seed: 5 policy runs, 2 sweep runs, GCN and GAT in each of 3 modes.
+    assert len(first) == 5 + 2 + 6
+    modes = [r["mode"] for r in later]
+    assert modes[-2:] == ["raw", "raw"] and "raw" not in modes[:-2]
+    models = {(r["model"], r["mode"]) for r in later if r["section"] == "models"}
+    assert models == {(m, mode) for m in ("gcn", "gat") for mode in ma.MODES}
+
+
 def test_frontier_pairs_each_setting_with_none_of_its_seed():
     def rec(mode, acc, nbytes, seed=0, budget=0.1, **varied):
         run = dict(section="x", dataset="papers", mode=mode, budget_frac=budget, seed=seed,
