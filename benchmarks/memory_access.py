@@ -21,7 +21,8 @@ Sections (``--sections``):
 
 ``grid``     3-layer SAGE, every mode at every budget, both datasets
 ``models``   GCN and GAT at 10 %, every mode, both datasets
-``policies`` each ``--hist-policy`` at 10 % on ``papers`` (and ``--hist-layers 2,1``)
+``policies`` each ``--hist-policy`` (and ``--hist-layers 2,1``) on ``papers``, at 10 %
+             and, on the first seed, at every other budget of ``--budgets``
 ``sweeps``   ``--grad-quantile``, ``--staleness`` and ``--hist-warmup`` at 10 % on
              ``papers`` (a warmup of 100 steps is most of its first epoch of 125)
 ``ideal``    what a perfect history cache would leave: the sampler alone, with
@@ -322,9 +323,15 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         first = dict(dataset="papers", model="sage", budget_frac=0.10, seed=seed)
         out: list[dict[str, Any]] = []
         if "policies" in args.sections:
-            for policy in POLICY_NAMES[1:]:
-                out.append(dict(first, section="policies", mode="refresh", policy=policy))
-            out.append(dict(first, section="policies", mode="refresh", layers=(2, 1)))
+            # At 10 % on every seed (the accuracy differences), and at the other
+            # budgets on the first seed: a policy's bytes against the budget,
+            # which do not depend on the seed.
+            budgets = [0.10] + [b for b in args.budgets if b != 0.10 and seed == seeds[0]]
+            for b in budgets:
+                at = dict(first, section="policies", mode="refresh", budget_frac=b)
+                for policy in POLICY_NAMES[1:]:
+                    out.append(dict(at, policy=policy))
+                out.append(dict(at, layers=(2, 1)))
             # The table's slots by degree, as before they went to the most looked-up nodes.
             out.append(dict(first, section="policies", mode="refresh", order="degree"))
         if "sweeps" in args.sections:
@@ -711,16 +718,17 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
                 pts = sorted((float(b), v["ideal_l2_share"]) for b, v in ideal.items())
                 ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "k^--",
                         label="perfect table (layer 2)")  # fmt: skip
-            pol = [r for r in rows if r["dataset"] == ds and r["section"] == "policies"
-                   and r["order"] is None]  # fmt: skip
-            for j, r in enumerate(pol):
-                label = r["policy"] or (
-                    f"{r['order']} order"
-                    if r["order"]
-                    else "layers " + ",".join(map(str, r["layers"] or ()))
-                )
-                ax.plot([100 * r["budget_frac"]], [100 * r["share_of_none"]], "x", ms=8,
-                        color=f"C{j + 2}", label=f"refresh, {label}")  # fmt: skip
+            # Each policy's bytes against the budget (one line per policy; a
+            # policy run at 10 % only is one marker).
+            pol: dict[str, list[tuple[float, float]]] = {}
+            for r in rows:
+                if r["dataset"] == ds and r["section"] == "policies" and r["order"] is None:
+                    label = r["policy"] or "layers " + ",".join(map(str, r["layers"] or ()))
+                    pol.setdefault(label, []).append((r["budget_frac"], r["share_of_none"]))
+            for j, (label, pts) in enumerate(pol.items()):
+                pts.sort()
+                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "x-", ms=7,
+                        lw=0.9, color=f"C{j + 2}", label=f"refresh, {label}")  # fmt: skip
             ax.axhline(100, color="grey", lw=0.8)
             ax.set_title(f"SAGE on {ds}")
             ax.set_xlabel("device budget, % of feature bytes")

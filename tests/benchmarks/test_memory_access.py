@@ -128,6 +128,15 @@ def test_every_variant_runs_on_every_seed_with_later_raw_runs_last():
     models = {(r["model"], r["mode"]) for r in later if r["section"] == "models"}
     assert models == {(m, mode) for m in ("gcn", "gat") for mode in ma.MODES}
 
+    # Other budgets: the policies' bytes against the budget, on the first seed only.
+    args.budgets = [0.05, 0.1]
+    runs = ma.plan(args)
+    at5 = [r for r in runs if r["budget_frac"] == 0.05]
+    assert {r["seed"] for r in at5} == {0} and {r["section"] for r in at5} == {"policies"}
+    assert sorted(str(r.get("policy", r.get("layers"))) for r in at5) == sorted(
+        [*map(str, ma.POLICY_NAMES[1:]), "(2, 1)"]
+    )
+
 
 def test_frontier_pairs_each_setting_with_none_of_its_seed():
     def rec(mode, acc, nbytes, seed=0, budget=0.1, **varied):
