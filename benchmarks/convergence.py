@@ -3,8 +3,8 @@
 The memory-access benchmark trains every run for 4 epochs, where the
 validation accuracy is still rising, and entries of the history table never
 grow much older than the run. This one trains SAGE on the same generated
-``papers`` graph (2M nodes, 1 % labelled) at a 10 % device budget for many
-epochs, evaluating after each, with
+``papers`` graph (2M nodes, 1 % labelled) at a 10 % device budget (or the
+budgets of ``--budgets``) for many epochs, evaluating after each, with
 
 * ``none``: raw features only (``raw`` trains identically: same samples, same rows);
 * ``refresh``: the history cache with the published policy (``grad+stale``,
@@ -24,11 +24,14 @@ and whether validation accuracy still rose over the last quarter of the run.
 
     python benchmarks/convergence.py            # 12 epochs, seed 0 (about 1 h on 2 cores)
     python benchmarks/convergence.py --seeds 0,1 --epochs 20
+    python benchmarks/convergence.py --seeds 0,1,2 --budgets 0.10,0.20 --variants none,refresh
     python benchmarks/convergence.py --quick    # 200K-node graph, 3 epochs
 
 Runs already in ``--out`` with the same settings are kept (a cut-short run
 continues where it stopped); ``--report`` rewrites the table and plot from
-the records. Writes ``benchmarks/results/convergence.{json,md,png}``.
+the records; an ``--out`` holding runs of other settings is refused (exit
+2), never overwritten. A run is keyed by variant, seed and budget; ``none`` holds no
+feature memory, so one ``none`` run per seed serves every budget. Writes ``benchmarks/results/convergence.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -68,10 +72,17 @@ EPOCH_KEYS = (
 ).split()
 
 
-def run_one(store: Path, variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_key(variant: str, seed: int, budget: float) -> tuple[str, int, float]:
+    """A run's identity; ``none`` (no feature memory) has budget 0 whatever was asked."""
+    return variant, seed, 0.0 if VARIANTS[variant][0] == "none" else budget
+
+
+def run_one(
+    store: Path, variant: str, seed: int, budget: float, args: argparse.Namespace
+) -> dict[str, Any]:
     """Train one variant from a cold page cache, evaluating after every epoch."""
     mode, hist = VARIANTS[variant]
-    cfg = ma.run_config(store, mode=mode, budget_frac=args.budget, seed=seed, model="sage",
+    cfg = ma.run_config(store, mode=mode, budget_frac=budget, seed=seed, model="sage",
                         args=args, **hist)  # fmt: skip
     cfg = dataclasses.replace(cfg, eval=EvalConfig(mode="sampled", batch_size=2048, every_epochs=1))
     drop_cache(str(open_store(store).region("features").path))
@@ -81,6 +92,7 @@ def run_one(store: Path, variant: str, seed: int, args: argparse.Namespace) -> d
     return {
         "variant": variant,
         "seed": seed,
+        "budget_frac": budget,
         "epochs": [{k: r.get(k) for k in EPOCH_KEYS} for r in records],
         "wall_s": time.perf_counter() - t0,
     }
@@ -112,19 +124,21 @@ def _points(
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant: accuracies (selected and last epoch), bytes, differences to ``none``."""
+    """Per variant and budget: accuracies (selected and last epoch), bytes, differences
+    to ``none`` of the same seeds."""
     rows = []
-    by_variant: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in records:
-        by_variant.setdefault(r["variant"], []).append(r)
-    none = by_variant.get("none", [])
+        # Records from before runs carried their budget were all at 10 %.
+        key = run_key(r["variant"], r["seed"], r.get("budget_frac", 0.10))
+        groups.setdefault((key[0], key[2]), []).append(r)
+    none = [r for r in records if r["variant"] == "none"]
     none_sel = {r["seed"]: _selected(r)["test_acc"] for r in none}
     none_last = {r["seed"]: r["epochs"][-1]["test_acc"] for r in none}
     none_bytes = {r["seed"]: r["epochs"][-1]["memory_access_bytes"] for r in none}
-    for name in VARIANTS:
-        rs = by_variant.get(name, [])
-        if not rs:
-            continue
+    for (name, budget), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))
+    ):
         sel = [_selected(r)["test_acc"] for r in rs]
         last = [r["epochs"][-1]["test_acc"] for r in rs]
         vs_sel, ci_sel = _points(sel, rs, none_sel)
@@ -132,7 +146,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         shares = [r["epochs"][-1]["memory_access_bytes"] / none_bytes[r["seed"]]
                   for r in rs if r["seed"] in none_bytes]  # fmt: skip
         rows.append({
-            "variant": name, "runs": len(rs), "epochs": len(rs[0]["epochs"]),
+            "variant": name, "budget_frac": budget, "runs": len(rs),
+            "epochs": len(rs[0]["epochs"]),
             "selected_epoch": [_selected(r)["epoch"] for r in rs],
             "test_acc_selected": statistics.mean(sel),
             "test_acc_last": statistics.mean(last),
@@ -163,21 +178,26 @@ def markdown(result: dict[str, Any]) -> str:
         "access as a share of `none`'s. Accuracies are means over seeds; vs none = the mean",
         "of the per-seed differences, ± the half-width of its 95 % t-interval.",
         "",
-        "| variant | epochs | selected epoch | test acc % (selected) | vs none | "
+        "| variant | budget | epochs | selected epoch | test acc % (selected) | vs none | "
         "test acc % (last) | vs none | bytes, last epoch | still rising | mean age of hits |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["summary"]:
         share = r["share_of_none_last_epoch"]
         age = r["mean_age_of_hits_last"]
         lines.append(
-            f"| {r['variant']} | {r['epochs']} | {', '.join(map(str, r['selected_epoch']))} | "
+            f"| {r['variant']} | {_budget(r['budget_frac'])} | {r['epochs']} | "
+            f"{', '.join(map(str, r['selected_epoch']))} | "
             f"{100 * r['test_acc_selected']:.2f} | {pts(r['vs_none_selected_points'], r.get('vs_none_selected_ci95'))} | "
             f"{100 * r['test_acc_last']:.2f} | {pts(r['vs_none_last_points'], r.get('vs_none_last_ci95'))} | "
             f"{'-' if share is None else f'{100 * share:.1f} %'} | "
             f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _budget(frac: float) -> str:
+    return "-" if not frac else f"{100 * frac:g} %"
 
 
 def plot(result: dict[str, Any], out: Path) -> str | None:
@@ -190,10 +210,13 @@ def plot(result: dict[str, Any], out: Path) -> str | None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     none_bytes = {r["seed"]: r["epochs"] for r in result["records"] if r["variant"] == "none"}
+    budgets = sorted({r.get("budget_frac", 0.10) for r in result["records"]} - {0.0})
     for j, name in enumerate(VARIANTS):
         for r in (x for x in result["records"] if x["variant"] == name):
             eps = r["epochs"]
-            label = f"{name} (seed {r['seed']})"
+            b = r.get("budget_frac", 0.10)
+            at = f"{_budget(b)}, " if len(budgets) > 1 and b else ""
+            label = f"{name} ({at}seed {r['seed']})"
             ax1.plot([e["epoch"] for e in eps], [100 * e["test_acc"] for e in eps], "o-",
                      ms=3, color=f"C{j}", label=label)  # fmt: skip
             ref = none_bytes.get(r["seed"])
@@ -208,7 +231,7 @@ def plot(result: dict[str, Any], out: Path) -> str | None:
     ax2.set_ylabel("memory access, % of none")
     ax2.set_ylim(0, 105)
     ax2.legend(fontsize=8)
-    fig.suptitle("SAGE on papers, 10 % device budget")
+    fig.suptitle(f"SAGE on papers, device budget {' and '.join(map(_budget, budgets))}")
     fig.tight_layout()
     path = out.with_suffix(".png")
     fig.savefig(path, dpi=110)
@@ -237,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--budget", type=float, default=0.10, help="device budget, share of features")
+    p.add_argument("--budgets", default="0.10",
+                   help="device budgets, shares of the feature bytes (comma-separated)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.003)
@@ -257,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --variants: unknown variant {bad[0]!r}; use {', '.join(VARIANTS)}",
               file=sys.stderr)  # fmt: skip
         return 2
+    try:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        budgets = []
+    if not budgets or not all(0.0 < b < 1.0 for b in budgets):
+        print(f"error: --budgets {args.budgets!r}: give shares of the feature bytes between "
+              "0 and 1, comma-separated (e.g. 0.10,0.20)", file=sys.stderr)  # fmt: skip
+        return 2
     if args.quick:
         args.epochs, args.hidden = 3, 64
     args.quick = bool(args.quick)
@@ -264,16 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         argparse.Namespace(quick=args.quick, papers_nodes=args.papers_nodes, products_nodes=0)
     )["papers"]
     settings = (f"SAGE 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
-                f"{args.epochs} epochs, device budget {100 * args.budget:g} % of the feature "
-                f"bytes, host budget 0, lookahead 0, prefetch 2, sampled evaluation every epoch; "
-                f"papers graph {spec['nodes']:,} nodes")  # fmt: skip
+                f"{args.epochs} epochs, host budget 0, lookahead 0, prefetch 2, sampled "
+                f"evaluation every epoch; papers graph {spec['nodes']:,} nodes")  # fmt: skip
     if args.device != "cpu":
         settings += f", models on {args.device}"
-    previous: dict[tuple[str, int], dict[str, Any]] = {}
+    previous: dict[tuple[str, int, float], dict[str, Any]] = {}
     if out.exists():
         old = json.loads(out.read_text())
-        if old.get("settings") == settings:
-            previous = {(r["variant"], r["seed"]): r for r in old["records"]}
+        if not _adopt(old, settings):
+            # Never overwrite runs measured with other settings.
+            print(f"error: {out} holds runs with other settings ({old.get('settings')!r}); "
+                  "give another --out or move that file away", file=sys.stderr)  # fmt: skip
+            return 2
+        previous = {run_key(r["variant"], r["seed"], r["budget_frac"]): r for r in old["records"]}
     result: dict[str, Any] = {
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
         "settings": settings,
@@ -283,15 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     store = ensure_store("papers", spec, Path(args.data_dir))
-    todo = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
-    # Records of variants and seeds outside this invocation stay.
+    todo = list(dict.fromkeys(
+        run_key(v, int(s), b) for b in budgets for s in args.seeds.split(",") for v in variants
+    ))  # fmt: skip
+    # Records of variants, seeds and budgets outside this invocation stay.
     kept = [r for k, r in previous.items() if k not in todo]
     for i, key in enumerate(todo):
         if key in previous:
             result["records"].append(previous[key])
             continue
-        print(f"[{i + 1}/{len(todo)}] {key[0]}, seed {key[1]}", flush=True)
-        rec = run_one(store, key[0], key[1], args)
+        at = f", {_budget(key[2])}" if key[2] else ""
+        print(f"[{i + 1}/{len(todo)}] {key[0]}, seed {key[1]}{at}", flush=True)
+        rec = run_one(store, *key, args)
         last = rec["epochs"][-1]
         print(f"    test acc {last['test_acc']:.4f} after {len(rec['epochs'])} epochs, "
               f"{last['memory_access_bytes'] / 2**20:,.0f} MiB in the last", flush=True)  # fmt: skip
@@ -300,6 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     result["records"] += kept
     _save(result, [], out)
     return report(result, out)
+
+
+def _adopt(old: dict[str, Any], settings: str) -> bool:
+    """Whether ``old``'s records were measured with ``settings``; gives records written
+    before runs carried their budget (one budget per file, in its settings) theirs."""
+    if old.get("settings") == settings:
+        return all("budget_frac" in r for r in old.get("records", []))
+    m = re.search(r"device budget ([0-9.]+) % of the feature bytes, ", old.get("settings", ""))
+    if not m or old["settings"].replace(m.group(0), "") != settings:
+        return False
+    for r in old["records"]:
+        r["budget_frac"] = run_key(r["variant"], r["seed"], float(m.group(1)) / 100)[2]
+    old["settings"] = settings
+    return True
 
 
 def _save(result: dict[str, Any], kept: list[dict[str, Any]], out: Path) -> None:

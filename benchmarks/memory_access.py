@@ -55,7 +55,8 @@ Usage::
 
 Finished runs are kept in ``--out`` and skipped when the command is run
 again with the same settings (``--fresh`` reruns the chosen ones and keeps
-the others). Results: ``--out``
+the others); an ``--out`` holding runs of other settings is refused (exit 2),
+never overwritten. Results: ``--out``
 (JSON records) and the same name with ``.md`` (tables) and ``_*.png`` (plots).
 """
 
@@ -926,9 +927,14 @@ def main(argv: list[str] | None = None) -> int:
     # --fresh reruns the runs this invocation plans; every other record is kept.
     if out.exists():
         old = json.loads(out.read_text())
-        if old.get("settings") == settings:
-            previous = {run_key(r["run"]): r for r in old.get("records", [])}
-            old_ideal, old_loader = old.get("ideal_raw"), old.get("loader_only")
+        if old.get("settings") != settings and old.get("records"):
+            # Never overwrite runs measured with other settings (a --quick run
+            # without --out would otherwise replace the full benchmark's records).
+            print(f"error: {out} holds runs with other settings ({old.get('settings')!r}); "
+                  "give another --out or move that file away", file=sys.stderr)  # fmt: skip
+            return 2
+        previous = {run_key(r["run"]): r for r in old.get("records", [])}
+        old_ideal, old_loader = old.get("ideal_raw"), old.get("loader_only")
     result: dict[str, Any] = {
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
         "settings": settings,

@@ -49,9 +49,58 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
     assert "| refresh-nostale |" in out.with_suffix(".md").read_text()
 
 
+def test_budgets_share_one_none_run_and_a_file_of_other_settings_is_kept(tmp_path, capsys):
+    out = tmp_path / "cv.json"
+    args = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out),
+                   "--variants", "none,refresh", "--budgets", "0.05,0.20"]  # fmt: skip
+    assert cv.main(args) == 0
+    recs = json.loads(out.read_text())["records"]
+    # none holds no feature memory: one run serves both budgets.
+    assert sorted((r["variant"], r["budget_frac"]) for r in recs) == [
+        ("none", 0.0),
+        ("refresh", 0.05),
+        ("refresh", 0.20),
+    ]
+    rows = cv.summarize(recs)
+    assert [(r["variant"], r["budget_frac"]) for r in rows] == [
+        ("none", 0.0),
+        ("refresh", 0.05),
+        ("refresh", 0.20),
+    ]
+    # Each budget's refresh is paired with the same none.
+    assert all(r["vs_none_last_points"] is not None for r in rows)
+    md = out.with_suffix(".md").read_text()
+    assert "| refresh | 5 % |" in md and "| refresh | 20 % |" in md
+
+    # Another --epochs is another settings set: refused, the file untouched.
+    before = out.read_text()
+    capsys.readouterr()
+    assert cv.main([a if a != "2" else "3" for a in args]) == 2
+    assert "holds runs with other settings" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_records_from_before_budgets_were_kept_per_run_are_adopted():
+    settings = "SAGE 3x16, 2 epochs, host budget 0"
+    old = {
+        "settings": "SAGE 3x16, 2 epochs, device budget 10 % of the feature bytes, host budget 0",
+        "records": [_run(0, [0.5], [0.5], [100], "none"), _run(0, [0.5], [0.5], [40], "refresh")],
+    }
+    assert cv._adopt(old, settings)
+    assert [r["budget_frac"] for r in old["records"]] == [0.0, 0.10]
+    assert old["settings"] == settings
+    other = {"settings": "SAGE 3x16, 3 epochs, device budget 10 % of the feature bytes, "
+             "host budget 0", "records": []}  # fmt: skip
+    assert not cv._adopt(other, settings)
+
+
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert cv.main(["--variants", "none,nope", "--out", str(tmp_path / "x.json")]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+    for bad in ("0", "1.5", "ten", ""):
+        assert cv.main(["--budgets", bad, "--out", str(tmp_path / "x.json")]) == 2
+        assert "--budgets" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
     assert cv.main(["--report", "--out", str(tmp_path / "missing.json")]) == 2
 
 

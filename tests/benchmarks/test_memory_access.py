@@ -73,6 +73,13 @@ def test_records_resume_and_report(tmp_path, capsys):
         else:
             assert third[key]["memory_access_bytes"] == r["memory_access_bytes"]
 
+    # Other settings (here --epochs 2) never overwrite the records: refused, file untouched.
+    before = out.read_text()
+    capsys.readouterr()
+    assert ma.main([a if a != "1" else "2" for a in args]) == 2
+    assert "holds runs with other settings" in capsys.readouterr().err
+    assert out.read_text() == before
+
     # --report rewrites the tables from the records alone.
     out.with_suffix(".md").unlink()
     assert ma.main(["--report", "--out", str(out)]) == 0
