@@ -136,6 +136,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     none_sel = {r["seed"]: _selected(r)["test_acc"] for r in none}
     none_last = {r["seed"]: r["epochs"][-1]["test_acc"] for r in none}
     none_bytes = {r["seed"]: r["epochs"][-1]["memory_access_bytes"] for r in none}
+    none_loss = {r["seed"]: r["epochs"][-1].get("train_loss") for r in none}
     for (name, budget), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][1], list(VARIANTS).index(kv[0][0]))
     ):
@@ -145,6 +146,11 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         vs_last, ci_last = _points(last, rs, none_last)
         shares = [r["epochs"][-1]["memory_access_bytes"] / none_bytes[r["seed"]]
                   for r in rs if r["seed"] in none_bytes]  # fmt: skip
+        # Training loss of the last epoch against none's of the same seed: whether a
+        # lower accuracy comes with a worse fit of the training nodes or a better one.
+        losses = [r["epochs"][-1].get("train_loss") for r in rs]
+        loss_diffs = [x - none_loss[r["seed"]] for x, r in zip(losses, rs)
+                      if x is not None and none_loss.get(r["seed"]) is not None]  # fmt: skip
         rows.append({
             "variant": name, "budget_frac": budget, "runs": len(rs),
             "epochs": len(rs[0]["epochs"]),
@@ -157,6 +163,11 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "vs_none_selected_ci95": ci_sel if name != "none" else None,
             "vs_none_last_ci95": ci_last if name != "none" else None,
             "share_of_none_last_epoch": statistics.mean(shares) if shares else None,
+            "train_loss_last": statistics.mean(x for x in losses if x is not None)
+            if any(x is not None for x in losses) else None,
+            "vs_none_train_loss_last": statistics.mean(loss_diffs) if loss_diffs else None,
+            "train_loss_below_none": sum(d < 0 for d in loss_diffs),
+            "train_loss_paired": len(loss_diffs),
             "still_rising": any(_still_rising(r) for r in rs),
             "mean_age_of_hits_last": rs[0]["epochs"][-1].get("hist_mean_age_of_hits"),
             "epoch_time_s": statistics.median(e["epoch_time_s"] for r in rs for e in r["epochs"]),
@@ -176,11 +187,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Selected = the epoch of best validation accuracy; bytes = the last epoch's memory",
         "access as a share of `none`'s. Accuracies are means over seeds; vs none = the mean",
-        "of the per-seed differences, ± the half-width of its 95 % t-interval.",
+        "of the per-seed differences, ± the half-width of its 95 % t-interval. Train loss =",
+        "the last epoch's mean training loss; beside it the mean difference to `none`'s and",
+        "on how many seeds it was lower.",
         "",
         "| variant | budget | epochs | selected epoch | test acc % (selected) | vs none | "
-        "test acc % (last) | vs none | bytes, last epoch | still rising | mean age of hits |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        "test acc % (last) | vs none | train loss (last) | bytes, last epoch | still rising "
+        "| mean age of hits |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["summary"]:
         share = r["share_of_none_last_epoch"]
@@ -190,10 +204,20 @@ def markdown(result: dict[str, Any]) -> str:
             f"{', '.join(map(str, r['selected_epoch']))} | "
             f"{100 * r['test_acc_selected']:.2f} | {pts(r['vs_none_selected_points'], r.get('vs_none_selected_ci95'))} | "
             f"{100 * r['test_acc_last']:.2f} | {pts(r['vs_none_last_points'], r.get('vs_none_last_ci95'))} | "
-            f"{'-' if share is None else f'{100 * share:.1f} %'} | "
+            f"{_loss(r)} | {'-' if share is None else f'{100 * share:.1f} %'} | "
             f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _loss(r: dict[str, Any]) -> str:
+    """``0.823 (-0.024, lower on 3 of 3)``: the loss, its difference to none's, and how often."""
+    if r.get("train_loss_last") is None:
+        return "-"
+    if r["variant"] == "none" or not r.get("train_loss_paired"):
+        return f"{r['train_loss_last']:.3f}"
+    return (f"{r['train_loss_last']:.3f} ({r['vs_none_train_loss_last']:+.3f}, lower on "
+            f"{r['train_loss_below_none']} of {r['train_loss_paired']})")  # fmt: skip
 
 
 def _budget(frac: float) -> str:

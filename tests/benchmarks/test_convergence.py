@@ -154,3 +154,22 @@ def test_differences_carry_an_interval_over_paired_seeds():
     one = {r["variant"]: r for r in cv.summarize([runs[0], runs[2]])}
     assert abs(one["refresh"]["vs_none_last_points"] - 3.0) < 1e-9
     assert one["refresh"]["vs_none_last_ci95"] is None
+
+
+def test_training_loss_is_compared_with_nones_of_the_same_seed():
+    # A lower accuracy with a lower training loss on both seeds: the table says so.
+    runs = [
+        _run(0, [0.7], [0.70], [100], "none"),
+        _run(1, [0.6], [0.60], [100], "none"),
+        _run(0, [0.69], [0.69], [40], "refresh"),
+        _run(1, [0.59], [0.59], [40], "refresh"),
+    ]
+    for r, loss in zip(runs, (0.80, 0.90, 0.78, 0.91)):
+        r["epochs"][-1]["train_loss"] = loss
+    rows = {r["variant"]: r for r in cv.summarize(runs)}
+    ref = rows["refresh"]
+    assert abs(ref["train_loss_last"] - 0.845) < 1e-9
+    assert abs(ref["vs_none_train_loss_last"] - (-0.02 + 0.01) / 2) < 1e-9
+    assert (ref["train_loss_below_none"], ref["train_loss_paired"]) == (1, 2)
+    assert cv._loss(ref) == "0.845 (-0.005, lower on 1 of 2)"
+    assert cv._loss(rows["none"]) == "0.850"
