@@ -224,7 +224,42 @@ def _budget(frac: float) -> str:
     return "-" if not frac else f"{100 * frac:g} %"
 
 
+def epoch_differences(
+    records: list[dict[str, Any]],
+) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Per (variant, budget) and epoch: the mean over seeds of the differences to
+    ``none`` of the same seed in test accuracy (points, with the half-width of its
+    95 % interval where two or more seeds pair) and in training loss, and the mean
+    share of ``none``'s bytes. Epochs a seed's ``none`` lacks are left out."""
+    none = {r["seed"]: r["epochs"] for r in records if r["variant"] == "none"}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["variant"] != "none" and r["seed"] in none:
+            key = run_key(r["variant"], r["seed"], r.get("budget_frac", 0.10))
+            groups.setdefault((key[0], key[2]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        epochs = []
+        for i in range(min(len(r["epochs"]) for r in rs)):
+            pairs = [(r["epochs"][i], none[r["seed"]][i]) for r in rs if i < len(none[r["seed"]])]
+            if not pairs:
+                break
+            acc, ci = ma.paired_ci95([100 * (e["test_acc"] - n["test_acc"]) for e, n in pairs])
+            losses = [e["train_loss"] - n["train_loss"] for e, n in pairs
+                      if e.get("train_loss") is not None and n.get("train_loss") is not None]  # fmt: skip
+            epochs.append({
+                "epoch": pairs[0][0]["epoch"], "seeds": len(pairs), "acc": acc, "acc_ci95": ci,
+                "train_loss": statistics.mean(losses) if losses else None,
+                "share": statistics.mean(e["memory_access_bytes"] / n["memory_access_bytes"]
+                                         for e, n in pairs),
+            })  # fmt: skip
+        out[key] = epochs
+    return out
+
+
 def plot(result: dict[str, Any], out: Path) -> str | None:
+    """Per epoch, each variant against ``none`` of the same seeds: test accuracy
+    (band: 95 % interval over seeds), training loss, and bytes."""
     try:
         import matplotlib
 
@@ -232,30 +267,36 @@ def plot(result: dict[str, Any], out: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    none_bytes = {r["seed"]: r["epochs"] for r in result["records"] if r["variant"] == "none"}
-    budgets = sorted({r.get("budget_frac", 0.10) for r in result["records"]} - {0.0})
-    for j, name in enumerate(VARIANTS):
-        for r in (x for x in result["records"] if x["variant"] == name):
-            eps = r["epochs"]
-            b = r.get("budget_frac", 0.10)
-            at = f"{_budget(b)}, " if len(budgets) > 1 and b else ""
-            label = f"{name} ({at}seed {r['seed']})"
-            ax1.plot([e["epoch"] for e in eps], [100 * e["test_acc"] for e in eps], "o-",
-                     ms=3, color=f"C{j}", label=label)  # fmt: skip
-            ref = none_bytes.get(r["seed"])
-            if ref and name != "none":
-                ax2.plot([e["epoch"] for e in eps],
-                         [100 * e["memory_access_bytes"] / n["memory_access_bytes"]
-                          for e, n in zip(eps, ref)], "o-", ms=3, color=f"C{j}", label=label)  # fmt: skip
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("test accuracy % (sampled)")
-    ax1.legend(fontsize=8)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("memory access, % of none")
-    ax2.set_ylim(0, 105)
-    ax2.legend(fontsize=8)
-    fig.suptitle(f"SAGE on papers, device budget {' and '.join(map(_budget, budgets))}")
+    diffs = epoch_differences(result["records"])
+    if not diffs:
+        return None
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4.3))
+    order = sorted(diffs, key=lambda k: (list(VARIANTS).index(k[0]), k[1]))
+    for j, key in enumerate(order):
+        eps = diffs[key]
+        x = [e["epoch"] for e in eps]
+        seeds = max(e["seeds"] for e in eps)
+        label = f"{key[0]}, {_budget(key[1])} ({seeds} seed{'s' if seeds > 1 else ''})"
+        style = dict(color=f"C{j}", ms=3, label=label)
+        ax1.plot(x, [e["acc"] for e in eps], "o-", **style)
+        band = [e for e in eps if e["acc_ci95"] is not None]
+        if band:
+            ax1.fill_between([e["epoch"] for e in band], [e["acc"] - e["acc_ci95"] for e in band],
+                             [e["acc"] + e["acc_ci95"] for e in band], color=f"C{j}", alpha=0.12)  # fmt: skip
+        loss = [e for e in eps if e["train_loss"] is not None]
+        ax2.plot([e["epoch"] for e in loss], [e["train_loss"] for e in loss], "o-", **style)
+        ax3.plot(x, [100 * e["share"] for e in eps], "o-", **style)
+    for ax in (ax1, ax2):
+        ax.axhline(0, color="grey", lw=0.8)
+    ax1.axhline(-0.5, color="grey", lw=0.8, ls=":")
+    ax1.set_ylabel("test accuracy minus none's (points)")
+    ax2.set_ylabel("training loss minus none's")
+    ax3.set_ylabel("memory access, % of none")
+    ax3.set_ylim(0, 105)
+    for ax in (ax1, ax2, ax3):
+        ax.set_xlabel("epoch")
+    ax3.legend(fontsize=8)
+    fig.suptitle("SAGE on papers: each variant against none of the same seeds, per epoch")
     fig.tight_layout()
     path = out.with_suffix(".png")
     fig.savefig(path, dpi=110)

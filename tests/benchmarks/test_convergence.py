@@ -173,3 +173,28 @@ def test_training_loss_is_compared_with_nones_of_the_same_seed():
     assert (ref["train_loss_below_none"], ref["train_loss_paired"]) == (1, 2)
     assert cv._loss(ref) == "0.845 (-0.005, lower on 1 of 2)"
     assert cv._loss(rows["none"]) == "0.850"
+
+
+def test_epoch_differences_pair_each_epoch_with_nones_of_the_same_seed():
+    runs = [
+        _run(0, [0.5, 0.7], [0.50, 0.70], [100, 100], "none"),
+        _run(1, [0.4, 0.5], [0.40, 0.50], [200, 200], "none"),
+        _run(0, [0.5, 0.7], [0.52, 0.69], [90, 40], "refresh"),
+        _run(1, [0.4, 0.5], [0.40, 0.47], [90, 40], "refresh"),
+        _run(0, [0.5], [0.45], [50], "refresh-q0.7"),  # no none of seed 5: left out below
+        _run(5, [0.5], [0.45], [50], "refresh-q0.7"),
+    ]
+    for r, losses in zip(runs, ([1.0, 0.8], [1.1, 0.9], [1.1, 0.7], [1.1, 0.8], [1.0], [1.0])):
+        for e, loss in zip(r["epochs"], losses):
+            e["train_loss"] = loss
+    d = cv.epoch_differences(runs)
+    assert set(d) == {("refresh", 0.10), ("refresh-q0.7", 0.10)}
+    e1, e2 = d["refresh", 0.10]
+    assert (e1["epoch"], e1["seeds"]) == (1, 2)
+    assert abs(e1["acc"] - 1.0) < 1e-9  # +2 and 0 points
+    assert abs(e2["acc"] - (-2.0)) < 1e-9  # -1 and -3 points
+    assert abs(e2["acc_ci95"] - 12.706) < 1e-3  # standard error 1, t(0.975, 1 dof)
+    assert abs(e1["train_loss"] - 0.05) < 1e-9 and abs(e2["train_loss"] - (-0.1)) < 1e-9
+    assert abs(e1["share"] - (0.9 + 0.45) / 2) < 1e-9
+    (q,) = d["refresh-q0.7", 0.10]
+    assert q["seeds"] == 1 and q["acc_ci95"] is None and abs(q["acc"] - (-5.0)) < 1e-9
