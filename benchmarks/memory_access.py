@@ -708,7 +708,8 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
                 pts = sorted((r["budget_frac"], r["share_of_none"]) for r in grid
                              if r["dataset"] == ds and r["mode"] == mode)  # fmt: skip
                 if pts:
-                    ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=mode)
+                    label = "refresh, grad+stale (default)" if mode == "refresh" else mode
+                    ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=label)
             before = sorted((r["budget_frac"], r["share_of_none"]) for r in rows
                             if r["section"] == "degree" and r["dataset"] == ds)  # fmt: skip
             if before:
