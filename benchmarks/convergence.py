@@ -13,7 +13,9 @@ budgets of ``--budgets``) for many epochs, evaluating after each, with
   (``--hist-policy grad``), where entries may grow arbitrarily old: the
   variant that moved the fewest bytes in the 4-epoch ablation;
 * ``refresh-q0.7``: the published policy admitting fewer embeddings
-  (``--grad-quantile 0.7``), the 4-epoch sweep's best trade-off.
+  (``--grad-quantile 0.7``), the 4-epoch sweep's best trade-off;
+* ``refresh-stale100``: the published policy with half its staleness bound
+  (``--staleness 100``), the 4-epoch setting closest to ``none`` over nine seeds.
 
 Per run and epoch it records training loss, validation and test accuracy
 (sampled evaluation, fanouts 15,10,5), memory access bytes, epoch time and
@@ -64,6 +66,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "refresh": ("refresh", {}),
     "refresh-nostale": ("refresh", {"policy": "grad"}),
     "refresh-q0.7": ("refresh", {"grad_quantile": 0.7}),
+    "refresh-stale100": ("refresh", {"staleness_iters": 100}),
 }
 #: Per-epoch keys kept from the trainer's metrics records.
 EPOCH_KEYS = (
