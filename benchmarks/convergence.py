@@ -126,15 +126,21 @@ def _points(
     return ma.paired_ci95(diffs) if diffs else (None, None)
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant and budget: accuracies (selected and last epoch), bytes, differences
-    to ``none`` of the same seeds."""
-    rows = []
+def _groups(records: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Records by (variant, budget), ``none``'s under budget 0."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in records:
         # Records from before runs carried their budget were all at 10 %.
         key = run_key(r["variant"], r["seed"], r.get("budget_frac", 0.10))
         groups.setdefault((key[0], key[2]), []).append(r)
+    return groups
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant and budget: accuracies (selected and last epoch), bytes, differences
+    to ``none`` of the same seeds."""
+    rows = []
+    groups = _groups(records)
     none = [r for r in records if r["variant"] == "none"]
     none_sel = {r["seed"]: _selected(r)["test_acc"] for r in none}
     none_last = {r["seed"]: r["epochs"][-1]["test_acc"] for r in none}
@@ -235,13 +241,11 @@ def epoch_differences(
     95 % interval where two or more seeds pair) and in training loss, and the mean
     share of ``none``'s bytes. Epochs a seed's ``none`` lacks are left out."""
     none = {r["seed"]: r["epochs"] for r in records if r["variant"] == "none"}
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for r in records:
-        if r["variant"] != "none" and r["seed"] in none:
-            key = run_key(r["variant"], r["seed"], r.get("budget_frac", 0.10))
-            groups.setdefault((key[0], key[2]), []).append(r)
     out = {}
-    for key, rs in groups.items():
+    for key, group in _groups(records).items():
+        rs = [r for r in group if r["seed"] in none]
+        if key[0] == "none" or not rs:
+            continue
         epochs = []
         for i in range(min(len(r["epochs"]) for r in rs)):
             pairs = [(r["epochs"][i], none[r["seed"]][i]) for r in rs if i < len(none[r["seed"]])]
