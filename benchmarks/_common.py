@@ -71,6 +71,29 @@ def report_saved(out: Path, report: Callable[[dict[str, Any], Path], int]) -> in
     return report(json.loads(out.read_text()), out)
 
 
+def previous_results(
+    out: Path,
+    settings: str,
+    adopt: Callable[[dict[str, Any], str], bool] = lambda old, s: old.get("settings") == s,
+) -> dict[str, Any] | None:
+    """The results saved in ``out`` by an earlier run with ``settings`` (``{}`` when
+    there is no file), so finished runs can be kept and skipped.
+
+    ``adopt(old, settings)`` says whether ``old`` was measured with ``settings``
+    (it may migrate older records in place). A file holding runs of other
+    settings is never overwritten: the one-line error is printed and ``None``
+    returned, for the caller to exit with status 2.
+    """
+    if not out.exists():
+        return {}
+    old = json.loads(out.read_text())
+    if old.get("records") and not adopt(old, settings):
+        print(f"error: {out} holds runs with other settings ({old.get('settings')!r}); "
+              "give another --out or move that file away", file=sys.stderr)  # fmt: skip
+        return None
+    return old
+
+
 def save_results(out: Path, result: dict[str, Any], md: str) -> None:
     """Write ``result`` to ``out`` (JSON) and ``md`` beside it (``.md``), and print ``md``."""
     out.parent.mkdir(parents=True, exist_ok=True)

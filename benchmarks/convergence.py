@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import memory_access as ma  # noqa: E402
-from _common import drop_cache, ensure_store, report_saved  # noqa: E402
+from _common import drop_cache, ensure_store, previous_results, report_saved  # noqa: E402
 
 from refresh_store.store import open_store  # noqa: E402
 from refresh_train.config import EvalConfig  # noqa: E402
@@ -372,15 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"evaluation every epoch; papers graph {spec['nodes']:,} nodes")  # fmt: skip
     if args.device != "cpu":
         settings += f", models on {args.device}"
-    previous: dict[tuple[str, int, float], dict[str, Any]] = {}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if not _adopt(old, settings):
-            # Never overwrite runs measured with other settings.
-            print(f"error: {out} holds runs with other settings ({old.get('settings')!r}); "
-                  "give another --out or move that file away", file=sys.stderr)  # fmt: skip
-            return 2
-        previous = {run_key(r["variant"], r["seed"], r["budget_frac"]): r for r in old["records"]}
+    if (old := previous_results(out, settings, _adopt)) is None:
+        return 2
+    previous = {
+        run_key(r["variant"], r["seed"], r["budget_frac"]): r for r in old.get("records", [])
+    }
     result: dict[str, Any] = {
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
         "settings": settings,

@@ -77,7 +77,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import drop_cache, ensure_store, report_saved  # noqa: E402
+from _common import drop_cache, ensure_store, previous_results, report_saved  # noqa: E402
 from _pyg_baseline import train_pyg_baseline  # noqa: E402
 
 from refresh_store.store import Store, open_store  # noqa: E402
@@ -923,19 +923,12 @@ def main(argv: list[str] | None = None) -> int:
                 "lookahead 0, prefetch 2, history defaults unless stated")  # fmt: skip
     if args.device != "cpu":
         settings += f", models on {args.device}"
-    previous: dict[str, Any] = {}
-    old_ideal = old_loader = None
     # --fresh reruns the runs this invocation plans; every other record is kept.
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old.get("settings") != settings and old.get("records"):
-            # Never overwrite runs measured with other settings (a --quick run
-            # without --out would otherwise replace the full benchmark's records).
-            print(f"error: {out} holds runs with other settings ({old.get('settings')!r}); "
-                  "give another --out or move that file away", file=sys.stderr)  # fmt: skip
-            return 2
-        previous = {run_key(r["run"]): r for r in old.get("records", [])}
-        old_ideal, old_loader = old.get("ideal_raw"), old.get("loader_only")
+    # A --quick run without --out must not replace the full benchmark's records.
+    if (old := previous_results(out, settings)) is None:
+        return 2
+    previous = {run_key(r["run"]): r for r in old.get("records", [])}
+    old_ideal, old_loader = old.get("ideal_raw"), old.get("loader_only")
     result: dict[str, Any] = {
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
         "settings": settings,
