@@ -3,8 +3,9 @@
 The memory-access benchmark trains every run for 4 epochs, where the
 validation accuracy is still rising, and entries of the history table never
 grow much older than the run. This one trains SAGE on the same generated
-``papers`` graph (2M nodes, 1 % labelled) at a 10 % device budget (or the
-budgets of ``--budgets``) for many epochs, evaluating after each, with
+``papers`` graph (2M nodes, 1 % labelled; ``--dataset products`` for the
+ogbn-products-sized one) at a 10 % device budget (or the budgets of
+``--budgets``) for many epochs, evaluating after each, with
 
 * ``none``: raw features only (``raw`` trains identically: same samples, same rows);
 * ``refresh``: the history cache with the published policy (``grad+stale``,
@@ -27,6 +28,7 @@ and whether validation accuracy still rose over the last quarter of the run.
     python benchmarks/convergence.py            # 12 epochs, seed 0 (about 1 h on 2 cores)
     python benchmarks/convergence.py --seeds 0,1 --epochs 20
     python benchmarks/convergence.py --seeds 0,1,2 --budgets 0.10,0.20 --variants none,refresh
+    python benchmarks/convergence.py --dataset products --out benchmarks/results/convergence_products.json
     python benchmarks/convergence.py --quick    # 200K-node graph, 3 epochs
 
 Runs already in ``--out`` with the same settings are kept (a cut-short run
@@ -303,7 +305,8 @@ def plot(result: dict[str, Any], out: Path) -> str | None:
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("epoch")
     ax3.legend(fontsize=8)
-    fig.suptitle("SAGE on papers: each variant against none of the same seeds, per epoch")
+    graph = result.get("graph", "papers")
+    fig.suptitle(f"SAGE on {graph}: each variant against none of the same seeds, per epoch")
     fig.tight_layout()
     path = out.with_suffix(".png")
     fig.savefig(path, dpi=110)
@@ -337,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--dataset", default="papers", choices=("papers", "products"),
+                   help="which generated graph (default papers)")  # fmt: skip
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
+    p.add_argument("--products-nodes", type=int, default=2_449_029)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="200K-node graph, 3 epochs, hidden 64")
     p.add_argument("--report", action="store_true",
@@ -365,11 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.hidden = 3, 64
     args.quick = bool(args.quick)
     spec = ma.dataset_specs(
-        argparse.Namespace(quick=args.quick, papers_nodes=args.papers_nodes, products_nodes=0)
-    )["papers"]
+        argparse.Namespace(
+            quick=args.quick, papers_nodes=args.papers_nodes, products_nodes=args.products_nodes
+        )
+    )[args.dataset]
     settings = (f"SAGE 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
                 f"{args.epochs} epochs, host budget 0, lookahead 0, prefetch 2, sampled "
-                f"evaluation every epoch; papers graph {spec['nodes']:,} nodes")  # fmt: skip
+                f"evaluation every epoch; {args.dataset} graph {spec['nodes']:,} nodes")  # fmt: skip
     if args.device != "cpu":
         settings += f", models on {args.device}"
     if (old := previous_results(out, settings, _adopt)) is None:
@@ -381,11 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})",
         "settings": settings,
         "load_start": _load(),
+        "graph": args.dataset,
         "dataset": spec,
         "records": [],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    store = ensure_store("papers", spec, Path(args.data_dir))
+    store = ensure_store(args.dataset, spec, Path(args.data_dir))
     todo = list(dict.fromkeys(
         run_key(v, int(s), b) for b in budgets for s in args.seeds.split(",") for v in variants
     ))  # fmt: skip

@@ -80,6 +80,22 @@ def test_budgets_share_one_none_run_and_a_file_of_other_settings_is_kept(tmp_pat
     assert out.read_text() == before
 
 
+def test_the_products_graph_is_its_own_settings(tmp_path, capsys):
+    out = tmp_path / "cv.json"
+    base = TINY + ["--products-nodes", "3000", "--data-dir", str(tmp_path / "data"),
+                   "--out", str(out), "--variants", "none,refresh"]  # fmt: skip
+    assert cv.main(base + ["--dataset", "products"]) == 0
+    data = json.loads(out.read_text())
+    assert data["graph"] == "products" and data["dataset"]["layout"] == "ogbn"
+    assert data["settings"].endswith("products graph 3,000 nodes")
+    assert [p.name.split("_")[0] for p in (tmp_path / "data").iterdir()] == ["products"]
+    assert {r["variant"] for r in data["records"]} == {"none", "refresh"}
+    # The papers graph's runs never mix into a products file.
+    capsys.readouterr()
+    assert cv.main(base) == 2
+    assert "holds runs with other settings" in capsys.readouterr().err
+
+
 def test_records_from_before_budgets_were_kept_per_run_are_adopted():
     settings = "SAGE 3x16, 2 epochs, host budget 0"
     old = {
