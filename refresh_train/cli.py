@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--hist-policy", help="grad+stale | grad | stale | random (default grad+stale)")
     h.add_argument("--hist-warmup", type=int, help="admit nothing before this step (default 0)")
     h.add_argument(
+        "--hist-stop",
+        type=int,
+        help="from this step on, train exactly: no lookups, no admissions (default: never)",
+    )
+    h.add_argument(
         "--hist-fraction",
         type=float,
         help="share of --cache-budget for the table (default: chosen from measurements)",
@@ -200,7 +205,7 @@ _KEYS = {
     "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
     "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval",
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
-    "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_fraction",
+    "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_warmup", "hist_stop", "hist_fraction",
     "hist_lag", "hist_dtype", "hist_order", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
     "predict_out", "predict_split", "verify_store",
 }  # fmt: skip
@@ -284,6 +289,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         staleness_iters=_pick(values, "staleness", 200),
         policy=_pick(values, "hist_policy", "grad+stale"),
         warmup_steps=_pick(values, "hist_warmup", 0),
+        stop_step=values.get("hist_stop"),
         fraction=values.get("hist_fraction"),
         lag_steps=values.get("hist_lag"),
         dtype=_pick(values, "hist_dtype", "float16"),

@@ -203,6 +203,13 @@ class HistoryConfig:
     warmup_steps
         No admission before this global step (embeddings of a fresh model
         change fastest).
+    stop_step
+        From this global step on the table is neither read nor written: the
+        remaining steps train exactly as ``--cache none`` would from the same
+        model (``None``: never). At the first epoch end after it the table's
+        bytes go to raw rows. Ending a run with an epoch or two like this
+        trains the output layer on fresh embeddings only, as evaluation sees
+        them.
     fraction
         Share of ``cache_budget_bytes`` given to the history table; ``None``
         chooses it from the measured bytes saved per byte of each side and
@@ -232,6 +239,7 @@ class HistoryConfig:
     staleness_iters: int = 200
     policy: str = "grad+stale"
     warmup_steps: int = 0
+    stop_step: int | None = None
     fraction: float | None = None
     lag_steps: int | None = None
     dtype: str = "float16"
@@ -259,6 +267,12 @@ class HistoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.stop_step is not None and (
+            not isinstance(self.stop_step, int)
+            or isinstance(self.stop_step, bool)
+            or self.stop_step < 0
+        ):
+            raise ConfigError(f"stop_step must be an integer >= 0, got {self.stop_step!r}")
         if self.lag_steps is not None and (
             not isinstance(self.lag_steps, int)
             or isinstance(self.lag_steps, bool)

@@ -174,6 +174,15 @@ class BudgetSplit:
         self.moves.append(self.hist_fraction)
         return True
 
+    def release(self) -> bool:
+        """Give the whole budget to raw rows once the table is no longer used
+        (``--hist-stop``), fixed split or not; whether that changed the split."""
+        if self.hist_fraction == 0.0:
+            return False
+        self.hist_fraction = 0.0
+        self.moves.append(0.0)
+        return True
+
     def state_dict(self) -> dict[str, float]:
         """The current share (for checkpoints)."""
         return {"hist_fraction": self.hist_fraction}

@@ -26,6 +26,10 @@ How a step goes
    is never overwritten, it expires. A written entry becomes usable when
    the batch ``lag`` steps later is sampled, which sets its birth.
 
+With ``stop_step`` (``--hist-stop``) the table is neither read nor written
+from that step on, so the steps after it train exactly; at the first epoch
+end after it the table's bytes go to raw rows.
+
 Why it is exact under the pipelined loader
 ------------------------------------------
 The table is read and written by the sampling thread only, in batch order,
@@ -224,9 +228,15 @@ class RefreshCache(RawCache):
         """Device bytes of the raw rows and of the table (their sum is within the budget)."""
         return {"raw_rows": self.tiers.budget_used_bytes, "table": self.table.nbytes}
 
+    def _stopped(self, step: int) -> bool:
+        """Whether the history is off at ``step`` (``--hist-stop``)."""
+        stop = self.history_config.stop_step  # type: ignore[union-attr]
+        return stop is not None and step >= stop
+
     def _admitting(self, step: int) -> bool:
         return (
             self.table.rows > 0
+            and not self._stopped(step)
             and step >= self.history_config.warmup_steps  # type: ignore[union-attr]
             and self.staleness >= self.lag  # else no entry would ever be used
         )
@@ -256,12 +266,12 @@ class RefreshCache(RawCache):
                 batch.extra["hist_ready"] = ready
         batch.extra["step"] = step
         self._counters.split.steps += 1
-        if self.count_saved:
+        if self.count_saved and not self._stopped(step):
             self._count_saved(sampler, seeds, batch_seed, batch)
         return batch
 
     def _prune(self, layer: int, ids: np.ndarray, step: int, num_seeds: int) -> np.ndarray:
-        if layer not in self.table.birth:
+        if layer not in self.table.birth or self._stopped(step):
             return np.full(len(ids), -1, dtype=np.int64)
         slots = self.order.slots(layer, ids)
         rows = self.table.lookup(layer, slots, step, self.staleness, skip=num_seeds)
@@ -406,7 +416,11 @@ class RefreshCache(RawCache):
 
     def end_epoch(self) -> None:
         counts = self._counters.split
-        if self.split.decide(counts):
+        if self._stopped(self._steps_done):
+            # No later step reads the table: its bytes hold raw rows from now on.
+            if self.split.release():
+                self._apply_split()
+        elif self.split.decide(counts):
             self._apply_split()
         self._counters.split = counts.decayed(self.split.carry)
 

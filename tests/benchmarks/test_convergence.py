@@ -32,6 +32,10 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
     by = {r["variant"]: r for r in recs}
     assert by["none"]["epochs"][0]["hist_lookups"] is None
     assert by["refresh"]["epochs"][-1]["hist_lookups"] > 0
+    # refresh-exact1 is refresh until its last epoch, which reads no history.
+    exact = by["refresh-exact1"]["epochs"]
+    assert exact[0] | {"epoch_time_s": 0} == by["refresh"]["epochs"][0] | {"epoch_time_s": 0}
+    assert exact[-1]["hist_lookups"] == 0 and exact[-1]["hist_hits"] == 0
 
     # Drop one run: the rerun trains only that one and gets the same bytes.
     data = json.loads(out.read_text())

@@ -575,6 +575,46 @@ def test_no_admission_before_the_warmup_step(store, monkeypatch):
     assert out.records[0]["hist_hits"] > 0
 
 
+def test_after_the_stop_step_training_is_exact_and_the_table_gives_its_bytes_back(
+    store, tmp_path, monkeypatch
+):
+    """--hist-stop: the table is used before the stop step only; the epoch after it
+    trains exactly as --cache none from the same model, on the whole budget of raw rows."""
+    per_epoch = num_batches(NUM_NODES // 2, BATCH)
+    stop = 2 * per_epoch
+    history = _hist(stop_step=stop, fraction=0.3)
+    cfg = _config(store, epochs=3, history=history, prefetch=2)
+    rec = Recorder(compare_pruning=False).install(monkeypatch)
+    stopped = _train(cfg)
+    assert rec.served and max(s.step for s in rec.served) < stop
+    assert rec.admitted and max(step for _, _, step in rec.admitted) < stop
+    assert all(not cached for step, _, _, cached in rec.lookups if step >= stop)
+    first, _, last = stopped.records
+    assert first["hist_hits"] > 0 and first["cache_split_hist_bytes"] > 0
+    assert last["hist_lookups"] == last["hist_hits"] == last["hist_admitted"] == 0
+    budget = cfg.tiers.cache_budget_bytes
+    assert last["cache_split_hist_bytes"] == 0 and last["cache_split_raw_bytes"] == budget
+    assert last["rows_device"] > first["rows_device"]
+    monkeypatch.undo()
+
+    # The same two epochs, then the third with --cache none from their checkpoint.
+    ckpt = str(tmp_path / "ck")
+    _train(cfg.replace(epochs=2, checkpoint_dir=ckpt))
+    exact = _train(
+        cfg.replace(tiers=replace(cfg.tiers, cache="none"), checkpoint_dir=ckpt, resume=True)
+    )
+    assert [r["epoch"] for r in exact.records] == [1, 2, 3]  # 1-2 restored from the checkpoint
+    assert "hist_lookups" not in exact.records[-1]  # --cache none trained the last epoch
+    assert_same_outcome(stopped, exact)
+
+
+def test_a_stop_at_step_0_trains_exactly_like_cache_none(store):
+    none = _train(_config(store, cache="none"))
+    refresh = _train(_config(store, history=_hist(stop_step=0, fraction=0.3)))
+    assert all(r["hist_lookups"] == r["hist_admitted"] == 0 for r in refresh.records)
+    assert_same_outcome(none, refresh)
+
+
 def test_counting_what_pruning_saved_changes_no_result(store):
     """The second, unpruned sampling per batch (--no-hist-count-saved turns it off)
     must not disturb the sampler: same model, same hits, counts reported or None."""
@@ -1109,7 +1149,7 @@ def test_a_fixed_split_is_reported_and_never_moves(store):
 def test_every_history_flag_reaches_the_config(store):
     cfg = config_from_args(
         f"--store {store.path} --cache refresh --layers 3 --fanouts 3,3,3 --hist-layers 1,2 "
-        "--grad-quantile 0.75 --staleness 17 --hist-policy random --hist-warmup 5 "
+        "--grad-quantile 0.75 --staleness 17 --hist-policy random --hist-warmup 5 --hist-stop 40 "
         "--hist-fraction 0.4 --hist-lag 3 --hist-dtype float32 --hist-order degree "
         "--no-hist-count-saved".split()
     )
@@ -1120,6 +1160,7 @@ def test_every_history_flag_reaches_the_config(store):
         staleness_iters=17,
         policy="random",
         warmup_steps=5,
+        stop_step=40,
         fraction=0.4,
         lag_steps=3,
         dtype="float32",
@@ -1133,6 +1174,7 @@ def test_history_defaults(store):
     assert h == HistoryConfig()
     assert (h.grad_quantile, h.staleness_iters, h.policy) == (0.9, 200, "grad+stale")
     assert (h.warmup_steps, h.fraction, h.dtype, h.count_saved) == (0, None, "float16", True)
+    assert h.stop_step is None
     assert h.order == "lookups"
     assert h.resolved_layers(3) == (2,) and h.resolved_lag(8) == 10 and h.resolved_lag(0) == 4
 
@@ -1152,6 +1194,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         "staleness = 9\n"
         f'{key("hist-policy")} = "stale"\n'
         f"{key('hist-warmup')} = 4\n"
+        f"{key('hist-stop')} = 12\n"
         f"{key('hist-fraction')} = 1\n"
         f"{key('hist-lag')} = 5\n"
         f'{key("hist-dtype")} = "float32"\n'
@@ -1165,6 +1208,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         staleness_iters=11,  # the flag wins over the file
         policy="stale",
         warmup_steps=4,
+        stop_step=12,
         fraction=1,
         lag_steps=5,
         dtype="float32",
@@ -1195,6 +1239,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         (["--hist-order", "random"], "hist_order must be one of"),
         (["--hist-lag", "0"], "lag_steps must be an integer >= 1"),
         (["--hist-warmup", "-2"], "warmup_steps must be an integer >= 0"),
+        (["--hist-stop", "-1"], "stop_step must be an integer >= 0"),
         (["--staleness", "soon"], "invalid int value"),
     ],
 )
@@ -1218,6 +1263,7 @@ def test_bad_history_values_exit_2_with_one_line(store, capsys, args, message):
         (dict(lag_steps=0), "lag_steps"),
         (dict(dtype="int8"), "hist_dtype"),
         (dict(order="pagerank"), "hist_order"),
+        (dict(stop_step=1.5), "stop_step"),
     ],
 )
 def test_history_config_rejects_bad_values(kw, message):
