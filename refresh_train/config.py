@@ -207,9 +207,10 @@ class HistoryConfig:
         From this global step on the table is neither read nor written: the
         remaining steps train exactly as ``--cache none`` would from the same
         model (``None``: never). At the first epoch end after it the table's
-        bytes go to raw rows. Ending a run with an epoch or two like this
-        trains the output layer on fresh embeddings only, as evaluation sees
-        them.
+        bytes go to raw rows. Ending a run with an epoch like this trains
+        the output layer on fresh embeddings only, as evaluation sees them
+        (on the memory-access benchmark's papers graph that gained no
+        measurable test accuracy; see the README).
     fraction
         Share of ``cache_budget_bytes`` given to the history table; ``None``
         chooses it from the measured bytes saved per byte of each side and
