@@ -153,6 +153,15 @@ def test_selection_differences_and_still_rising():
     assert abs(rows["refresh"]["vs_none_selected_points"] - 1.0) < 1e-9
     assert abs(rows["refresh"]["vs_none_last_points"] - 3.0) < 1e-9
     assert rows["refresh"]["share_of_none_last_epoch"] == 0.4
+    # Four epochs: the last quarter is the last epoch; eight: the last two.
+    assert abs(rows["refresh"]["vs_none_last_quarter_points"] - 3.0) < 1e-9
+    long = [_run(0, [0.5] * 8, [0.5] * 6 + [0.70, 0.72], [100] * 8, "none"),
+            _run(0, [0.5] * 8, [0.9] * 6 + [0.66, 0.70], [40] * 8, "refresh")]  # fmt: skip
+    rows8 = {r["variant"]: r for r in cv.summarize(long)}
+    assert abs(rows8["none"]["test_acc_last_quarter"] - 0.71) < 1e-9
+    assert abs(rows8["refresh"]["vs_none_last_quarter_points"] - (-3.0)) < 1e-9
+    assert "| 71.00 | +0.00 |" in cv.markdown({"machine": "m", "load_start": "0", "load_end": "0",
+                                               "settings": "s", "summary": cv.summarize(long)})  # fmt: skip
     # Validation still rose in the last quarter for refresh (0.71 > 0.65 + 0.002), not for none.
     assert rows["refresh"]["still_rising"] and not rows["none"]["still_rising"]
 
