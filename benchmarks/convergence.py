@@ -119,17 +119,20 @@ def _selected(run: dict[str, Any]) -> dict[str, Any]:
     return max(run["epochs"], key=lambda e: (e["valid_acc"], -e["epoch"]))
 
 
+def _quarter(run: dict[str, Any]) -> int:
+    """How many epochs make the last quarter of ``run`` (at least one)."""
+    return max(1, len(run["epochs"]) // 4)
+
+
 def _last_quarter(run: dict[str, Any]) -> float:
     """Mean test accuracy over the last quarter of the epochs: one epoch's accuracy
     moves by a point or two from epoch to epoch on a test split of a few thousand nodes."""
-    eps = run["epochs"]
-    return statistics.mean(e["test_acc"] for e in eps[-max(1, len(eps) // 4) :])
+    return statistics.mean(e["test_acc"] for e in run["epochs"][-_quarter(run) :])
 
 
 def _still_rising(run: dict[str, Any]) -> bool:
     """Whether validation accuracy's best of the last quarter beats the rest's by 0.2 points."""
-    eps = run["epochs"]
-    q = max(1, len(eps) // 4)
+    eps, q = run["epochs"], _quarter(run)
     head, tail = eps[:-q], eps[-q:]
     if not head:
         return True

@@ -264,16 +264,12 @@ class HistoryConfig:
         q = self.grad_quantile
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
             raise ConfigError(f"grad_quantile must be in (0, 1], got {q!r}")
-        for name in ("staleness_iters", "warmup_steps"):
+        for name in ("staleness_iters", "warmup_steps", "stop_step"):
             value = getattr(self, name)
+            if value is None and name == "stop_step":
+                continue  # never stops
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.stop_step is not None and (
-            not isinstance(self.stop_step, int)
-            or isinstance(self.stop_step, bool)
-            or self.stop_step < 0
-        ):
-            raise ConfigError(f"stop_step must be an integer >= 0, got {self.stop_step!r}")
         if self.lag_steps is not None and (
             not isinstance(self.lag_steps, int)
             or isinstance(self.lag_steps, bool)
