@@ -100,6 +100,45 @@ def test_the_products_graph_is_its_own_settings(tmp_path, capsys):
     assert "holds runs with other settings" in capsys.readouterr().err
 
 
+def test_eval_every_leaves_epochs_unevaluated_but_always_the_last(tmp_path, capsys):
+    out = tmp_path / "cv.json"
+    base = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out),
+                   "--variants", "none,refresh"]  # fmt: skip
+    args = [a if a != "2" else "3" for a in base] + ["--eval-every", "2"]
+    assert cv.main(args) == 0
+    data = json.loads(out.read_text())
+    assert "evaluation every 2 epochs and after the last" in data["settings"]
+    for r in data["records"]:
+        scored = [e["epoch"] for e in r["epochs"] if e["test_acc"] is not None]
+        assert scored == [2, 3]
+        assert all(e["memory_access_bytes"] > 0 for e in r["epochs"])
+    rows = {r["variant"]: r for r in cv.summarize(data["records"])}
+    assert rows["refresh"]["selected_epoch"][0] in (2, 3)
+    assert rows["refresh"]["vs_none_last_points"] is not None
+    # Epoch 1's difference is unknown; its bytes are still compared.
+    e1, e2, e3 = cv.epoch_differences(data["records"])["refresh", 0.10]
+    assert e1["acc"] is None and e1["share"] > 0
+    assert e2["acc"] is not None and e3["acc"] is not None
+    # Evaluating every epoch is another settings set: its runs never mix with these.
+    capsys.readouterr()
+    assert cv.main(args[:-2]) == 2
+    assert "holds runs with other settings" in capsys.readouterr().err
+
+
+def test_unevaluated_epochs_are_skipped_by_selection_and_the_last_quarter():
+    none = _run(0, [0.5] * 8, [0.5] * 6 + [0.70, 0.72], [100] * 8, "none")
+    refresh = _run(0, [0.5] * 6 + [0.9, 0.6], [0.5] * 6 + [0.66, 0.70], [40] * 8, "refresh")
+    for run in (none, refresh):
+        for e in run["epochs"][::2]:  # epochs 1, 3, 5, 7 were not evaluated
+            e["valid_acc"] = e["test_acc"] = None
+    rows = {r["variant"]: r for r in cv.summarize([none, refresh])}
+    # Epoch 7's 0.9 validation accuracy was never measured: epoch 8 is selected.
+    assert rows["refresh"]["selected_epoch"] == [8]
+    # The last quarter (epochs 7-8) has one evaluated epoch.
+    assert abs(rows["none"]["test_acc_last_quarter"] - 0.72) < 1e-9
+    assert abs(rows["refresh"]["vs_none_last_quarter_points"] - (-2.0)) < 1e-9
+
+
 def test_records_from_before_budgets_were_kept_per_run_are_adopted():
     settings = "SAGE 3x16, 2 epochs, host budget 0"
     old = {
@@ -120,6 +159,9 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     for bad in ("0", "1.5", "ten", ""):
         assert cv.main(["--budgets", bad, "--out", str(tmp_path / "x.json")]) == 2
         assert "--budgets" in capsys.readouterr().err
+    for bad in ("0", "-1"):
+        assert cv.main(["--eval-every", bad, "--out", str(tmp_path / "x.json")]) == 2
+        assert "--eval-every" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
     assert cv.main(["--report", "--out", str(tmp_path / "missing.json")]) == 2
 
