@@ -279,3 +279,43 @@ def test_staleness_points_pair_each_setting_with_none_of_its_seeds(tmp_path):
                      tmp_path / "ma.json")  # fmt: skip
     assert str(tmp_path / "ma_staleness.png") in files
     assert all(Path(f).stat().st_size > 0 for f in files)
+
+
+def test_buffered_reads_give_the_same_runs_and_no_epoch_times(tmp_path, capsys):
+    data = ["--data-dir", str(tmp_path / "data"), "--datasets", "papers"]
+    direct, buffered = tmp_path / "direct.json", tmp_path / "buffered.json"
+    assert ma.main(TINY + data + ["--out", str(direct)]) == 0
+    assert ma.main(TINY + data + ["--out", str(buffered), "--io", "buffered"]) == 0
+    one = {ma.run_key(r["run"]): r for r in json.loads(direct.read_text())["records"]}
+    two = {ma.run_key(r["run"]): r for r in json.loads(buffered.read_text())["records"]}
+    assert one.keys() == two.keys() and len(one) == 3
+    for key, r in one.items():
+        b = two[key]
+        assert (r["io_mode"], b["io_mode"]) == ("direct", "buffered")
+        # The same rows in the same order: bytes, losses and accuracy bit for bit.
+        for field in ("memory_access_bytes", "train_loss", "test_acc", "valid_acc"):
+            assert b[field] == r[field], field
+    rows = json.loads(buffered.read_text())["summary"]["rows"]
+    assert all(r["epoch_time_s"] is None for r in rows)
+    assert all(
+        r["epoch_time_s"] is not None for r in json.loads(direct.read_text())["summary"]["rows"]
+    )
+    md = buffered.with_suffix(".md").read_text()
+    assert "## SAGE on `papers`" in md and "Epoch time" not in md
+    # The sections that measure time refuse page-cache reads, and write nothing.
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    assert ma.main(["--io", "buffered", "--sections", "grid,baseline", "--out", str(bad)]) == 2
+    assert "--io buffered: the baseline section" in capsys.readouterr().err
+    assert not bad.exists()
+
+
+def test_epoch_times_leave_out_page_cache_runs():
+    recs = [
+        dict(section="grid", dataset="papers", model="sage", mode="raw", seed=0,
+             budget_frac=0.1, epoch_time_s=60.0),
+        dict(section="grid", dataset="papers", model="sage", mode="refresh", seed=0,
+             budget_frac=0.1, epoch_time_s=5.0, io_mode="buffered"),
+    ]  # fmt: skip
+    t = ma.epoch_times(recs)
+    assert [r["mode"] for _, r in t["rows"]] == ["raw"] and t["refresh"] is None
