@@ -434,7 +434,7 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         none_acc = statistics.mean(n["test_acc"] for n in nones) if nones else None
         mean_bytes = statistics.mean(r["memory_access_bytes"] for r in rs)
         acc = [r["test_acc"] for r in rs]
-        timed = [r["epoch_time_s"] for r in rs if _cold(r)]
+        timed = [r["epoch_time_s"] for r in rs if cold_read(r)]
         by_seed = {n["seed"]: n["test_acc"] for n in nones}
         diffs = {r["seed"]: 100 * (r["test_acc"] - by_seed[r["seed"]]) for r in rs
                  if r["seed"] in by_seed and mode != "none"}  # fmt: skip
@@ -458,7 +458,7 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
     return {"rows": rows, "ideal": ideal}
 
 
-def _cold(r: dict[str, Any]) -> bool:
+def cold_read(r: dict[str, Any]) -> bool:
     """Whether a run read from a cold SSD (not ``--io buffered``), so its times count."""
     return r.get("io_mode", "direct") == "direct"
 
@@ -624,7 +624,7 @@ def epoch_times(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     One seed's runs, the seed the PyG-style baseline ran (the grid's first): times of
     runs made at other moments of a shared machine would not compare.
     """
-    records = [x for x in records if _cold(x)]
+    records = [x for x in records if cold_read(x)]
     base = [x for x in records if x["section"] == "baseline"]
     seed = base[0]["seed"] if base else min((x["seed"] for x in records), default=0)
     pick = []
@@ -928,8 +928,10 @@ def main(argv: list[str] | None = None) -> int:
         args.hidden = 64
     args.sections = set(args.sections.split(","))
     if args.io == "buffered" and (timed := sorted(args.sections & {"baseline", "loader"})):
-        print(f"error: --io buffered: the {' and '.join(timed)} section{'s' if len(timed) > 1 else ''} "
-              "measure time from a cold SSD; leave them out (e.g. --sections "
+        what = f"the {' and '.join(timed)} section" + (
+            "s measure" if len(timed) > 1 else " measures"
+        )
+        print(f"error: --io buffered: {what} time from a cold SSD; leave them out (e.g. --sections "
               "grid,models,policies,sweeps) or read directly", file=sys.stderr)  # fmt: skip
         return 2
     args.datasets = set(args.datasets.split(","))

@@ -125,6 +125,25 @@ def test_eval_every_leaves_epochs_unevaluated_but_always_the_last(tmp_path, caps
     assert "holds runs with other settings" in capsys.readouterr().err
 
 
+def test_buffered_reads_give_the_same_records_but_for_the_times(tmp_path):
+    base = TINY + ["--data-dir", str(tmp_path / "data"), "--variants", "none,refresh"]
+    direct, buffered = tmp_path / "direct.json", tmp_path / "buffered.json"
+    assert cv.main(base + ["--out", str(direct)]) == 0
+    assert cv.main(base + ["--out", str(buffered), "--io", "buffered"]) == 0
+
+    def untimed(path):
+        recs = json.loads(path.read_text())["records"]
+        return {r["variant"]: [e | {"epoch_time_s": 0} for e in r["epochs"]] for r in recs}
+
+    assert untimed(direct) == untimed(buffered)
+    recs = json.loads(buffered.read_text())["records"]
+    assert {r["io_mode"] for r in recs} == {"buffered"}
+    assert all(row["epoch_time_s"] is None for row in cv.summarize(recs))
+    mixed = cv.summarize(recs + [r | {"variant": "refresh-q0.7", "io_mode": "direct"}
+                                 for r in recs if r["variant"] == "refresh"])  # fmt: skip
+    assert [row["epoch_time_s"] is None for row in mixed] == [True, True, False]
+
+
 def test_unevaluated_epochs_are_skipped_by_selection_and_the_last_quarter():
     none = _run(0, [0.5] * 8, [0.5] * 6 + [0.70, 0.72], [100] * 8, "none")
     refresh = _run(0, [0.5] * 6 + [0.9, 0.6], [0.5] * 6 + [0.66, 0.70], [40] * 8, "refresh")
