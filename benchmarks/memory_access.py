@@ -49,10 +49,11 @@ from a shared 2-core machine and are noisy (medians of epochs).
 
 ``--io buffered`` reads the features through the page cache instead (the
 file then stays in RAM after the first epoch): the same rows in the same
-order, so the same bytes, losses and accuracies bit for bit, in about half
-the time on this disk. It is for adding seeds to accuracy figures; such
-runs are marked (``io_mode``) and their epoch times are left out of every
-table, since they neither start cold nor hold the equal feature memory.
+order, so the same bytes, losses and accuracies bit for bit, faster, since
+no epoch after the first waits for the disk. It is for adding seeds to
+accuracy figures; such runs are marked (``io_mode``) and their epoch times
+are left out of every table, since they neither start cold nor hold the
+equal feature memory.
 
 Usage::
 
