@@ -292,6 +292,8 @@ def test_buffered_reads_give_the_same_runs_and_no_epoch_times(tmp_path, capsys):
     for key, r in one.items():
         b = two[key]
         assert (r["io_mode"], b["io_mode"]) == ("direct", "buffered")
+        # The reads really went through the page cache (the mode the I/O scheduler opened).
+        assert b["describe"]["io_mode"] == "buffered"
         # The same rows in the same order: bytes, losses and accuracy bit for bit.
         for field in ("memory_access_bytes", "train_loss", "test_acc", "valid_acc"):
             assert b[field] == r[field], field
