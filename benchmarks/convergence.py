@@ -199,6 +199,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Training loss of the last epoch against none's of the same seed: whether a
         # lower accuracy comes with a worse fit of the training nodes or a better one.
         losses = [r["epochs"][-1].get("train_loss") for r in rs]
+        # Runs through the page cache (--io buffered) did not read from a cold SSD.
+        timed = [e["epoch_time_s"] for r in rs if ma.cold_read(r) for e in r["epochs"]]
         loss_diffs = [x - none_loss[r["seed"]] for x, r in zip(losses, rs)
                       if x is not None and none_loss.get(r["seed"]) is not None]  # fmt: skip
         rows.append({
@@ -223,9 +225,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_loss_paired": len(loss_diffs),
             "still_rising": any(_still_rising(r) for r in rs),
             "mean_age_of_hits_last": rs[0]["epochs"][-1].get("hist_mean_age_of_hits"),
-            # Runs through the page cache (--io buffered) did not read from a cold SSD.
-            "epoch_time_s": statistics.median(timed) if (timed := [
-                e["epoch_time_s"] for r in rs if ma.cold_read(r) for e in r["epochs"]]) else None,
+            "epoch_time_s": statistics.median(timed) if timed else None,
         })  # fmt: skip
     return rows
 
@@ -398,9 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
     p.add_argument("--products-nodes", type=int, default=2_449_029)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--io", default="direct", choices=("direct", "buffered"),
-                   help="buffered: features through the page cache (the same bytes and "
-                        "accuracies, faster; epoch times then not from a cold SSD)")  # fmt: skip
+    ma.add_io_argument(p)
     p.add_argument("--quick", action="store_true", help="200K-node graph, 3 epochs, hidden 64")
     p.add_argument("--report", action="store_true",
                    help="only rewrite the table and plot from the records in --out")  # fmt: skip

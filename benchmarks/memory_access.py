@@ -459,6 +459,13 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
     return {"rows": rows, "ideal": ideal}
 
 
+def add_io_argument(p: argparse.ArgumentParser) -> None:
+    """``--io``: how runs read the features (shared with ``convergence.py``)."""
+    p.add_argument("--io", default="direct", choices=("direct", "buffered"),
+                   help="buffered: features through the page cache (the same bytes and "
+                        "accuracies, faster; epoch times then left out)")  # fmt: skip
+
+
 def cold_read(r: dict[str, Any]) -> bool:
     """Whether a run read from a cold SSD (not ``--io buffered``), so its times count."""
     return r.get("io_mode", "direct") == "direct"
@@ -911,9 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
     p.add_argument("--products-nodes", type=int, default=2_449_029)
     p.add_argument("--device", default="cpu", help="cpu or cuda: where every model runs")
-    p.add_argument("--io", default="direct", choices=("direct", "buffered"),
-                   help="buffered: features through the page cache (same bytes and accuracy, "
-                        "faster; epoch times then left out)")  # fmt: skip
+    add_io_argument(p)
     p.add_argument(
         "--quick", action="store_true", help="small graphs, 10 %% only, 1 seed, 2 epochs"
     )
