@@ -115,7 +115,7 @@ def test_every_variant_runs_on_every_seed_with_later_raw_runs_last():
 
     args = argparse.Namespace(
         sections={"models", "policies", "sweeps"}, datasets={"papers"}, seeds=[0, 3],
-        budgets=[0.1], quantiles=[0.7], staleness=[100], warmups=[0],
+        budgets=[0.1], quantiles=[0.7], staleness=[100], warmups=[0], models=["gcn", "gat"],
     )  # fmt: skip
     runs = ma.plan(args)
     keys = [ma.run_key(r) for r in runs]
@@ -143,6 +143,27 @@ def test_every_variant_runs_on_every_seed_with_later_raw_runs_last():
     assert sorted(str(r.get("policy", r.get("layers"))) for r in at5) == sorted(
         [*map(str, ma.POLICY_NAMES[1:]), "(2, 1)"]
     )
+
+
+def test_models_choose_the_models_sections_models(tmp_path, capsys):
+    """--models gat adds GAT's runs alone (each mode, every seed), not GCN's too."""
+    import argparse
+
+    args = argparse.Namespace(
+        sections={"models"}, datasets={"papers", "products"}, seeds=[0, 4], budgets=[0.1],
+        quantiles=[], staleness=[], warmups=[], models=["gat"],
+    )  # fmt: skip
+    runs = ma.plan(args)
+    assert {r["model"] for r in runs} == {"gat"}
+    assert sorted((r["dataset"], r["mode"], r["seed"]) for r in runs) == sorted(
+        (ds, mode, s) for ds in ("papers", "products") for mode in ma.MODES for s in (0, 4)
+    )
+    # An unknown model (SAGE is the grid's) is refused before anything runs.
+    out = tmp_path / "bad.json"
+    assert ma.main(["--sections", "models", "--models", "gat,sage", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--models: unknown model 'sage'" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_frontier_pairs_each_setting_with_none_of_its_seed():
