@@ -20,7 +20,7 @@ Datasets (generated, then converted; cached under ``bench_cache/memory_access``)
 Sections (``--sections``):
 
 ``grid``     3-layer SAGE, every mode at every budget, both datasets
-``models``   GCN and GAT at 10 %, every mode, both datasets
+``models``   GCN and GAT at 10 %, every mode, both datasets (``--models gat``: one of them)
 ``policies`` each ``--hist-policy`` (and ``--hist-layers 2,1``) on ``papers``, at 10 %
              and, on the first seed, at every other budget of ``--budgets``
 ``sweeps``   ``--grad-quantile``, ``--staleness`` and ``--hist-warmup`` at 10 % on
