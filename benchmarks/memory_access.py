@@ -504,14 +504,27 @@ def _diff(r: dict[str, Any]) -> str:
     )
 
 
+def runs_load(records: list[dict[str, Any]]) -> str:
+    """The range of the load the runs saw at their starts, over those that kept it.
+
+    The records gather runs of many invocations: this says more than the load
+    of the last invocation, which may have run none of them.
+    """
+    starts = [r["load"][0] for r in records if "load" in r]
+    if not starts:
+        return ""
+    return (f"load average (1 minute) {min(starts):.1f}-{max(starts):.1f} at the starts of "
+            f"the {len(starts)} runs that kept it; ")  # fmt: skip
+
+
 def markdown(result: dict[str, Any]) -> str:
     s = result["summary"]
     rows = s["rows"]
     lines = [
         "# Memory access volume: `none`, `raw`, `refresh`",
         "",
-        f"Machine: {result['machine']}; load average {result['load_start']} at the start, "
-        f"{result['load_end']} at the end. Settings: {result['settings']}.",
+        f"Machine: {result['machine']}; {runs_load(result.get('records', []))}load average {result['load_start']} at the start "
+        f"of the last invocation, {result['load_end']} at its end. Settings: {result['settings']}.",
         "",
         "Memory access = raw-feature bytes moved onto the device from the host and disk tiers",
         "per epoch (mean over the run's epochs, the first included). Share = that of `none`",

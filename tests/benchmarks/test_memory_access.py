@@ -245,6 +245,11 @@ def test_accuracy_interval_is_over_paired_seed_differences():
     # Each row says how many seeds its absolute accuracy is over.
     assert "| 10 % | refresh | 3 |" in md and "| 10 % | raw | 1 |" in md
     assert "Test set: 10,000 nodes" in md
+    assert "load average 0 at the start of the last invocation" in md and "runs that kept" not in md
+    # The load each run saw, over the runs that recorded it (older records did not).
+    kept = [dict(r, load=[x, 1.0]) for r, x in zip(nones, (2.5, 0.4, 7.25))]
+    line = ma.runs_load(kept + refresh + one)
+    assert line.startswith("load average (1 minute) 0.4-7.2 at the starts of the 3 runs")
 
 
 def test_epoch_times_compare_the_runs_of_the_baselines_seed():
