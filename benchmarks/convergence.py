@@ -2,7 +2,8 @@
 
 The memory-access benchmark trains every run for 4 epochs, where the
 validation accuracy is still rising, and entries of the history table never
-grow much older than the run. This one trains SAGE on the same generated
+grow much older than the run. This one trains SAGE (``--model gcn`` or
+``gat`` for the others) on the same generated
 ``papers`` graph (2M nodes, 1 % labelled; ``--dataset products`` for the
 ogbn-products-sized one) at a 10 % device budget (or the budgets of
 ``--budgets``) for many epochs, evaluating after each, with
@@ -36,6 +37,8 @@ and whether validation accuracy still rose over the last quarter of the run.
     python benchmarks/convergence.py --seeds 0,1,2 --budgets 0.10,0.20 --variants none,refresh
     python benchmarks/convergence.py --dataset products --epochs 8 --eval-every 2 \
         --variants none,refresh --out benchmarks/results/convergence_products.json
+    python benchmarks/convergence.py --model gcn --epochs 30 --variants none,refresh \
+        --seeds 0,1,2 --out benchmarks/results/convergence_gcn30.json
     python benchmarks/convergence.py --quick    # 200K-node graph, 3 epochs
 
 ``--io buffered`` reads the features through the page cache, as in the
@@ -83,6 +86,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # exact_epochs: the last epochs without the history (--hist-stop at their first step).
     "refresh-exact1": ("refresh", {"exact_epochs": 1}),
 }
+#: ``--model`` -> its name in the settings and the plot.
+MODEL_NAMES = {"sage": "SAGE", "gcn": "GCN", "gat": "GAT"}
 #: Per-epoch keys kept from the trainer's metrics records.
 EPOCH_KEYS = (
     "epoch train_loss valid_acc test_acc memory_access_bytes epoch_time_s "
@@ -103,7 +108,7 @@ def run_one(
     if exact := hist.get("exact_epochs"):
         per_epoch = num_batches(len(open_store(store).train_idx), args.batch_size)
         hist = {"stop_step": (args.epochs - exact) * per_epoch}
-    cfg = ma.run_config(store, mode=mode, budget_frac=budget, seed=seed, model="sage",
+    cfg = ma.run_config(store, mode=mode, budget_frac=budget, seed=seed, model=args.model,
                         args=args, **hist)  # fmt: skip
     cfg = dataclasses.replace(
         cfg, eval=EvalConfig(mode="sampled", batch_size=2048, every_epochs=args.eval_every)
@@ -357,7 +362,8 @@ def plot(result: dict[str, Any], out: Path) -> str | None:
         ax.set_xlabel("epoch")
     ax3.legend(fontsize=8)
     graph = result.get("graph", "papers")
-    fig.suptitle(f"SAGE on {graph}: each variant against none of the same seeds, per epoch")
+    model = MODEL_NAMES[result.get("model", "sage")]
+    fig.suptitle(f"{model} on {graph}: each variant against none of the same seeds, per epoch")
     fig.tight_layout()
     path = out.with_suffix(".png")
     fig.savefig(path, dpi=110)
@@ -395,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--dataset", default="papers", choices=("papers", "products"),
                    help="which generated graph (default papers)")  # fmt: skip
+    p.add_argument("--model", default="sage", choices=tuple(MODEL_NAMES),
+                   help="which model every run trains (default sage)")  # fmt: skip
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
     p.add_argument("--products-nodes", type=int, default=2_449_029)
     p.add_argument("--device", default="cpu")
@@ -435,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     )[args.dataset]
     every = ("every epoch" if args.eval_every == 1
              else f"every {args.eval_every} epochs and after the last")  # fmt: skip
-    settings = (f"SAGE 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
+    settings = (f"{MODEL_NAMES[args.model]} 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
                 f"{args.epochs} epochs, host budget 0, lookahead 0, prefetch 2, sampled "
                 f"evaluation {every}; {args.dataset} graph {spec['nodes']:,} nodes")  # fmt: skip
     if args.device != "cpu":
@@ -450,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings,
         "load_start": _load(),
         "graph": args.dataset,
+        "model": args.model,
         "dataset": spec,
         "records": [],
     }

@@ -100,6 +100,25 @@ def test_the_products_graph_is_its_own_settings(tmp_path, capsys):
     assert "holds runs with other settings" in capsys.readouterr().err
 
 
+def test_the_model_is_its_own_settings_and_every_run_trains_it(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cv.json"
+    base = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out),
+                   "--variants", "none,refresh", "--epochs", "1"]  # fmt: skip
+    trained = []
+    real = cv.ma.run_config
+    monkeypatch.setattr(cv.ma, "run_config",
+                        lambda *a, **kw: trained.append(kw["model"]) or real(*a, **kw))  # fmt: skip
+    assert cv.main(base + ["--model", "gcn"]) == 0
+    assert trained == ["gcn", "gcn"]
+    data = json.loads(out.read_text())
+    assert data["model"] == "gcn" and data["settings"].startswith("GCN 3x16,")
+    # SAGE's runs never mix into a GCN file.
+    capsys.readouterr()
+    assert cv.main(base) == 2
+    assert "holds runs with other settings" in capsys.readouterr().err
+    assert trained == ["gcn", "gcn"]
+
+
 def test_eval_every_leaves_epochs_unevaluated_but_always_the_last(tmp_path, capsys):
     out = tmp_path / "cv.json"
     base = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out),
