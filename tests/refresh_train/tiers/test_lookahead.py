@@ -385,8 +385,21 @@ def _fake_sample(seeds, bseed):
     return MiniBatch(seeds=t, blocks=[], input_nodes=t, layer_nodes=[t], batch_seed=bseed)
 
 
+_threads_before: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _note_threads_before():
+    """Threads alive when a test starts: an earlier test's I/O pool, released by the
+    garbage collector without waiting, may still be winding down during this one."""
+    _threads_before.clear()
+    _threads_before.update(threading.enumerate())
+
+
 def _refresh_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("refresh-")]
+    """The project's threads started during this test and still alive."""
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith("refresh-") and t not in _threads_before]  # fmt: skip
 
 
 @pytest.mark.parametrize("prefetch", [0, 1, 3], ids=["serial", "prefetch1", "prefetch3"])
