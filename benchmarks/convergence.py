@@ -86,8 +86,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # exact_epochs: the last epochs without the history (--hist-stop at their first step).
     "refresh-exact1": ("refresh", {"exact_epochs": 1}),
 }
-#: ``--model`` -> its name in the settings and the plot.
-MODEL_NAMES = {"sage": "SAGE", "gcn": "GCN", "gat": "GAT"}
 #: Per-epoch keys kept from the trainer's metrics records.
 EPOCH_KEYS = (
     "epoch train_loss valid_acc test_acc memory_access_bytes epoch_time_s "
@@ -362,7 +360,7 @@ def plot(result: dict[str, Any], out: Path) -> str | None:
         ax.set_xlabel("epoch")
     ax3.legend(fontsize=8)
     graph = result.get("graph", "papers")
-    model = MODEL_NAMES[result.get("model", "sage")]
+    model = result.get("model", "sage").upper()
     fig.suptitle(f"{model} on {graph}: each variant against none of the same seeds, per epoch")
     fig.tight_layout()
     path = out.with_suffix(".png")
@@ -401,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--dataset", default="papers", choices=("papers", "products"),
                    help="which generated graph (default papers)")  # fmt: skip
-    p.add_argument("--model", default="sage", choices=tuple(MODEL_NAMES),
+    p.add_argument("--model", default="sage", choices=("sage", *ma.SECTION_MODELS),
                    help="which model every run trains (default sage)")  # fmt: skip
     p.add_argument("--papers-nodes", type=int, default=2_000_000)
     p.add_argument("--products-nodes", type=int, default=2_449_029)
@@ -443,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     )[args.dataset]
     every = ("every epoch" if args.eval_every == 1
              else f"every {args.eval_every} epochs and after the last")  # fmt: skip
-    settings = (f"{MODEL_NAMES[args.model]} 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
+    settings = (f"{args.model.upper()} 3x{args.hidden}, fanouts 15,10,5, batch {args.batch_size}, lr {args.lr}, "
                 f"{args.epochs} epochs, host budget 0, lookahead 0, prefetch 2, sampled "
                 f"evaluation {every}; {args.dataset} graph {spec['nodes']:,} nodes")  # fmt: skip
     if args.device != "cpu":
