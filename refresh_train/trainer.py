@@ -121,6 +121,16 @@ class Trainer:
         self.rank = dist.rank if dist is not None else 0
         self.world = dist.world_size if dist is not None else 1
         self.is_main = self.rank == 0
+        try:
+            self._build(config)
+        except BaseException:
+            # __exit__ never runs for a constructor that raised: release
+            # what was opened (the disk tier's file and I/O threads) now.
+            self.close()
+            raise
+
+    def _build(self, config: TrainConfig) -> None:
+        dist = self.dist
         # Under DDP a rank that fails here must not leave the others waiting
         # in a collective: every rank learns of it and stops (ddp.agree).
         ddp.agree(dist, lambda: self._setup(config))
@@ -585,10 +595,12 @@ class Trainer:
         # DDP's reducer holds the process group. Freed after the group is
         # destroyed, it would destroy the group itself with the GIL held,
         # which can deadlock with gloo's threads (pytorch#56297): free it now.
-        self.trained_model = self.model
-        self.rss.close()
-        self.cache.close()
-        self.sampler.close()
+        # It also releases a trainer whose construction failed part-way.
+        if hasattr(self, "model"):
+            self.trained_model = self.model
+        for part in ("rss", "cache", "sampler"):
+            if hasattr(self, part):
+                getattr(self, part).close()
 
     def __enter__(self) -> Trainer:
         return self

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
 from _planted import planted_store
 
+import refresh_train.tiers.disk as disk_tier
+from refresh_store.io.scheduler import IOScheduler
 from refresh_train.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -110,6 +113,29 @@ def test_resume_errors_name_the_problem(store, tmp_path):
     (tmp_path / "ckpt" / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_refused_resume_closes_what_the_trainer_had_opened(store, tmp_path, monkeypatch):
+    # A constructor that raises never reaches __exit__: the disk tier it had
+    # opened (a file and I/O threads) must be released by the constructor itself.
+    train(_config(store, tmp_path, epochs=1))
+    opened: list[IOScheduler] = []
+
+    class Recorded(IOScheduler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(disk_tier, "IOScheduler", Recorded)
+    threads_before = set(threading.enumerate())
+    with pytest.raises(CheckpointError, match="hidden=16") as refused:
+        Trainer(_config(store, tmp_path, hidden=32, resume=True))
+    # ``refused`` keeps the traceback, so the half-built trainer is still
+    # alive: nothing below was released by the garbage collector.
+    assert refused.traceback
+    assert opened and all(s._closed for s in opened)
+    started = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    assert not [t.name for t in started if t.name.startswith("refresh-io")]
 
 
 def test_rng_state_round_trip():

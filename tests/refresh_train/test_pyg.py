@@ -57,6 +57,7 @@ def test_contract_numpy_train_idx_as_zarr_reads_it(store):
         seen.append(batch.n_id[: batch.batch_size])
     assert len(seen) == -(-len(train_idx) // 512)
     np.testing.assert_array_equal(np.sort(torch.cat(seen).numpy()), np.sort(train_idx))
+    fs.close()
 
 
 def test_batches_are_pyg_subgraphs_of_the_store(store):
@@ -90,6 +91,7 @@ def test_batches_are_pyg_subgraphs_of_the_store(store):
             start += ne
         # No node is there without an edge into the seeds' tree.
         assert set(range(b, len(n_id))) <= set(ei[0].tolist())
+    fs.close()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -128,6 +130,8 @@ def test_original_ids_in_and_out(store):
     torch.testing.assert_close(batch.edge_index, b2.edge_index)
     y_all = fs.get_tensor(None, "y", None)
     np.testing.assert_array_equal(y_all.numpy(), np.asarray(store.labels)[new_id])
+    fs.close()
+    fs2.close()
 
 
 def test_graph_store_is_the_memory_mapped_csc(store):
@@ -207,6 +211,7 @@ def test_pyg_graphsage_reaches_the_trainers_accuracy(store, capsys):
             loss.backward()
             opt.step()
     pyg_acc = _accuracy(model, _loader(fs, gs, sampler, store.test_idx, batch_size=512))
+    fs.close()
     with capsys.disabled():
         print(
             f"\ntest accuracy: PyG GraphSAGE via adapter {pyg_acc:.4f}, trainer {trainer_acc:.4f}"
@@ -233,12 +238,15 @@ def test_pygs_own_neighbor_loader_over_the_same_pair(store):
         np.testing.assert_array_equal(b.x.numpy(), feats[b.n_id.numpy()])
         n_id = b.n_id.numpy()
         assert set(zip(n_id[b.edge_index[0]].tolist(), n_id[b.edge_index[1]].tolist())) <= edges
+    fs.close()
 
 
 def test_same_seed_same_batches(store):
     def first(seed):
         fs, gs, s = open_pyg(store, num_neighbors=[4, 4], seed=seed)
-        return next(iter(_loader(fs, gs, s, torch.arange(100))))
+        batch = next(iter(_loader(fs, gs, s, torch.arange(100))))
+        fs.close()
+        return batch
 
     a, b, c = first(0), first(0), first(1)
     torch.testing.assert_close(a.n_id, b.n_id)
@@ -258,6 +266,7 @@ def test_bad_input_is_refused(store, tmp_path):
         fs.put_tensor(torch.zeros(1, store.feature_dim), None, "x", torch.tensor([0]))
     with pytest.raises(PygAdapterError, match="read-only"):
         gs.put_edge_index((torch.zeros(1), torch.zeros(2)), None, "csc")
+    fs.close()
     with pytest.raises(PygAdapterError, match="feature tiers"):
         StoreFeatureStore(store, host_budget_bytes=1 << 16, host_policy="fifo-ish")
     with pytest.raises(PygAdapterError, match="list of fanouts"):
@@ -270,13 +279,14 @@ def test_bad_input_is_refused(store, tmp_path):
     bad = write_store(tmp_path / "bad", num_classes=4, **arrays)
     with pytest.raises(PygAdapterError, match="original id space does not match"):
         open_pyg(bad, [5], ids="original")
-    open_pyg(bad, [5])  # its store ids are fine
+    open_pyg(bad, [5])[0].close()  # its store ids are fine
 
 
 def test_planted_store_helper_still_opens(tmp_path):
     s = planted_store(tmp_path / "p", num_nodes=200)
     fs, gs, sampler = open_pyg(s, [3])
     assert next(iter(_loader(fs, gs, sampler, torch.arange(50)))).batch_size == 50
+    fs.close()
 
 
 def test_example_script_runs(store, capsys):
