@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,10 @@ class Trainer:
             self._build(config)
         except BaseException:
             # __exit__ never runs for a constructor that raised: release
-            # what was opened (the disk tier's file and I/O threads) now.
-            self.close()
+            # what was opened (the disk tier's file and I/O threads) now,
+            # without letting a failure to release hide the error itself.
+            with suppress(Exception):
+                self.close()
             raise
 
     def _build(self, config: TrainConfig) -> None:
