@@ -89,7 +89,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 #: Per-epoch keys kept from the trainer's metrics records.
 EPOCH_KEYS = (
     "epoch train_loss valid_acc test_acc memory_access_bytes epoch_time_s "
-    "hist_hits hist_lookups hist_mean_age_of_hits"
+    "hist_hits hist_lookups hist_mean_age_of_hits hist_drift_rel_err hist_drift_mean_age"
 ).split()
 
 
@@ -228,6 +228,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_loss_paired": len(loss_diffs),
             "still_rising": any(_still_rising(r) for r in rs),
             "mean_age_of_hits_last": rs[0]["epochs"][-1].get("hist_mean_age_of_hits"),
+            # How far a served entry was from the fresh embedding (seeds with an entry).
+            "drift_rel_err_last": _mean_of_last(rs, "hist_drift_rel_err"),
             "epoch_time_s": statistics.median(timed) if timed else None,
         })  # fmt: skip
     return rows
@@ -248,16 +250,20 @@ def markdown(result: dict[str, Any]) -> str:
         "access as a share of `none`'s. Accuracies are means over seeds; vs none = the mean",
         "of the per-seed differences, ± the half-width of its 95 % t-interval. Train loss =",
         "the last epoch's mean training loss; beside it the mean difference to `none`'s and",
-        "on how many seeds it was lower.",
+        "on how many seeds it was lower. Entry error = in the last epoch, the mean relative",
+        "L2 distance of a usable entry from the fresh embedding of the same node (measured",
+        "on the seeds that had one: what a hit serves).",
         "",
         "| variant | budget | epochs | selected epoch | test acc % (selected) | vs none | "
         "test acc % (last) | vs none | test acc % (last quarter) | vs none | "
-        "train loss (last) | bytes, last epoch | still rising | mean age of hits |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "train loss (last) | bytes, last epoch | still rising | mean age of hits | "
+        "entry error |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in result["summary"]:
         share = r["share_of_none_last_epoch"]
         age = r["mean_age_of_hits_last"]
+        drift = r.get("drift_rel_err_last")
         lines.append(
             f"| {r['variant']} | {_budget(r['budget_frac'])} | {r['epochs']} | "
             f"{', '.join(map(str, r['selected_epoch']))} | "
@@ -266,9 +272,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"{100 * r['test_acc_last_quarter']:.2f} | "
             f"{pts(r['vs_none_last_quarter_points'], r.get('vs_none_last_quarter_ci95'))} | "
             f"{_loss(r)} | {'-' if share is None else f'{100 * share:.1f} %'} | "
-            f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} |"
+            f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} | "
+            f"{'-' if drift is None else f'{100 * drift:.1f} %'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _mean_of_last(runs: list[dict[str, Any]], key: str) -> float | None:
+    """The mean over runs of ``key`` in their last epoch, where they have it."""
+    values = [r["epochs"][-1].get(key) for r in runs]
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
 
 
 def _loss(r: dict[str, Any]) -> str:

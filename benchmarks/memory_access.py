@@ -174,7 +174,8 @@ def train_run(cfg: TrainConfig) -> dict[str, Any]:
     per_epoch = [r["memory_access_bytes"] for r in records]
     keep = (
         "hist_hits hist_lookups nodes_pruned rows_saved hist_occupancy hist_mean_age_of_hits "
-        "hist_admitted cache_split_raw_bytes cache_split_hist_bytes hit_rate_device"
+        "hist_admitted cache_split_raw_bytes cache_split_hist_bytes hit_rate_device "
+        "hist_drift_rel_err hist_drift_mean_age"
     ).split()
     return {
         "memory_access_bytes": float(np.mean(per_epoch)),

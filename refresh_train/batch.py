@@ -69,6 +69,17 @@ def _pin(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.pin_memory()
 
 
+def _tensors_in(value: object) -> list[torch.Tensor]:
+    """The tensors in ``value``, looking into dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors_in(v)]
+    return []
+
+
 @dataclass
 class Block:
     """One layer's bipartite message-flow graph.
@@ -263,8 +274,8 @@ class MiniBatch:
         bounds the sum over batches in flight): the features,
         ``len(input_nodes) * row_bytes`` before they are fetched and the
         tensor's own size after, plus every id and block tensor (edge
-        indices, pruning positions, cached ids and embeddings, labels), each
-        storage counted once. A sampled batch already holds all but the
+        indices, pruning positions, cached ids and embeddings, labels) and
+        every tensor in ``extra``, each storage counted once. A sampled batch already holds all but the
         features, so its figure does not change when it is fetched.
 
         Parameters
@@ -277,6 +288,7 @@ class MiniBatch:
         for b in self.blocks:
             tensors += [b.edge_index, b.edge_type, b.computed_pos, b.cached_pos, b.cached_ids]
             tensors += [b.cached_rows, b.cached_emb]
+        tensors += _tensors_in(self.extra)
         if self.features is not None:
             tensors.append(self.features)
             total = 0

@@ -286,8 +286,9 @@ def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
     counts; also capacities such as ``hist_rows`` and ``host_capacity_rows``,
     which become the totals of all ranks' tiers) are summed; ``peak_rss_bytes`` and
     ``loader_peak_bytes`` are the largest rank's; times and other floats are
-    rank 0's; hit rates, ``hist_occupancy``, ``hist_mean_age_of_hits`` and
-    the accuracies are recomputed from the sums. Adds ``world_size``.
+    rank 0's; hit rates, ``hist_occupancy``, the means over hits or probes
+    (``hist_mean_age_of_hits``, ``hist_drift_rel_err``,
+    ``hist_drift_mean_age``) and the accuracies are recomputed from the sums. Adds ``world_size``.
     """
     out = dict(parts[0])
     for key in parts[0]:
@@ -308,12 +309,19 @@ def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
         layers = sum(1 for k in out if k.startswith("hist_lookups_l"))
         capacity = out.get("hist_rows", 0) * max(1, layers)
         out["hist_occupancy"] = out.get("hist_entries", 0) / capacity if capacity else 0.0
-    if "hist_mean_age_of_hits" in out:
-        hits = [p.get("hist_hits") or 0 for p in parts]
-        ages = [p.get("hist_mean_age_of_hits") for p in parts]
-        total = sum(hits)
-        out["hist_mean_age_of_hits"] = (
-            sum(a * h for a, h in zip(ages, hits) if a is not None) / total if total else None
-        )
+    for mean, count in (
+        ("hist_mean_age_of_hits", "hist_hits"),
+        ("hist_drift_rel_err", "hist_drift_probes"),
+        ("hist_drift_mean_age", "hist_drift_probes"),
+    ):
+        if mean in out:
+            weights = [p.get(count) or 0 for p in parts]
+            means = [p.get(mean) for p in parts]
+            total = sum(weights)
+            out[mean] = (
+                sum(a * w for a, w in zip(means, weights) if a is not None) / total
+                if total
+                else None
+            )
     out["world_size"] = len(parts)
     return out

@@ -19,7 +19,12 @@ How a step goes
 3. **Forward/backward** (main thread): the model injects the cached
    embeddings (:meth:`refresh_train.batch.Block.assemble`) and keeps the
    freshly computed embeddings of the cached layers with their gradients.
-4. **After the step**: the admission policy picks which fresh embeddings
+4. **After the step**: seeds are never served, but a seed that has a
+   usable entry shows what serving it would have cost: its fresh embedding
+   against that entry gives the relative error of a served embedding
+   (``hist_drift_rel_err``, with ``hist_drift_mean_age``; the entries were
+   copied out when the batch was sampled, so this reads the table from the
+   sampling thread only). Then the admission policy picks which fresh embeddings
    to keep (the gradient criterion by default). Of those, the ones whose
    row no later step may use (empty, or older than the staleness bound for
    every step to come) are written into their rows at once; a usable entry
@@ -107,6 +112,10 @@ class _Counters:
         self.nodes_pruned = 0
         self.rows_saved = 0
         self.split = split
+        # Seeds with a usable entry, compared with their fresh embedding (main thread).
+        self.probes = 0
+        self.probe_age_sum = 0
+        self.probe_err_sum: torch.Tensor | float = 0.0  # a tensor on the device once added to
 
 
 class RefreshCache(RawCache):
@@ -260,6 +269,8 @@ class RefreshCache(RawCache):
                 if block.cached_rows is not None:
                     block.cached_emb = self.table.gather(layer, block.cached_rows.numpy())
                     block.cached_rows = None  # rows mean nothing once the table moves on
+            if self._admitting(step):  # the step keeps its fresh embeddings to compare with
+                batch.extra["hist_probe"] = self._probe(seeds, step)
             if stream is not None:
                 ready = torch.cuda.Event()
                 ready.record(stream)
@@ -269,6 +280,36 @@ class RefreshCache(RawCache):
         if self.count_saved and not self._stopped(step):
             self._count_saved(sampler, seeds, batch_seed, batch)
         return batch
+
+    def _probe(
+        self, seeds: np.ndarray, step: int
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor, int]]:
+        """Per cached layer: the seeds with a usable entry, that entry, and the sum of their ages.
+
+        What a hit on each of them would have served at ``step``; the step's
+        fresh embeddings of the seeds measure its error (:meth:`_drift`).
+        """
+        out = {}
+        for v in self.hist_layers:
+            rows = self.table.lookup(v, self.order.slots(v, seeds), step, self.staleness)
+            pos = np.flatnonzero(rows >= 0)
+            if len(pos):
+                age = int((step - self.table.birth[v][rows[pos]]).sum())
+                out[v] = (torch.from_numpy(pos), self.table.gather(v, rows[pos]), age)
+        return out
+
+    def _drift(self, probes: dict, fresh: dict[int, torch.Tensor]) -> None:
+        """Add the relative L2 error of each probed entry against the seed's fresh embedding."""
+        c = self._counters
+        for v, (pos, old, age) in probes.items():
+            new = fresh[v].detach()[pos.to(old.device)].float()
+            err = torch.linalg.vector_norm(old.float() - new, dim=1) / torch.linalg.vector_norm(
+                new, dim=1
+            ).clamp_min(torch.finfo(torch.float32).tiny)
+            # Summed on the device: no synchronisation per step.
+            c.probe_err_sum = c.probe_err_sum + err.sum(dtype=torch.float64)
+            c.probes += len(pos)
+            c.probe_age_sum += age
 
     def _prune(self, layer: int, ids: np.ndarray, step: int, num_seeds: int) -> np.ndarray:
         if layer not in self.table.birth or self._stopped(step):
@@ -336,6 +377,8 @@ class RefreshCache(RawCache):
             for block in batch.blocks:
                 if block.cached_emb is not None:
                     block.cached_emb.record_stream(current)
+            for _, old, _ in batch.extra.get("hist_probe", {}).values():
+                old.record_stream(current)
         if not self._admitting(batch.extra.get("step", -1)):
             return model(batch, x)
         logits, hidden = model(batch, x, return_hidden=True)
@@ -349,6 +392,9 @@ class RefreshCache(RawCache):
 
     def after_step(self, batch: MiniBatch, logits: torch.Tensor, step: int) -> None:
         fresh: dict[int, torch.Tensor] | None = batch.extra.pop("hist_fresh", None)
+        probes = batch.extra.pop("hist_probe", None)
+        if fresh is not None and probes:
+            self._drift(probes, fresh)
         # Admissions of steps j <= step - lag are written by now (batch j + lag,
         # trained at or before this step, was sampled after them); later ones
         # may or may not be, depending on how far sampling ran ahead, so they
@@ -462,6 +508,9 @@ class RefreshCache(RawCache):
             if self.table.rows
             else 0.0,
             hist_mean_age_of_hits=c.age_sum / hits if hits else None,
+            hist_drift_probes=c.probes,
+            hist_drift_rel_err=float(c.probe_err_sum) / c.probes if c.probes else None,
+            hist_drift_mean_age=c.probe_age_sum / c.probes if c.probes else None,
             hist_lag_steps=self.lag,
             cache_split_hist_bytes=self.table.nbytes,
         )

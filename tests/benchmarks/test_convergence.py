@@ -284,6 +284,24 @@ def test_training_loss_is_compared_with_nones_of_the_same_seed():
     assert cv._loss(rows["none"]) == "0.850"
 
 
+def test_the_entry_error_is_the_mean_of_the_last_epochs_that_have_one():
+    runs = [
+        _run(0, [0.7, 0.7], [0.70, 0.70], [100, 100], "none"),
+        _run(0, [0.7, 0.7], [0.69, 0.69], [40, 40], "refresh"),
+        _run(1, [0.7, 0.7], [0.69, 0.69], [40, 40], "refresh"),
+        _run(2, [0.7, 0.7], [0.69, 0.69], [40, 40], "refresh"),  # recorded before the metric
+    ]
+    for r, errs in zip(runs[1:], ([0.9, 0.2], [0.8, 0.3], [None, None])):
+        for e, err in zip(r["epochs"], errs):
+            e["hist_drift_rel_err"] = err
+    rows = {r["variant"]: r for r in cv.summarize(runs)}
+    assert abs(rows["refresh"]["drift_rel_err_last"] - 0.25) < 1e-9
+    assert rows["none"]["drift_rel_err_last"] is None
+    table = cv.markdown({"machine": "m", "load_start": "0", "load_end": "0", "settings": "s",
+                         "summary": cv.summarize(runs)})  # fmt: skip
+    assert "| 25.0 % |" in table and table.count(" | - |\n") >= 1
+
+
 def test_epoch_differences_pair_each_epoch_with_nones_of_the_same_seed():
     runs = [
         _run(0, [0.5, 0.7], [0.50, 0.70], [100, 100], "none"),

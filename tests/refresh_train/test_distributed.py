@@ -141,9 +141,11 @@ def test_records_sum_counters_and_recompute_rates():
     a = {"epoch": 2, "batches": 5, "rows_device": 3, "rows_host": 1, "rows_disk": 0,
          "hit_rate_device": 0.75, "train_loss": 1.5, "peak_rss_bytes": 10, "valid_correct": 3,
          "valid_labelled": 4, "valid_acc": 0.75, "hist_hits": 2, "hist_mean_age_of_hits": 4.0,
-         "hist_entries": 1, "hist_rows": 4, "hist_lookups_l1": 6, "hist_occupancy": 0.25}  # fmt: skip
+         "hist_entries": 1, "hist_rows": 4, "hist_lookups_l1": 6, "hist_occupancy": 0.25,
+         "hist_drift_probes": 3, "hist_drift_rel_err": 0.5, "hist_drift_mean_age": 10.0}  # fmt: skip
     b = {**a, "rows_device": 1, "rows_disk": 4, "peak_rss_bytes": 30, "valid_correct": 1,
-         "valid_acc": 0.25, "hist_hits": 6, "hist_mean_age_of_hits": 8.0, "hist_entries": 3}  # fmt: skip
+         "valid_acc": 0.25, "hist_hits": 6, "hist_mean_age_of_hits": 8.0, "hist_entries": 3,
+         "hist_drift_probes": 1, "hist_drift_rel_err": 0.1, "hist_drift_mean_age": 2.0}  # fmt: skip
     m = merge_records([a, b])
     assert (m["epoch"], m["batches"], m["train_loss"], m["world_size"]) == (2, 5, 1.5, 2)
     assert (m["rows_device"], m["rows_host"], m["rows_disk"]) == (4, 2, 4)
@@ -151,6 +153,9 @@ def test_records_sum_counters_and_recompute_rates():
     assert m["valid_acc"] == 0.5  # 4 correct of 8
     assert m["hist_mean_age_of_hits"] == (4.0 * 2 + 8.0 * 6) / 8
     assert m["hist_occupancy"] == 4 / 8
+    assert m["hist_drift_probes"] == 4
+    assert m["hist_drift_rel_err"] == pytest.approx((0.5 * 3 + 0.1) / 4)
+    assert m["hist_drift_mean_age"] == (10.0 * 3 + 2.0) / 4
 
 
 # ------------------------------------------------------- two processes

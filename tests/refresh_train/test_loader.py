@@ -302,6 +302,11 @@ def test_a_batch_counts_its_features_and_blocks_once(store):
     assert before == ids + edges + len(batch.input_nodes) * row
     batch.features = torch.from_numpy(np.asarray(store.features[batch.input_nodes.numpy()]))
     assert batch.nbytes(row) == before  # fetching fills what was counted
+    # Tensors stages attach in extra (nested too) count; other annotations do not.
+    probe = torch.zeros(3, 16)
+    pos = torch.arange(3)
+    batch.extra.update(step=7, probe={1: (pos, probe, 5)}, again=probe)
+    assert batch.nbytes(row) == before + probe.numel() * 4 + pos.numel() * 8
 
 
 def test_a_budget_needs_batch_bytes():

@@ -63,6 +63,9 @@ NEW_KEYS = (
     "hist_mean_age_of_hits",
     "cache_split_raw_bytes",
     "cache_split_hist_bytes",
+    "hist_drift_probes",
+    "hist_drift_rel_err",
+    "hist_drift_mean_age",
 )
 NUM_NODES = 1000
 BATCH = 32
@@ -306,6 +309,7 @@ class Recorder:
     pruning_checked: int = 0
     saved: dict[int, tuple[int, int]] = field(default_factory=dict)
     sampled: list[tuple[np.ndarray, int]] = field(default_factory=list)
+    seeds: dict[int, np.ndarray] = field(default_factory=dict)
 
     def install(self, monkeypatch, cls=RefreshCache) -> Recorder:
         sample, fetch, after_step = cls.sample, cls.fetch, cls.after_step
@@ -333,6 +337,7 @@ class Recorder:
     # sampling thread; the table changes only in this thread, at the next sample
     def _on_sample(self, mode, sampler, seeds, batch_seed, step, batch) -> None:
         self.sampled.append((np.array(seeds).copy(), batch_seed))
+        self.seeds[step] = np.array(seeds).copy()
         cached: dict[int, set[int]] = {}
         n = len(seeds)
         for layer in mode.hist_layers:
@@ -444,20 +449,73 @@ def check_served(rec: Recorder, lag: int, staleness: float) -> dict[str, int]:
             assert torch.equal(emb, rec.admitted[key]), f"{key}: served != admitted"
             assert torch.equal(emb, rec.fresh[key]), f"{key}: served != computed at birth"
             served += 1
-    births: dict[tuple[int, int], list[int]] = {}
-    for layer, v, step in sorted(rec.admitted, key=lambda k: k[2]):
-        births.setdefault((layer, v), []).append(step)
+    births = admission_steps(rec)
     expired = 0
     for step, layer, nodes, got in rec.lookups:
         want = set()
         for v in nodes.tolist():
-            visible = [b for b in births.get((layer, v), ()) if b <= step - lag]
-            if visible and step - visible[-1] <= staleness:
+            birth = usable_birth(births, layer, v, step, lag, staleness)
+            if birth is not None:
                 want.add(v)
-            elif visible:
+            elif births.get((layer, v)) and births[(layer, v)][0] <= step - lag:
                 expired += 1
         assert got == want, f"step {step} layer {layer}: served {sorted(got ^ want)} wrongly"
     return {"served": served, "expired": expired}
+
+
+def admission_steps(rec: Recorder) -> dict[tuple[int, int], list[int]]:
+    """The steps that admitted each ``(layer, node)``, in order."""
+    births: dict[tuple[int, int], list[int]] = {}
+    for layer, v, step in sorted(rec.admitted, key=lambda k: k[2]):
+        births.setdefault((layer, v), []).append(step)
+    return births
+
+
+def usable_birth(births, layer: int, v: int, step: int, lag: int, staleness: float) -> int | None:
+    """The birth of the entry of ``v`` a lookup at ``step`` may use, if any.
+
+    The newest admission at least ``lag`` steps old counts, if it is at most
+    ``staleness`` steps old.
+    """
+    visible = [b for b in births.get((layer, v), ()) if b <= step - lag]
+    if visible and step - visible[-1] <= staleness:
+        return visible[-1]
+    return None
+
+
+def assert_drift_matches(rec: Recorder, records: list[dict], layers, lag, staleness) -> int:
+    """Each epoch's hist_drift_* figures equal a recomputation from the recorded run.
+
+    A seed probed at ``step`` is one with a usable entry then; its error is
+    the distance from that entry (as admitted) to the seed's embedding that
+    step computed, over the latter's norm. Returns the number of probes.
+    """
+    births = admission_steps(rec)
+    per_epoch = num_batches(NUM_NODES // 2, BATCH)
+    total = 0
+    for r in records:
+        errs, ages = [], []
+        for step in range((r["epoch"] - 1) * per_epoch, r["epoch"] * per_epoch):
+            for layer in layers:
+                for v in rec.seeds[step].tolist():
+                    birth = usable_birth(births, layer, v, step, lag, staleness)
+                    if birth is None:
+                        continue
+                    old = rec.admitted[(layer, v, birth)].double()
+                    new = rec.fresh[(layer, v, step)].double()
+                    errs.append(float((old - new).norm() / new.norm()))
+                    ages.append(step - birth)
+        assert r["hist_drift_probes"] == len(errs)
+        if errs:
+            assert r["hist_drift_mean_age"] == sum(ages) / len(ages)
+            # The recorder keeps the fresh embeddings in the table's dtype
+            # (float16 by default: rounded by up to 2**-11), the mode does not.
+            assert r["hist_drift_rel_err"] == pytest.approx(sum(errs) / len(errs), rel=1e-3)
+            assert lag <= min(ages) and max(ages) <= staleness
+        else:
+            assert r["hist_drift_rel_err"] is None and r["hist_drift_mean_age"] is None
+        total += len(errs)
+    return total
 
 
 def assert_counters_match(rec: Recorder, records: list[dict], layers) -> None:
@@ -521,6 +579,7 @@ def test_every_served_embedding_is_an_admitted_one_within_the_bounds(store, monk
     counts = check_served(rec, history.lag_steps, staleness)
     assert counts["served"] == sum(r["hist_hits"] for r in out.records)
     assert_counters_match(rec, out.records, (1,))
+    assert assert_drift_matches(rec, out.records, (1,), history.lag_steps, staleness) > 0
     if math.isfinite(staleness):
         assert counts["expired"] > 0, "no entry outlived the bound: the bound was not exercised"
     assert rec.pruning_checked == 2 * num_batches(NUM_NODES // 2, BATCH)
@@ -532,6 +591,7 @@ def test_multi_layer_caching_serves_only_admitted_embeddings(store, monkeypatch)
     out = _train(_config(store, layers=3, fanouts=(4, 4, 4), history=history))
     check_served(rec, 2, 8)
     assert_counters_match(rec, out.records, (2, 1))
+    assert assert_drift_matches(rec, out.records, (2, 1), 2, 8) > 0
     last = out.records[-1]
     assert last["hist_hits_l2"] > 0 and last["hist_hits_l1"] > 0
     assert last["nodes_pruned"] > last["rows_saved"] > 0
@@ -780,6 +840,9 @@ def test_a_refresh_run_hits_prunes_saves_traffic_and_reports_every_metric(store,
         )
         assert 0 < ref["hist_occupancy"] <= 1
         assert 2 <= ref["hist_mean_age_of_hits"] <= 20
+        # Seeds with a usable entry, against their fresh embeddings: entries drift.
+        assert ref["hist_drift_probes"] > 0 and 2 <= ref["hist_drift_mean_age"] <= 20
+        assert 0 < ref["hist_drift_rel_err"] < 10
         assert ref["cache_split_raw_bytes"] + ref["cache_split_hist_bytes"] <= budget
         assert ref["cache_split_hist_bytes"] > 0
         # Pruning saved exactly rows_saved input rows of the same batches (none reads all).
