@@ -22,6 +22,29 @@ def drop_cache(path: str) -> None:
         os.close(fd)
 
 
+def cpu_kind() -> str:
+    """The CPU model and the instruction set PyTorch's kernels use, e.g. ``"Xeon ..., AVX512"``.
+
+    Training is reproducible bit for bit on one kind of CPU only: kernels for
+    other instruction sets round differently, and a run's path through
+    training moves away from another's as it would with another seed's. So
+    records carry it, and a difference between two runs is exactly paired
+    only when they share it.
+    """
+    import torch
+
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                model,
+            )
+    except OSError:
+        pass
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def preload(arrays: Iterable[np.ndarray]) -> None:
     """Read arrays once through their own memmaps (warm page cache, mapped pages)."""
     for arr in arrays:

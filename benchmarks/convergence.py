@@ -69,7 +69,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import memory_access as ma  # noqa: E402
-from _common import drop_cache, ensure_store, previous_results, report_saved  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_kind,
+    drop_cache,
+    ensure_store,
+    previous_results,
+    report_saved,
+)
 
 from refresh_store.store import open_store  # noqa: E402
 from refresh_train.config import EvalConfig  # noqa: E402
@@ -120,6 +126,7 @@ def run_one(
         "seed": seed,
         "budget_frac": budget,
         "io_mode": args.io,
+        "cpu": cpu_kind(),
         "epochs": [{k: r.get(k) for k in EPOCH_KEYS} for r in records],
         "wall_s": time.perf_counter() - t0,
     }

@@ -85,7 +85,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import drop_cache, ensure_store, previous_results, report_saved  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_kind,
+    drop_cache,
+    ensure_store,
+    previous_results,
+    report_saved,
+)
 from _pyg_baseline import train_pyg_baseline  # noqa: E402
 
 from refresh_store.store import Store, open_store  # noqa: E402
@@ -1062,6 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         rec["run"] = run
         rec["test_nodes"] = test_nodes[run["dataset"]]
         rec["io_mode"] = args.io
+        rec["cpu"] = cpu_kind()
         rec["load"] = [round(load, 1), round(os.getloadavg()[0], 1)]
         result["records"].append(_with_policy(rec))
         print(f"    {rec['memory_access_bytes'] / 2**20:,.0f} MiB/epoch, acc {rec['test_acc']:.4f}, "

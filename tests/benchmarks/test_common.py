@@ -1,4 +1,4 @@
-"""What the benchmarks share (``benchmarks/_common.py``): keeping earlier results."""
+"""What the benchmarks share (``benchmarks/_common.py``): keeping earlier results, naming the CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from _common import previous_results  # noqa: E402
+from _common import cpu_kind, previous_results  # noqa: E402
 
 
 def _write(path: Path, settings: str, records: list) -> str:
@@ -54,3 +54,12 @@ def test_adopt_decides_and_may_migrate(tmp_path):
 
     assert previous_results(out, "a", adopt)["settings"] == "a"
     assert previous_results(out, "b", adopt) is None
+
+
+def test_cpu_kind_names_the_model_and_the_instruction_set_of_the_kernels():
+    import torch
+
+    kind = cpu_kind()
+    model, capability = kind.rsplit(", ", 1)
+    assert capability == torch.backends.cpu.get_cpu_capability()
+    assert model  # the model name, or "unknown CPU" where /proc/cpuinfo has none

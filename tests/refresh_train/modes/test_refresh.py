@@ -1370,3 +1370,13 @@ def test_candidate_counts_in_one_pass_equal_one_count_per_candidate(trial):
         band = np.searchsorted(cand_h, rank[beyond], side="right")
         want = np.bincount(band, minlength=n + 1)[:n]
         np.testing.assert_array_equal(got.covered[i], want)
+
+
+def test_measuring_the_drift_changes_no_result(store, monkeypatch):
+    cfg = _config(store, history=_hist(staleness_iters=6, fraction=0.3), prefetch=2)
+    measured = _train(cfg)
+    assert sum(r["hist_drift_probes"] for r in measured.records) > 0
+    monkeypatch.setattr(RefreshCache, "_probe", lambda self, seeds, step: {})
+    unmeasured = _train(cfg)
+    assert sum(r["hist_drift_probes"] for r in unmeasured.records) == 0
+    assert_same_outcome(measured, unmeasured, RESULT_KEYS + ("memory_access_bytes", "hist_hits"))
