@@ -65,6 +65,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -121,6 +124,8 @@ def run_one(
     t0 = time.perf_counter()
     with Trainer(cfg) as trainer:
         records = trainer.run()
+        wall = time.perf_counter() - t0
+        floor = noise_floor(trainer, getattr(trainer.cache, "hist_layers", (2,))[0], seed)
     return {
         "variant": variant,
         "seed": seed,
@@ -128,8 +133,46 @@ def run_one(
         "io_mode": args.io,
         "cpu": cpu_kind(),
         "epochs": [{k: r.get(k) for k in EPOCH_KEYS} for r in records],
-        "wall_s": time.perf_counter() - t0,
+        "noise_floor_rel_err": floor,
+        "wall_s": wall,
     }
+
+
+def noise_floor(trainer: Trainer, layer: int, seed: int, batches: int = 8) -> float:
+    """How far one fresh embedding is from another of the same node, with the final weights.
+
+    Each batch of training seeds is sampled twice (other neighbours drawn,
+    other dropout masks) and the embeddings ``h^(layer)`` of the seeds are
+    compared: the mean relative L2 distance. A served entry differs from a
+    fresh embedding by this much even if the weights had not moved since it
+    was computed; what ``hist_drift_rel_err`` shows beyond it is the drift.
+    Runs after training, so it changes no recorded result.
+    """
+    store, model = trainer.store, trainer.model
+    size = trainer.config.batch_size
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(store.train_idx)
+    seeds = rng.choice(ids, size=min(len(ids), batches * size), replace=False)
+    model.train()  # dropout on, as in a training step
+    errs = []
+    with torch.no_grad():
+        for i in range(0, len(seeds), size):
+            part = seeds[i : i + size]
+            pair = []
+            for draw in (1, 2):
+                batch = trainer.sampler.sample(part, 2**40 + 2 * i + draw)
+                x = torch.from_numpy(np.asarray(store.features[batch.input_nodes.numpy()]))
+                _, hidden = model(
+                    batch.to(trainer.device), x.to(trainer.device), return_hidden=True
+                )
+                pair.append(hidden[layer - 1][: len(part)].float())
+            a, b = pair
+            tiny = torch.finfo(torch.float32).tiny
+            errs.append(
+                torch.linalg.vector_norm(a - b, dim=1)
+                / torch.linalg.vector_norm(b, dim=1).clamp_min(tiny)
+            )
+    return float(torch.cat(errs).mean())
 
 
 # ------------------------------------------------------------------ report
@@ -237,6 +280,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "mean_age_of_hits_last": rs[0]["epochs"][-1].get("hist_mean_age_of_hits"),
             # How far a served entry was from the fresh embedding (seeds with an entry).
             "drift_rel_err_last": _mean_of_last(rs, "hist_drift_rel_err"),
+            # ... and how far one fresh embedding is from another (noise_floor).
+            "noise_floor": _mean([r.get("noise_floor_rel_err") for r in rs]),
             "epoch_time_s": statistics.median(timed) if timed else None,
         })  # fmt: skip
     return rows
@@ -259,7 +304,9 @@ def markdown(result: dict[str, Any]) -> str:
         "the last epoch's mean training loss; beside it the mean difference to `none`'s and",
         "on how many seeds it was lower. Entry error = in the last epoch, the mean relative",
         "L2 distance of a usable entry from the fresh embedding of the same node (measured",
-        "on the seeds that had one: what a hit serves).",
+        "on the seeds that had one: what a hit serves); in brackets the floor under it, the",
+        "distance between two fresh embeddings of the same node with the final weights",
+        "(other neighbours drawn, other dropout masks).",
         "",
         "| variant | budget | epochs | selected epoch | test acc % (selected) | vs none | "
         "test acc % (last) | vs none | test acc % (last quarter) | vs none | "
@@ -270,7 +317,10 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["summary"]:
         share = r["share_of_none_last_epoch"]
         age = r["mean_age_of_hits_last"]
-        drift = r.get("drift_rel_err_last")
+        drift, floor = r.get("drift_rel_err_last"), r.get("noise_floor")
+        error = "-" if drift is None else f"{100 * drift:.1f} %"
+        if floor is not None:
+            error += f" ({100 * floor:.1f} %)"
         lines.append(
             f"| {r['variant']} | {_budget(r['budget_frac'])} | {r['epochs']} | "
             f"{', '.join(map(str, r['selected_epoch']))} | "
@@ -280,16 +330,20 @@ def markdown(result: dict[str, Any]) -> str:
             f"{pts(r['vs_none_last_quarter_points'], r.get('vs_none_last_quarter_ci95'))} | "
             f"{_loss(r)} | {'-' if share is None else f'{100 * share:.1f} %'} | "
             f"{'yes' if r['still_rising'] else 'no'} | {'-' if age is None else f'{age:.0f}'} | "
-            f"{'-' if drift is None else f'{100 * drift:.1f} %'} |"
+            f"{error} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _mean_of_last(runs: list[dict[str, Any]], key: str) -> float | None:
     """The mean over runs of ``key`` in their last epoch, where they have it."""
-    values = [r["epochs"][-1].get(key) for r in runs]
-    values = [v for v in values if v is not None]
-    return statistics.mean(values) if values else None
+    return _mean([r["epochs"][-1].get(key) for r in runs])
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None``; ``None`` if there are none."""
+    present = [v for v in values if v is not None]
+    return statistics.mean(present) if present else None
 
 
 def _loss(r: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import convergence as cv  # noqa: E402
+from _common import cpu_kind  # noqa: E402
 
 TINY = ["--papers-nodes", "3000", "--epochs", "2", "--hidden", "16", "--batch-size", "64"]
 
@@ -29,6 +30,9 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
             assert set(cv.EPOCH_KEYS) <= set(e)
             assert e["test_acc"] is not None and e["valid_acc"] is not None
             assert e["memory_access_bytes"] > 0
+        # Two fresh computations of the same seeds differ (other draws, other dropout).
+        assert 0 < r["noise_floor_rel_err"] < 2
+        assert r["cpu"] == cpu_kind()
     by = {r["variant"]: r for r in recs}
     assert by["none"]["epochs"][0]["hist_lookups"] is None
     assert by["refresh"]["epochs"][-1]["hist_lookups"] > 0
@@ -294,12 +298,14 @@ def test_the_entry_error_is_the_mean_of_the_last_epochs_that_have_one():
     for r, errs in zip(runs[1:], ([0.9, 0.2], [0.8, 0.3], [None, None])):
         for e, err in zip(r["epochs"], errs):
             e["hist_drift_rel_err"] = err
+    runs[1]["noise_floor_rel_err"], runs[2]["noise_floor_rel_err"] = 0.1, 0.2
     rows = {r["variant"]: r for r in cv.summarize(runs)}
     assert abs(rows["refresh"]["drift_rel_err_last"] - 0.25) < 1e-9
-    assert rows["none"]["drift_rel_err_last"] is None
+    assert abs(rows["refresh"]["noise_floor"] - 0.15) < 1e-9
+    assert rows["none"]["drift_rel_err_last"] is None and rows["none"]["noise_floor"] is None
     table = cv.markdown({"machine": "m", "load_start": "0", "load_end": "0", "settings": "s",
                          "summary": cv.summarize(runs)})  # fmt: skip
-    assert "| 25.0 % |" in table and table.count(" | - |\n") >= 1
+    assert "| 25.0 % (15.0 %) |" in table and table.count(" | - |\n") >= 1
 
 
 def test_epoch_differences_pair_each_epoch_with_nones_of_the_same_seed():
