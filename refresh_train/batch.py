@@ -275,8 +275,9 @@ class MiniBatch:
         ``len(input_nodes) * row_bytes`` before they are fetched and the
         tensor's own size after, plus every id and block tensor (edge
         indices, pruning positions, cached ids and embeddings, labels) and
-        every tensor in ``extra``, each storage counted once. A sampled batch already holds all but the
-        features, so its figure does not change when it is fetched.
+        every tensor in ``extra``, each storage counted once. A sampled batch
+        already holds all but the features, so its figure does not change
+        when it is fetched.
 
         Parameters
         ----------

@@ -288,7 +288,8 @@ def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
     ``loader_peak_bytes`` are the largest rank's; times and other floats are
     rank 0's; hit rates, ``hist_occupancy``, the means over hits or probes
     (``hist_mean_age_of_hits``, ``hist_drift_rel_err``,
-    ``hist_drift_mean_age``) and the accuracies are recomputed from the sums. Adds ``world_size``.
+    ``hist_drift_mean_age``) and the accuracies are recomputed from the sums.
+    Adds ``world_size``.
     """
     out = dict(parts[0])
     for key in parts[0]:

@@ -22,10 +22,12 @@ How a step goes
 4. **After the step**: seeds are never served, but a seed that has a
    usable entry shows what serving it would have cost: its fresh embedding
    against that entry gives the relative error of a served embedding
-   (``hist_drift_rel_err``, with ``hist_drift_mean_age``; the entries were
-   copied out when the batch was sampled, so this reads the table from the
-   sampling thread only). Then the admission policy picks which fresh embeddings
-   to keep (the gradient criterion by default). Of those, the ones whose
+   (``hist_drift_rel_err``, with ``hist_drift_mean_age``), the weights'
+   drift since the entry was computed together with the noise any two
+   computations of a node differ by (other neighbours drawn, other dropout
+   masks). The entries were copied out when the batch was sampled, so only
+   the sampling thread reads the table. Then the admission policy picks
+   which fresh embeddings to keep (the gradient criterion by default). Of those, the ones whose
    row no later step may use (empty, or older than the staleness bound for
    every step to come) are written into their rows at once; a usable entry
    is never overwritten, it expires. A written entry becomes usable when
