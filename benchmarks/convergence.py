@@ -138,7 +138,7 @@ def run_one(
     }
 
 
-def noise_floor(trainer: Trainer, layer: int, seed: int, batches: int = 8) -> float:
+def noise_floor(trainer: Trainer, layer: int, seed: int, batches: int = 8) -> float | None:
     """How far one fresh embedding is from another of the same node, with the final weights.
 
     Each batch of training seeds is sampled twice (other neighbours drawn,
@@ -146,12 +146,20 @@ def noise_floor(trainer: Trainer, layer: int, seed: int, batches: int = 8) -> fl
     compared: the mean relative L2 distance. A served entry differs from a
     fresh embedding by this much even if the weights had not moved since it
     was computed; what ``hist_drift_rel_err`` shows beyond it is the drift.
-    Runs after training, so it changes no recorded result.
+    With a history table the seeds are the training nodes it has slots for,
+    the nodes ``hist_drift_rel_err`` is measured on (the most looked-up
+    ones, whose neighbourhoods are larger than a typical node's). Runs after
+    training, so it changes no recorded result. ``None`` if there are no such
+    nodes.
     """
-    store, model = trainer.store, trainer.model
+    store, model, cache = trainer.store, trainer.model, trainer.cache
     size = trainer.config.batch_size
     rng = np.random.default_rng(seed)
     ids = np.asarray(store.train_idx)
+    if hasattr(cache, "table") and cache.table.rows:
+        ids = ids[cache.order.slots(layer, ids) < cache.table.rows]
+    if len(ids) == 0:
+        return None
     seeds = rng.choice(ids, size=min(len(ids), batches * size), replace=False)
     model.train()  # dropout on, as in a training step
     errs = []

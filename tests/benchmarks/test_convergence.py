@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import convergence as cv  # noqa: E402
@@ -30,10 +32,12 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
             assert set(cv.EPOCH_KEYS) <= set(e)
             assert e["test_acc"] is not None and e["valid_acc"] is not None
             assert e["memory_access_bytes"] > 0
-        # Two fresh computations of the same seeds differ (other draws, other dropout).
-        assert 0 < r["noise_floor_rel_err"] < 2
+        # Two fresh computations of the same seeds differ (other draws, other dropout);
+        # with a table, measured on the training nodes it has slots for, if any.
+        assert r["noise_floor_rel_err"] is None or 0 < r["noise_floor_rel_err"] < 2
         assert r["cpu"] == cpu_kind()
     by = {r["variant"]: r for r in recs}
+    assert 0 < by["none"]["noise_floor_rel_err"] < 2
     assert by["none"]["epochs"][0]["hist_lookups"] is None
     assert by["refresh"]["epochs"][-1]["hist_lookups"] > 0
     # refresh-exact1 is refresh until its last epoch, which reads no history.
@@ -331,3 +335,37 @@ def test_epoch_differences_pair_each_epoch_with_nones_of_the_same_seed():
     assert abs(e1["share"] - (0.9 + 0.45) / 2) < 1e-9
     (q,) = d["refresh-q0.7", 0.10]
     assert q["seeds"] == 1 and q["acc_ci95"] is None and abs(q["acc"] - (-5.0)) < 1e-9
+
+
+def test_the_noise_floor_compares_two_draws_of_the_table_nodes(tmp_path, monkeypatch):
+    """With a table, the floor's seeds are training nodes with a slot, each sampled twice."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "refresh_train"))
+    from _planted import planted_store
+
+    from refresh_train.config import EvalConfig, HistoryConfig, TierConfig, TrainConfig
+    from refresh_train.trainer import Trainer
+
+    store = planted_store(tmp_path / "s", num_nodes=1000)
+    row = store.region("features").row_bytes
+    cfg = TrainConfig(
+        store=str(store.path), model="sage", layers=2, hidden=16, fanouts=(5, 5), batch_size=32,
+        epochs=1, lr=0.01, seed=1, progress=False, eval=EvalConfig(mode="sampled"),
+        tiers=TierConfig(cache="refresh", cache_budget_bytes=200 * row, host_budget_bytes=0),
+        history=HistoryConfig(staleness_iters=20, lag_steps=2, fraction=0.3),
+    )  # fmt: skip
+    with Trainer(cfg) as trainer:
+        trainer.run()
+        cache = trainer.cache
+        held = np.asarray(store.train_idx)
+        held = set(held[cache.order.slots(1, held) < cache.table.rows].tolist())
+        assert 0 < len(held) < len(store.train_idx)
+        draws = []
+        sample = trainer.sampler.sample
+        monkeypatch.setattr(
+            trainer.sampler, "sample", lambda s, b: draws.append((list(s), b)) or sample(s, b)
+        )
+        floor = cv.noise_floor(trainer, 1, seed=0, batches=2)
+    assert 0 < floor < 2
+    assert len(draws) == 4  # two batches, each drawn twice with other batch seeds
+    for (a, ba), (b, bb) in zip(draws[::2], draws[1::2]):
+        assert a == b and ba != bb and set(a) <= held
