@@ -450,6 +450,21 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         by_seed = {n["seed"]: n["test_acc"] for n in nones}
         diffs = {r["seed"]: 100 * (r["test_acc"] - by_seed[r["seed"]]) for r in rs
                  if r["seed"] in by_seed and mode != "none"}  # fmt: skip
+        # A policy or sweep setting against the default policy of the same seed: what
+        # changing that one setting did, without none's run in the difference.
+        default = {
+            d["seed"]: d["test_acc"]
+            for d in _select(
+                records, dataset=ds, model=model, mode="refresh", section="grid", budget_frac=b
+            )
+        }
+        vs_default = {
+            r["seed"]: 100 * (r["test_acc"] - default[r["seed"]])
+            for r in rs
+            if r["seed"] in default and key[4] in ("policies", "sweeps")
+        }
+        errors = [r["last_epoch"].get("hist_drift_rel_err") for r in rs]
+        errors = [e for e in errors if e is not None]
         rows.append({
             "dataset": ds, "model": model, "mode": mode, "budget_frac": b, "section": key[4],
             "policy": key[5], "grad_quantile": key[6], "staleness_iters": key[7],
@@ -462,6 +477,12 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
             "acc_minus_none_by_seed": diffs,
             "acc_minus_none_ci95_points": paired_ci95(list(diffs.values()))[1] if diffs else None,
             "paired_seeds": len(diffs),
+            "acc_minus_default_points": statistics.mean(vs_default.values()) if vs_default else None,
+            "acc_minus_default_ci95_points":
+                paired_ci95(list(vs_default.values()))[1] if vs_default else None,
+            "paired_default_seeds": len(vs_default),
+            # How far a served entry was from the fresh embedding, in the last epoch.
+            "entry_error": statistics.mean(errors) if errors else None,
             "test_nodes": rs[0].get("test_nodes"),
             "epoch_time_s": statistics.median(timed) if timed else None,
             "hist_fraction_end": (rs[0]["last_epoch"].get("cache_split_hist_bytes") or 0)
@@ -503,14 +524,15 @@ def test_set_se_points(acc: float, test_nodes: int) -> float:
     return 100 * (acc * (1 - acc) / test_nodes) ** 0.5
 
 
-def _diff(r: dict[str, Any]) -> str:
-    """Accuracy against none, with its 95 % interval where two or more seeds are paired."""
-    if r["acc_minus_none_points"] is None:
+def _diff(r: dict[str, Any], against: str = "none") -> str:
+    """Accuracy against ``none`` (or ``default``, the default policy), with its 95 %
+    interval where two or more seeds are paired."""
+    mean = r.get(f"acc_minus_{against}_points")
+    if mean is None:
         return "-"
-    ci = r.get("acc_minus_none_ci95_points")
-    return f"{r['acc_minus_none_points']:+.2f}" + (
-        "" if ci is None else f" ± {ci:.2f} ({r['paired_seeds']})"
-    )
+    ci = r.get(f"acc_minus_{against}_ci95_points")
+    seeds = r["paired_seeds"] if against == "none" else r.get(f"paired_{against}_seeds")
+    return f"{mean:+.2f}" + ("" if ci is None else f" ± {ci:.2f} ({seeds})")
 
 
 def runs_load(records: list[dict[str, Any]]) -> str:
@@ -589,15 +611,21 @@ def markdown(result: dict[str, Any]) -> str:
     )  # fmt: skip
     if other:
         lines += ["## Policies, sweeps, models, and the degree-ordered table", "",
-                  "| section | dataset | model | mode | budget | variant | runs | share of none | test acc % | vs none (points) |",
-                  "|---|---|---|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+                  "vs default = against the default policy's run of the same seed (the grid's);",
+                  "entry error = in the last epoch, the mean relative L2 distance of a usable",
+                  "entry from the fresh embedding of the same node (`hist_drift_rel_err`).", "",
+                  "| section | dataset | model | mode | budget | variant | runs | share of none | test acc % | vs none (points) | vs default (points) | entry error |",
+                  "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in other:
             variant = _variant(r) or "default"
             diff = _diff(r)
+            vs_default = _diff(r, "default")
+            error = "-" if r.get("entry_error") is None else f"{100 * r['entry_error']:.1f} %"
             lines.append(
                 f"| {r['section']} | {r['dataset']} | {r['model']} | {r['mode']} | "
                 f"{100 * r['budget_frac']:.0f} % | {variant} | {r['runs']} | "
-                f"{_pct(r['share_of_none'])} | {100 * r['test_acc_mean']:.2f} | {diff} |"
+                f"{_pct(r['share_of_none'])} | {100 * r['test_acc_mean']:.2f} | {diff} | "
+                f"{vs_default} | {error} |"
             )
         lines.append("")
     timing = epoch_times(result.get("records", []))

@@ -217,6 +217,36 @@ def test_accuracy_against_none_is_paired_by_seed():
     assert abs(rows["grid", None, None]["acc_minus_none_points"] - (-1.0)) < 1e-9
     assert abs(rows["sweeps", None, 0.5]["acc_minus_none_points"] - (-5.0)) < 1e-9
     assert abs(rows["sweeps", 50, None]["share_of_none"] - 1.0) < 1e-12
+    # Against the default policy of the same seed: +5 points for the staleness sweep.
+    assert abs(rows["sweeps", 50, None]["acc_minus_default_points"] - 5.0) < 1e-9
+    assert rows["sweeps", None, 0.5]["acc_minus_default_points"] is None  # no default of seed 3
+    assert rows["grid", None, None]["acc_minus_default_points"] is None  # the default itself
+
+
+def test_policies_are_compared_with_the_default_of_each_seed_and_show_the_entry_error():
+    def rec(mode, seed, acc, section="grid", error=None, **varied):
+        run = dict(section=section, dataset="papers", mode=mode, seed=seed, model="sage",
+                   budget_frac=0.0 if mode == "none" else 0.1, **varied)  # fmt: skip
+        return dict(run, run=run, test_acc=acc, memory_access_bytes=100, epoch_time_s=1.0,
+                    last_epoch={"hist_drift_rel_err": error}, feature_ram_bytes=1)  # fmt: skip
+
+    # The default is 2 and 4 points below none; admitting every embedding 1 and 3 above
+    # the default: +2 +/- 12.706 against it, and a mean entry error of 0.6 over its runs.
+    records = [rec("none", 0, 0.80), rec("none", 1, 0.70)]
+    records += [rec("refresh", 0, 0.78, error=0.5), rec("refresh", 1, 0.66, error=0.7)]
+    records += [rec("refresh", 0, 0.79, section="policies", policy="stale", error=0.4),
+                rec("refresh", 1, 0.69, section="policies", policy="stale", error=0.8)]  # fmt: skip
+    rows = {r["section"]: r for r in ma.summarize(records, {})["rows"] if r["mode"] == "refresh"}
+    stale = rows["policies"]
+    assert abs(stale["acc_minus_default_points"] - 2.0) < 1e-9
+    assert abs(stale["acc_minus_default_ci95_points"] - 12.706) < 1e-3
+    assert abs(stale["entry_error"] - 0.6) < 1e-12
+    md = ma.markdown({"summary": ma.summarize(records, {}), "machine": "m",
+                      "load_start": "0", "load_end": "0", "settings": "s"})  # fmt: skip
+    assert (
+        "| policy=stale | 2 | 100.0 % | 74.00 | -1.00 ± 0.00 (2) | +2.00 ± 12.71 (2) | 60.0 % |"
+        in md
+    )
 
 
 def test_accuracy_interval_is_over_paired_seed_differences():
