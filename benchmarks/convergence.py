@@ -314,7 +314,8 @@ def markdown(result: dict[str, Any]) -> str:
         "L2 distance of a usable entry from the fresh embedding of the same node (measured",
         "on the seeds that had one: what a hit serves); in brackets the floor under it, the",
         "distance between two fresh embeddings of the same node with the final weights",
-        "(other neighbours drawn, other dropout masks).",
+        "(other neighbours drawn, other dropout masks), over the training nodes the table",
+        "has slots for (over all training nodes for a run without a table).",
         "",
         "| variant | budget | epochs | selected epoch | test acc % (selected) | vs none | "
         "test acc % (last) | vs none | test acc % (last quarter) | vs none | "
