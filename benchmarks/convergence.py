@@ -83,6 +83,7 @@ from _common import (  # noqa: E402
 from refresh_store.store import open_store  # noqa: E402
 from refresh_train.config import EvalConfig  # noqa: E402
 from refresh_train.epoch import num_batches  # noqa: E402
+from refresh_train.modes.refresh import relative_error  # noqa: E402
 from refresh_train.trainer import Trainer  # noqa: E402
 
 #: Variant name -> (cache mode, history settings).
@@ -173,13 +174,8 @@ def noise_floor(trainer: Trainer, layer: int, seed: int, batches: int = 8) -> fl
                 _, hidden = model(
                     batch.to(trainer.device), x.to(trainer.device), return_hidden=True
                 )
-                pair.append(hidden[layer - 1][: len(part)].float())
-            a, b = pair
-            tiny = torch.finfo(torch.float32).tiny
-            errs.append(
-                torch.linalg.vector_norm(a - b, dim=1)
-                / torch.linalg.vector_norm(b, dim=1).clamp_min(tiny)
-            )
+                pair.append(hidden[layer - 1][: len(part)])
+            errs.append(relative_error(*pair))
     return float(torch.cat(errs).mean())
 
 

@@ -27,8 +27,8 @@ How a step goes
    computations of a node differ by (other neighbours drawn, other dropout
    masks). The entries were copied out when the batch was sampled, so only
    the sampling thread reads the table. Then the admission policy picks
-   which fresh embeddings to keep (the gradient criterion by default). Of those, the ones whose
-   row no later step may use (empty, or older than the staleness bound for
+   which fresh embeddings to keep (the gradient criterion by default). Of
+   those, the ones whose row no later step may use (empty, or older than the staleness bound for
    every step to come) are written into their rows at once; a usable entry
    is never overwritten, it expires. A written entry becomes usable when
    the batch ``lag`` steps later is sampled, which sets its birth.
@@ -88,9 +88,17 @@ if TYPE_CHECKING:
     from ..config import HistoryConfig, TierConfig
     from ..sampler import NeighborSampler
 
-__all__ = ["RefreshCache"]
+__all__ = ["RefreshCache", "relative_error"]
 
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def relative_error(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Per row, ``|old - new| / |new|`` (L2, in float32): how far ``old`` is from ``new``."""
+    new = new.float()
+    return torch.linalg.vector_norm(old.float() - new, dim=1) / torch.linalg.vector_norm(
+        new, dim=1
+    ).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 @dataclass
@@ -304,10 +312,7 @@ class RefreshCache(RawCache):
         """Add the relative L2 error of each probed entry against the seed's fresh embedding."""
         c = self._counters
         for v, (pos, old, age) in probes.items():
-            new = fresh[v].detach()[pos.to(old.device)].float()
-            err = torch.linalg.vector_norm(old.float() - new, dim=1) / torch.linalg.vector_norm(
-                new, dim=1
-            ).clamp_min(torch.finfo(torch.float32).tiny)
+            err = relative_error(old, fresh[v].detach()[pos.to(old.device)])
             # Summed on the device: no synchronisation per step.
             c.probe_err_sum = c.probe_err_sum + err.sum(dtype=torch.float64)
             c.probes += len(pos)
