@@ -113,7 +113,9 @@ MODES = ("none", "raw", "refresh")
 SECTION_MODELS = ("gcn", "gat")
 POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
 #: History settings a run may vary (HistoryConfig fields, named alike in records).
-VARIANT_KEYS = ("policy", "grad_quantile", "staleness_iters", "layers", "order", "warmup_steps")
+VARIANT_KEYS = (
+    "policy", "grad_quantile", "staleness_iters", "layers", "order", "warmup_steps", "max_serves"
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------ datasets
@@ -181,7 +183,7 @@ def train_run(cfg: TrainConfig) -> dict[str, Any]:
     keep = (
         "hist_hits hist_lookups nodes_pruned rows_saved hist_occupancy hist_mean_age_of_hits "
         "hist_admitted cache_split_raw_bytes cache_split_hist_bytes hit_rate_device "
-        "hist_drift_rel_err hist_drift_mean_age"
+        "hist_drift_rel_err hist_drift_mean_age hist_drift_probes"
     ).split()
     return {
         "memory_access_bytes": float(np.mean(per_epoch)),
@@ -366,6 +368,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             for w in args.warmups:
                 if w != 0:
                     out.append(dict(first, section="sweeps", mode="refresh", warmup_steps=w))
+            for n in args.max_serves:
+                out.append(dict(first, section="sweeps", mode="refresh", max_serves=n))
         if "models" in args.sections:
             for ds in datasets:
                 for model in args.models:
@@ -428,10 +432,11 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
     out: dict[str, Any] = {}
     for r in records:
         # The policy as varied by the run (None = the default), not the record's name for it.
+        varied = {k: r.get(k) for k in VARIANT_KEYS} | {"policy": r.get("run", r).get("policy")}
+        if varied["layers"]:
+            varied["layers"] = tuple(varied["layers"])
         key = (r["dataset"], r["model"], r["mode"], r["budget_frac"], r["section"],
-               r.get("run", r).get("policy"), r.get("grad_quantile"), r.get("staleness_iters"),
-               tuple(r["layers"]) if r.get("layers") else None, r.get("order"),
-               r.get("warmup_steps"))  # fmt: skip
+               *(varied[k] for k in VARIANT_KEYS))  # fmt: skip
         out.setdefault(key, []).append(r)
     rows = []
     for key, rs in out.items():
@@ -467,8 +472,7 @@ def summarize(records: list[dict[str, Any]], ideal: dict[str, Any]) -> dict[str,
         errors = [e for e in errors if e is not None]
         rows.append({
             "dataset": ds, "model": model, "mode": mode, "budget_frac": b, "section": key[4],
-            "policy": key[5], "grad_quantile": key[6], "staleness_iters": key[7],
-            "layers": key[8], "order": key[9], "warmup_steps": key[10], "runs": len(rs),
+            **dict(zip(VARIANT_KEYS, key[5:])), "runs": len(rs),
             "memory_access_bytes": mean_bytes,
             "share_of_none": mean_bytes / none_bytes if none_bytes else None,
             "test_acc_mean": statistics.mean(acc),
@@ -945,7 +949,8 @@ def _variant(settings: dict[str, Any]) -> str:
     )
 
 
-_SHORT = {"staleness_iters": "staleness", "grad_quantile": "q", "warmup_steps": "warmup"}
+_SHORT = {"staleness_iters": "staleness", "grad_quantile": "q", "warmup_steps": "warmup",
+          "max_serves": "max serves"}  # fmt: skip
 
 
 # ------------------------------------------------------------------ main
@@ -965,6 +970,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantiles", default="0.5,0.7,0.9,1.0")
     p.add_argument("--staleness", default="0,20,50,200,1000")
     p.add_argument("--warmups", default="0,100", help="--hist-warmup steps to sweep")
+    p.add_argument(
+        "--max-serves",
+        default="",
+        help="--hist-max-serves values to sweep, e.g. 1,4 (default: none)",
+    )
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
@@ -1009,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     args.quantiles = [float(q) for q in args.quantiles.split(",")]
     args.staleness = [int(t) for t in args.staleness.split(",")]
     args.warmups = [int(w) for w in args.warmups.split(",")]
+    args.max_serves = [int(n) for n in args.max_serves.split(",") if n]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.report:

@@ -200,6 +200,13 @@ class HistoryConfig:
         ``"grad+stale"`` (both criteria, the default), ``"grad"`` (no
         staleness bound), ``"stale"`` (admit every computed embedding) or
         ``"random"`` (a random ``grad_quantile`` share; an ablation).
+    max_serves
+        An entry serves at most this many lookups; then its row takes the
+        node's next admitted embedding, as an expired one would (``None``:
+        no limit, as published). An ablation: at equal bytes, does reusing
+        one computation of a node many times cost more than using older
+        ones? (The automatic split's model of the usable share does not
+        know the limit.)
     warmup_steps
         No admission before this global step (embeddings of a fresh model
         change fastest).
@@ -239,6 +246,7 @@ class HistoryConfig:
     grad_quantile: float = 0.9
     staleness_iters: int = 200
     policy: str = "grad+stale"
+    max_serves: int | None = None
     warmup_steps: int = 0
     stop_step: int | None = None
     fraction: float | None = None
@@ -270,6 +278,9 @@ class HistoryConfig:
                 continue  # never stops
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        m = self.max_serves
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            raise ConfigError(f"hist_max_serves must be an integer >= 1, got {m!r}")
         if self.lag_steps is not None and (
             not isinstance(self.lag_steps, int)
             or isinstance(self.lag_steps, bool)

@@ -10,7 +10,9 @@ only sees slots. So
 * a lookup is ``s < H`` and one read of ``birth[s]``, O(1) per node;
 * nothing is ever evicted to make room: an entry is replaced by a newer
   embedding of the same node, and stops being usable once it is older than
-  the staleness bound (ages are exact: ``step - birth``);
+  the staleness bound (ages are exact: ``step - birth``) or, with
+  ``max_serves``, once it has been served that many times (``serves``,
+  counted by :meth:`serve`, zero again at each commit);
 * growing or shrinking the table keeps the entries of the slots that stay.
 
 The birth stamps live in host memory, where the sampler looks them up; the
@@ -23,6 +25,7 @@ is what makes results independent of thread timing (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,6 +56,9 @@ class HistoryTable:
         Element type of the stored embeddings.
     device
         Where the embeddings live.
+    max_serves
+        An entry is usable for at most this many lookups (:meth:`serve`);
+        ``inf``: no limit.
     """
 
     def __init__(
@@ -62,13 +68,16 @@ class HistoryTable:
         rows: int,
         dtype: torch.dtype,
         device: torch.device,
+        max_serves: float = math.inf,
     ) -> None:
         self.layers = tuple(int(v) for v in layers)
+        self.max_serves = max_serves
         self.width = int(width)
         self.dtype = dtype
         self.device = torch.device(device)
         self.rows = 0
         self.birth: dict[int, NDArray[np.int64]] = {}
+        self.serves: dict[int, NDArray[np.int64]] = {}  # lookups each entry has served
         self.emb: dict[int, torch.Tensor] = {}
         self.resize(rows)
 
@@ -93,8 +102,9 @@ class HistoryTable:
     ) -> NDArray[np.int64]:
         """Rows of the entries of ``ids`` usable at ``step``; ``-1`` where none.
 
-        An entry is usable when ``step - birth <= staleness_iters``. The first
-        ``skip`` ids are never served (a batch's seeds are always computed).
+        An entry is usable when ``step - birth <= staleness_iters`` and it has
+        served fewer than ``max_serves`` lookups. The first ``skip`` ids are
+        never served (a batch's seeds are always computed).
         """
         out = np.full(len(ids), -1, dtype=np.int64)
         pos = np.flatnonzero(ids < self.rows)
@@ -103,8 +113,14 @@ class HistoryTable:
             node = ids[pos]
             age = step - self.birth[layer][node]
             ok = age <= staleness_iters if np.isfinite(staleness_iters) else age < -EMPTY // 2
+            if math.isfinite(self.max_serves):
+                ok &= self.serves[layer][node] < self.max_serves
             out[pos[ok]] = node[ok]
         return out
+
+    def serve(self, layer: int, rows: NDArray[np.int64]) -> None:
+        """Count one more lookup served by each of the distinct ``rows``."""
+        self.serves[layer][rows] += 1
 
     def gather(self, layer: int, rows: NDArray[np.int64]) -> torch.Tensor:
         """Embeddings of ``rows`` of ``layer`` as a new ``[len(rows), width]`` tensor."""
@@ -114,7 +130,11 @@ class HistoryTable:
     def live(self, step: int, staleness_iters: float, lo: int = 0, hi: int | None = None) -> int:
         """Entries of nodes ``[lo, hi)`` (all layers) usable at ``step``."""
         limit = staleness_iters if np.isfinite(staleness_iters) else -EMPTY // 2
-        return sum(int(np.count_nonzero(step - b[lo:hi] <= limit)) for b in self.birth.values())
+        return sum(
+            int(np.count_nonzero((step - self.birth[v][lo:hi] <= limit)
+                                 & (self.serves[v][lo:hi] < self.max_serves)))
+            for v in self.layers
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- writes
     def commit(
@@ -138,6 +158,7 @@ class HistoryTable:
         if emb is not None:
             self.write(layer, ids, emb)
         self.birth[layer][ids] = step
+        self.serves[layer][ids] = 0
 
     def write(self, layer: int, ids: NDArray[np.int64], emb: torch.Tensor) -> None:
         """Put ``emb`` in the rows of ``ids`` (all ``< rows``) without changing their birth.
@@ -169,6 +190,10 @@ class HistoryTable:
             if old is not None:
                 birth[:keep] = old[:keep]
             self.birth[v] = birth
+            serves = np.zeros(rows, dtype=np.int64)
+            if v in self.serves:
+                serves[:keep] = self.serves[v][:keep]
+            self.serves[v] = serves
             emb = torch.zeros((rows, self.width), dtype=self.dtype, device=self.device)
             old_emb = self.emb.pop(v, None)
             if old_emb is not None:
@@ -185,6 +210,7 @@ class HistoryTable:
             out[f"layer{v}"] = {
                 "ids": torch.from_numpy(filled),
                 "births": torch.from_numpy(self.birth[v][filled]),
+                "serves": torch.from_numpy(self.serves[v][filled]),
                 "emb": self.gather(v, filled).cpu(),
             }
         return out
@@ -202,6 +228,8 @@ class HistoryTable:
             if len(ids) and (ids.min() < 0 or ids.max() >= self.rows):
                 raise ValueError("the checkpoint's history table holds node ids out of range")
             self.birth[v][ids] = part["births"].numpy()
+            if "serves" in part:  # checkpoints before --hist-max-serves have none
+                self.serves[v][ids] = part["serves"].numpy()
             self.emb[v][torch.from_numpy(ids).to(self.device)] = part["emb"].to(
                 self.device, self.dtype
             )

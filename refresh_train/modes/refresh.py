@@ -8,7 +8,8 @@ How a step goes
    a cached layer up (the table's slots belong to the nodes the layer looks
    up most, :mod:`refresh_train.history.slots`; a lookup is one probe of a
    hash map, one comparison and one read): a node with an entry no older
-   than the staleness bound is *cached*: it is not
+   than the staleness bound (and, with ``--hist-max-serves N``, one that
+   has served fewer than ``N`` lookups) is *cached*: it is not
    expanded, so its whole sub-tree is neither sampled nor fetched, and its
    embedding is copied out of the table into the batch right away. A
    batch's seeds are never served from the table: their loss trains every
@@ -28,10 +29,11 @@ How a step goes
    masks). The entries were copied out when the batch was sampled, so only
    the sampling thread reads the table. Then the admission policy picks
    which fresh embeddings to keep (the gradient criterion by default). Of
-   those, the ones whose row no later step may use (empty, or older than the staleness bound for
-   every step to come) are written into their rows at once; a usable entry
-   is never overwritten, it expires. A written entry becomes usable when
-   the batch ``lag`` steps later is sampled, which sets its birth.
+   those, the ones whose row no later step may use (empty, older than the
+   staleness bound for every step to come, or served ``N`` times by the
+   batches trained so far) are written into their rows at once; a usable
+   entry is never overwritten, it expires. A written entry becomes usable
+   when the batch ``lag`` steps later is sampled, which sets its birth.
 
 With ``stop_step`` (``--hist-stop``) the table is neither read nor written
 from that step on, so the steps after it train exactly; at the first epoch
@@ -43,7 +45,12 @@ The table is read and written by the sampling thread only, in batch order,
 and the loader samples batch ``i`` only once step ``i - lag`` has finished
 (:meth:`max_ahead`), so batch ``i`` always sees the table after exactly the
 admissions of steps ``<= i - lag``: results are a function of the seed and
-the flags, never of thread timing, at prefetch 0 as at any depth. Cached
+the flags, never of thread timing, at prefetch 0 as at any depth. Serves
+are counted twice for the same reason: the table counts them as batches are
+sampled (what a lookup checks), and the main thread counts those of the
+batches it has trained (each batch carries its own), which is what decides
+that a row is free: a row exhausted by that count is exhausted for the
+sampling thread too, which has seen at least those batches. Cached
 embeddings are copied into the batch while the sampling thread holds the
 table, so a later write can never change what a batch already holds, and
 an entry is used at step ``i`` only if ``i - birth <=
@@ -181,7 +188,13 @@ class RefreshCache(RawCache):
         self.lag = hc.resolved_lag(self.lookahead_batches())
         # The automatic split counts its candidates on the unpruned samples.
         self.count_saved = hc.count_saved or self.split.automatic
-        self.table = HistoryTable(self.hist_layers, width, 0, _TORCH_DTYPES[hc.dtype], self.device)
+        self.max_serves: float = hc.max_serves if hc.max_serves is not None else math.inf
+        self.table = HistoryTable(
+            self.hist_layers, width, 0, _TORCH_DTYPES[hc.dtype], self.device, self.max_serves
+        )
+        # Per cached layer, the lookups each row's entry served in the batches
+        # trained so far (main thread; only with a serve limit).
+        self._served_seen: dict[int, np.ndarray] = {}
         self._pending: deque[_Admission] = deque()
         self._size_table()
         sizes = [self._sizes(f) for f in self.split.candidates()]
@@ -270,11 +283,14 @@ class RefreshCache(RawCache):
         stream = self.stream
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             self._commit_through(step - self.lag)
+            served: dict[int, np.ndarray] = {}
             batch = sampler.sample(
                 seeds,
                 batch_seed,
-                prune=lambda layer, ids: self._prune(layer, ids, step, len(seeds)),
+                prune=lambda layer, ids: self._prune(layer, ids, step, len(seeds), served),
             )
+            if math.isfinite(self.max_serves):
+                batch.extra["hist_served"] = served
             for layer, block in enumerate(batch.blocks):
                 if block.cached_rows is not None:
                     block.cached_emb = self.table.gather(layer, block.cached_rows.numpy())
@@ -318,12 +334,17 @@ class RefreshCache(RawCache):
             c.probes += len(pos)
             c.probe_age_sum += age
 
-    def _prune(self, layer: int, ids: np.ndarray, step: int, num_seeds: int) -> np.ndarray:
+    def _prune(
+        self, layer: int, ids: np.ndarray, step: int, num_seeds: int, served: dict
+    ) -> np.ndarray:
         if layer not in self.table.birth or self._stopped(step):
             return np.full(len(ids), -1, dtype=np.int64)
         slots = self.order.slots(layer, ids)
         rows = self.table.lookup(layer, slots, step, self.staleness, skip=num_seeds)
         hit = rows[rows >= 0]
+        if math.isfinite(self.max_serves):
+            self.table.serve(layer, hit)
+            served[layer] = hit
         c = self._counters
         c.lookups[layer] += max(0, len(ids) - num_seeds)
         c.hits[layer] += len(hit)
@@ -408,6 +429,9 @@ class RefreshCache(RawCache):
         # count as in flight whatever the timing.
         while self._recent and self._recent[0][0] <= step - self.lag:
             self._recent.popleft()
+        for v, rows in batch.extra.pop("hist_served", {}).items():
+            seen = self._served_seen[v]
+            seen[rows[rows < len(seen)]] += 1  # a row beyond a shrunk table is gone
         records: list[_Admission] = []
         if fresh is not None:
             for v, h in fresh.items():
@@ -434,7 +458,10 @@ class RefreshCache(RawCache):
         # entry is left to expire, so the row taken is one no later step may
         # use, and no batch sampled from now on reads it before its birth is set.
         keep = (ids < self.table.rows) & ~np.isin(ids, in_flight)
-        keep[keep] = self.table.expired_for_good(layer, ids[keep], step, self.staleness)
+        free = self.table.expired_for_good(layer, ids[keep], step, self.staleness)
+        if math.isfinite(self.max_serves):
+            free |= self._served_seen[layer][ids[keep]] >= self.max_serves
+        keep[keep] = free
         pos, ids = pos[keep], ids[keep]
         if len(ids) == 0:
             return []
@@ -443,6 +470,8 @@ class RefreshCache(RawCache):
         if not finite.all():
             emb, ids = emb[torch.from_numpy(finite).to(emb.device)], ids[finite]
         self.table.write(layer, ids, emb)
+        if math.isfinite(self.max_serves):
+            self._served_seen[layer][ids] = 0  # the batches from now on serve the new entry
         ready = None
         if self.stream is not None:
             ready = torch.cuda.Event()
@@ -490,6 +519,12 @@ class RefreshCache(RawCache):
     def _size_table(self) -> None:
         _, h = self._sizes(self.split.hist_fraction)
         self.table.resize(h)
+        if math.isfinite(self.max_serves):
+            for v in self.hist_layers:
+                seen = np.zeros(h, dtype=np.int64)
+                old = self._served_seen.get(v, seen)[:h]
+                seen[: len(old)] = old
+                self._served_seen[v] = seen
         # Admissions of nodes beyond a smaller table lost their rows with it.
         for i, a in enumerate(self._pending):
             if (a.ids >= h).any():
@@ -534,6 +569,7 @@ class RefreshCache(RawCache):
         out.update(
             hist_layers=list(self.hist_layers),
             hist_policy=self.policy.name,
+            hist_max_serves=self.max_serves if math.isfinite(self.max_serves) else None,
             hist_order=self.order.kind,
             hist_rows=self.table.rows,
             hist_lag_steps=self.lag,
@@ -597,3 +633,9 @@ class RefreshCache(RawCache):
         self._size_table()
         self._recent = deque((a.step, a.layer, a.ids) for a in self._pending)
         self._steps_done = int(state["steps_done"])
+        if math.isfinite(self.max_serves):
+            # At an epoch end every sampled batch has trained: both counts agree,
+            # but for the rows holding a pending admission (none served yet).
+            self._served_seen = {v: self.table.serves[v].copy() for v in self.hist_layers}
+            for a in self._pending:
+                self._served_seen[a.layer][a.ids] = 0

@@ -94,11 +94,12 @@ def test_sweeps_plan_each_setting_once_with_its_history_field():
 
     args = argparse.Namespace(
         sections={"sweeps"}, datasets={"papers"}, seeds=[0], budgets=[0.1],
-        quantiles=[0.5, 0.9], staleness=[20, 200], warmups=[0, 100],
+        quantiles=[0.5, 0.9], staleness=[20, 200], warmups=[0, 100], max_serves=[4],
     )  # fmt: skip
     runs = ma.plan(args)
     varied = [{k: r[k] for k in ma.VARIANT_KEYS if k in r} for r in runs]
-    assert varied == [{"grad_quantile": 0.5}, {"staleness_iters": 20}, {"warmup_steps": 100}]
+    assert varied == [{"grad_quantile": 0.5}, {"staleness_iters": 20}, {"warmup_steps": 100},
+                      {"max_serves": 4}]  # fmt: skip
     assert all(r["mode"] == "refresh" and r["budget_frac"] == 0.1 for r in runs)
     # Each name is a HistoryConfig field, so run_config can pass it on as is.
     from refresh_train.config import HistoryConfig
@@ -116,6 +117,7 @@ def test_every_variant_runs_on_every_seed_with_later_raw_runs_last():
     args = argparse.Namespace(
         sections={"models", "policies", "sweeps"}, datasets={"papers"}, seeds=[0, 3],
         budgets=[0.1], quantiles=[0.7], staleness=[100], warmups=[0], models=["gcn", "gat"],
+        max_serves=[],
     )  # fmt: skip
     runs = ma.plan(args)
     keys = [ma.run_key(r) for r in runs]
@@ -154,7 +156,7 @@ def test_models_choose_the_models_sections_models(tmp_path, capsys):
 
     args = argparse.Namespace(
         sections={"models"}, datasets={"papers", "products"}, seeds=[0, 4], budgets=[0.1],
-        quantiles=[], staleness=[], warmups=[], models=["gat"],
+        quantiles=[], staleness=[], warmups=[], models=["gat"], max_serves=[],
     )  # fmt: skip
     runs = ma.plan(args)
     assert {r["model"] for r in runs} == {"gat"}
@@ -211,12 +213,17 @@ def test_accuracy_against_none_is_paired_by_seed():
     records += [rec("refresh", 0, 0.79, section="sweeps", staleness_iters=50)]
     records += [rec("refresh", s, 0.74) for s in (0, 1, 2)]
     records += [rec("refresh", 3, 0.70, section="sweeps", grad_quantile=0.5)]  # no none of seed 3
+    records += [rec("refresh", 0, 0.78, section="sweeps", max_serves=4)]  # a row of its own
     rows = {(r["section"], r["staleness_iters"], r["grad_quantile"]): r
             for r in ma.summarize(records, {})["rows"] if r["mode"] == "refresh"}  # fmt: skip
     assert abs(rows["sweeps", 50, None]["acc_minus_none_points"] - (-1.0)) < 1e-9
     assert abs(rows["grid", None, None]["acc_minus_none_points"] - (-1.0)) < 1e-9
     assert abs(rows["sweeps", None, 0.5]["acc_minus_none_points"] - (-5.0)) < 1e-9
     assert abs(rows["sweeps", 50, None]["share_of_none"] - 1.0) < 1e-12
+    serves = rows["sweeps", None, None]
+    assert serves["max_serves"] == 4 and serves["runs"] == 1
+    assert abs(serves["acc_minus_default_points"] - 4.0) < 1e-9
+    assert ma._variant(serves) == "max serves=4"
     # Against the default policy of the same seed: +5 points for the staleness sweep.
     assert abs(rows["sweeps", 50, None]["acc_minus_default_points"] - 5.0) < 1e-9
     assert rows["sweeps", None, 0.5]["acc_minus_default_points"] is None  # no default of seed 3

@@ -87,6 +87,51 @@ def test_table_answers_like_a_dict_of_births(device, dtype):
     assert table.live(59, math.inf) == len(model.entries)
 
 
+@pytest.mark.parametrize("max_serves", [1, 3])
+def test_an_entry_serves_at_most_max_serves_lookups(max_serves):
+    """Counted by serve(), zero again when the node's next embedding is committed,
+    kept by resize and by a checkpoint; live() counts exhausted entries out."""
+    rng = np.random.default_rng(max_serves)
+    rows, staleness = 30, 6
+    table = HistoryTable((1,), 2, rows, torch.float32, "cpu", max_serves=max_serves)
+    births: dict[int, int] = {}
+    served: dict[int, int] = {}
+    exhausted = 0
+    for step in range(80):
+        ids = rng.choice(40, size=8, replace=False).astype(np.int64)
+        table.commit(1, ids, torch.randn(8, 2), step)
+        for v in ids[ids < rows].tolist():
+            births[v], served[v] = step, 0
+        for _ in range(2):
+            ids = rng.choice(40, size=15, replace=False).astype(np.int64)
+            want = [
+                v if v in births and step - births[v] <= staleness and served[v] < max_serves
+                else -1
+                for v in ids.tolist()
+            ]  # fmt: skip
+            got = table.lookup(1, ids, step, staleness)
+            assert got.tolist() == want, step
+            exhausted += sum(
+                v in births and step - births[v] <= staleness and served[v] >= max_serves
+                for v in ids.tolist()
+            )
+            table.serve(1, got[got >= 0])
+            for v in got[got >= 0].tolist():
+                served[v] += 1
+        live = sum(step - births[v] <= staleness and served[v] < max_serves for v in births)
+        assert table.live(step, staleness) == live
+    assert exhausted > 0, "no lookup met an exhausted entry: the limit was not exercised"
+    buf = io.BytesIO()
+    torch.save(table.state_dict(), buf)
+    buf.seek(0)
+    again = HistoryTable((1,), 2, 0, torch.float32, "cpu", max_serves=max_serves)
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    ids = np.arange(40, dtype=np.int64)
+    assert np.array_equal(again.lookup(1, ids, 79, staleness), table.lookup(1, ids, 79, staleness))
+    table.resize(rows + 5)
+    assert np.array_equal(again.serves[1], table.serves[1][:rows])
+
+
 def test_table_never_serves_an_empty_row():
     table = HistoryTable((1,), 2, 8, torch.float32, "cpu")
     ids = np.arange(10, dtype=np.int64)

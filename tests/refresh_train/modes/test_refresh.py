@@ -15,6 +15,7 @@ import math
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
@@ -398,10 +399,25 @@ class Recorder:
         # Only rows no later step may use are written: a usable entry expires.
         birth = mode.table.birth[layer][slots]
         free = (birth == EMPTY) | (birth + mode.staleness <= step)
+        if math.isfinite(mode.max_serves):
+            # ... or has served its lookups in the batches trained so far
+            free |= self._uses(mode, layer, ids, step) >= mode.max_serves
         if not free.all():
             self.capped_steps += 1
         pos, ids = pos[free], ids[free]
         return pos, ids
+
+    def _uses(self, mode, layer, nodes, step) -> np.ndarray:
+        """Lookups of steps <= ``step`` served by each node's entry (admitted <= step - lag)."""
+        births = admission_steps(self)
+        uses: Counter = Counter()
+        for s, v_layer, _, got in self.lookups:
+            if v_layer == layer and s <= step:
+                for v in got:
+                    uses[(v, usable_birth(births, layer, v, s, mode.lag, mode.staleness))] += 1
+        current = [max([b for b in births.get((layer, v), ()) if b <= step - mode.lag],
+                       default=None) for v in nodes.tolist()]  # fmt: skip
+        return np.array([uses[(v, b)] for v, b in zip(nodes.tolist(), current)], dtype=np.int64)
 
     def _after_admission(self, mode, step, expected) -> None:
         with mode._lock:
@@ -421,7 +437,9 @@ class Recorder:
                 self.mismatches.append(f"step {step} layer {layer}: {got.get(layer)} != {ids}")
 
 
-def check_served(rec: Recorder, lag: int, staleness: float) -> dict[str, int]:
+def check_served(
+    rec: Recorder, lag: int, staleness: float, max_serves: float = math.inf
+) -> dict[str, int]:
     """The history's contract, checked on a recorded run.
 
     Every embedding a batch was served is one admitted for that node at its
@@ -429,7 +447,8 @@ def check_served(rec: Recorder, lag: int, staleness: float) -> dict[str, int]:
     ``lag <= step - birth <= staleness``; and every node a batch looked up
     was served exactly when an admission of it at least ``lag`` and at most
     ``staleness`` steps old existed (the newest one at least ``lag`` old
-    counts). Returns counts, so callers can see the bound was exercised.
+    counts) that earlier batches had served fewer than ``max_serves`` times.
+    Returns counts, so callers can see the bounds were exercised.
     """
     assert rec.served, "nothing was served: the check would prove nothing"
     served = 0
@@ -450,17 +469,21 @@ def check_served(rec: Recorder, lag: int, staleness: float) -> dict[str, int]:
             assert torch.equal(emb, rec.fresh[key]), f"{key}: served != computed at birth"
             served += 1
     births = admission_steps(rec)
-    expired = 0
+    expired = exhausted = 0
+    uses: Counter = Counter()  # (layer, node, birth) -> lookups served so far
     for step, layer, nodes, got in rec.lookups:
         want = set()
         for v in nodes.tolist():
             birth = usable_birth(births, layer, v, step, lag, staleness)
-            if birth is not None:
+            if birth is not None and uses[(layer, v, birth)] < max_serves:
                 want.add(v)
+                uses[(layer, v, birth)] += 1
+            elif birth is not None:
+                exhausted += 1
             elif births.get((layer, v)) and births[(layer, v)][0] <= step - lag:
                 expired += 1
         assert got == want, f"step {step} layer {layer}: served {sorted(got ^ want)} wrongly"
-    return {"served": served, "expired": expired}
+    return {"served": served, "expired": expired, "exhausted": exhausted, "uses": uses}
 
 
 def admission_steps(rec: Recorder) -> dict[tuple[int, int], list[int]]:
@@ -483,23 +506,34 @@ def usable_birth(births, layer: int, v: int, step: int, lag: int, staleness: flo
     return None
 
 
-def assert_drift_matches(rec: Recorder, records: list[dict], layers, lag, staleness) -> int:
+def assert_drift_matches(
+    rec: Recorder, records: list[dict], layers, lag, staleness, max_serves: float = math.inf
+) -> int:
     """Each epoch's hist_drift_* figures equal a recomputation from the recorded run.
 
-    A seed probed at ``step`` is one with a usable entry then; its error is
-    the distance from that entry (as admitted) to the seed's embedding that
-    step computed, over the latter's norm. Returns the number of probes.
+    A seed probed at ``step`` is one with a usable entry then (with a serve
+    limit: served fewer times by the batches before); its error is the
+    distance from that entry (as admitted) to the seed's embedding that step
+    computed, over the latter's norm. Returns the number of probes.
     """
     births = admission_steps(rec)
     per_epoch = num_batches(NUM_NODES // 2, BATCH)
     total = 0
+    uses: Counter = Counter()  # served lookups of the batches before `step`
+    lookups = iter(rec.lookups)
+    pending = next(lookups, None)
     for r in records:
         errs, ages = [], []
         for step in range((r["epoch"] - 1) * per_epoch, r["epoch"] * per_epoch):
+            while pending is not None and pending[0] < step:
+                for v in pending[3]:
+                    uses[(pending[1], v, usable_birth(births, pending[1], v, pending[0], lag,
+                                                      staleness))] += 1  # fmt: skip
+                pending = next(lookups, None)
             for layer in layers:
                 for v in rec.seeds[step].tolist():
                     birth = usable_birth(births, layer, v, step, lag, staleness)
-                    if birth is None:
+                    if birth is None or uses[(layer, v, birth)] >= max_serves:
                         continue
                     old = rec.admitted[(layer, v, birth)].double()
                     new = rec.fresh[(layer, v, step)].double()
@@ -570,18 +604,28 @@ def test_nothing_served_trains_exactly_like_cache_none(store, history, budget_ro
         pytest.param(_hist(staleness_iters=7, policy="random", fraction=0.3), id="random"),
         pytest.param(_hist(policy="grad", lag_steps=3, fraction=0.3), id="grad-no-bound"),
         pytest.param(_hist(staleness_iters=4, dtype="float32", fraction=0.3), id="fp32"),
+        pytest.param(_hist(staleness_iters=12, max_serves=2, fraction=0.3), id="max-serves"),
+        pytest.param(_hist(policy="grad", max_serves=1, fraction=0.3), id="grad-serve-once"),
     ],
 )
 def test_every_served_embedding_is_an_admitted_one_within_the_bounds(store, monkeypatch, history):
     rec = Recorder().install(monkeypatch)
     out = _train(_config(store, history=history))
     staleness = math.inf if history.policy == "grad" else history.staleness_iters
-    counts = check_served(rec, history.lag_steps, staleness)
+    cap = history.max_serves or math.inf
+    counts = check_served(rec, history.lag_steps, staleness, cap)
     assert counts["served"] == sum(r["hist_hits"] for r in out.records)
     assert_counters_match(rec, out.records, (1,))
-    assert assert_drift_matches(rec, out.records, (1,), history.lag_steps, staleness) > 0
+    assert assert_drift_matches(rec, out.records, (1,), history.lag_steps, staleness, cap) > 0
     if math.isfinite(staleness):
         assert counts["expired"] > 0, "no entry outlived the bound: the bound was not exercised"
+    if math.isfinite(cap):
+        assert counts["exhausted"] > 0, "no entry served its limit: the limit was not exercised"
+        assert max(counts["uses"].values()) == cap
+        # Exhausted rows are renewed: a node's entries keep serving in the last epoch.
+        assert out.records[-1]["hist_hits"] > 0
+        renewed = Counter((layer, v) for layer, v, _ in counts["uses"])
+        assert max(renewed.values()) > 1, "no node was served from two of its entries"
     assert rec.pruning_checked == 2 * num_batches(NUM_NODES // 2, BATCH)
 
 
@@ -614,11 +658,16 @@ def test_the_served_check_catches_admissions_made_visible_eagerly(store, monkeyp
         check_served(rec, 2, 6)
 
 
-def test_admission_follows_the_quantile_rule(store, monkeypatch):
+@pytest.mark.parametrize("max_serves", [None, 2])
+def test_admission_follows_the_quantile_rule(store, monkeypatch, max_serves):
     """floor(q n) smallest gradient norms, of the table's nodes not admitted in the
-    last lag steps whose rows no later step may use, with the embeddings computed."""
+    last lag steps whose rows no later step may use (with a serve limit: also the
+    rows whose entry served its limit in the batches trained so far), with the
+    embeddings computed."""
     rec = Recorder(check_admission=True, compare_pruning=False).install(monkeypatch)
-    history = _hist(grad_quantile=0.5, staleness_iters=10, fraction=0.3, lag_steps=3)
+    history = _hist(
+        grad_quantile=0.5, staleness_iters=10, fraction=0.3, lag_steps=3, max_serves=max_serves
+    )
     _train(_config(store, history=history))
     assert rec.admission_checks == 2 * num_batches(NUM_NODES // 2, BATCH)
     assert rec.mismatches == []
@@ -958,8 +1007,9 @@ def _sleepy(monkeypatch, seed: int) -> None:
         ),
     ],
 )
-def test_results_do_not_depend_on_loader_timing(store, monkeypatch, lag):
-    history = _hist(lag_steps=lag, staleness_iters=20, fraction=0.3)
+@pytest.mark.parametrize("max_serves", [None, 2])
+def test_results_do_not_depend_on_loader_timing(store, monkeypatch, lag, max_serves):
+    history = _hist(lag_steps=lag, staleness_iters=20, fraction=0.3, max_serves=max_serves)
     cfg = _config(store, history=history)
     keys = RESULT_KEYS + HIST_KEYS + _layer_keys((1,))
     serial = _train(cfg)
@@ -1012,6 +1062,8 @@ def _cache_state(mode: RefreshCache) -> dict:
         "device_rows": mode.tiers.num_cached,
         "steps_done": mode._steps_done,
         "birth": {v: b.copy() for v, b in mode.table.birth.items()},
+        "serves": {v: b.copy() for v, b in mode.table.serves.items()},
+        "served_seen": {v: b.copy() for v, b in mode._served_seen.items()},
         "emb": {v: e.detach().cpu().clone() for v, e in mode.table.emb.items()},
         "pending": [
             (
@@ -1025,8 +1077,10 @@ def _cache_state(mode: RefreshCache) -> dict:
     }
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
-    cfg = _config(store, epochs=3, budget_rows=400, history=_hist(lag_steps=3, staleness_iters=10))
+@pytest.mark.parametrize("max_serves", [None, 2])
+def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path, max_serves):
+    history = _hist(lag_steps=3, staleness_iters=10, max_serves=max_serves)
+    cfg = _config(store, epochs=3, budget_rows=400, history=history)
     full = _train(cfg.replace(checkpoint_dir=str(tmp_path / "full")))
     ckpt = tmp_path / "part"
     with Trainer(cfg.replace(epochs=2, checkpoint_dir=str(ckpt))) as t:
@@ -1042,6 +1096,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(store, tmp_path):
             assert restored[key] == saved[key], key
         for v in saved["birth"]:
             assert np.array_equal(restored["birth"][v], saved["birth"][v])
+            assert np.array_equal(restored["serves"][v], saved["serves"][v])
+        assert saved["served_seen"].keys() == restored["served_seen"].keys()
+        for v in saved["served_seen"]:
+            assert np.array_equal(restored["served_seen"][v], saved["served_seen"][v])
+        if max_serves:
+            assert max(b.max() for b in saved["serves"].values()) == max_serves
             assert torch.equal(restored["emb"][v], saved["emb"][v])
         assert len(restored["pending"]) == len(saved["pending"])
         for a, b in zip(restored["pending"], saved["pending"]):
@@ -1212,7 +1272,8 @@ def test_a_fixed_split_is_reported_and_never_moves(store):
 def test_every_history_flag_reaches_the_config(store):
     cfg = config_from_args(
         f"--store {store.path} --cache refresh --layers 3 --fanouts 3,3,3 --hist-layers 1,2 "
-        "--grad-quantile 0.75 --staleness 17 --hist-policy random --hist-warmup 5 --hist-stop 40 "
+        "--grad-quantile 0.75 --staleness 17 --hist-policy random --hist-max-serves 3 "
+        "--hist-warmup 5 --hist-stop 40 "
         "--hist-fraction 0.4 --hist-lag 3 --hist-dtype float32 --hist-order degree "
         "--no-hist-count-saved".split()
     )
@@ -1222,6 +1283,7 @@ def test_every_history_flag_reaches_the_config(store):
         grad_quantile=0.75,
         staleness_iters=17,
         policy="random",
+        max_serves=3,
         warmup_steps=5,
         stop_step=40,
         fraction=0.4,
@@ -1237,7 +1299,7 @@ def test_history_defaults(store):
     assert h == HistoryConfig()
     assert (h.grad_quantile, h.staleness_iters, h.policy) == (0.9, 200, "grad+stale")
     assert (h.warmup_steps, h.fraction, h.dtype, h.count_saved) == (0, None, "float16", True)
-    assert h.stop_step is None
+    assert h.stop_step is None and h.max_serves is None
     assert h.order == "lookups"
     assert h.resolved_layers(3) == (2,) and h.resolved_lag(8) == 10 and h.resolved_lag(0) == 4
 
@@ -1256,6 +1318,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         f"{key('grad-quantile')} = 0.6\n"
         "staleness = 9\n"
         f'{key("hist-policy")} = "stale"\n'
+        f"{key('hist-max-serves')} = 7\n"
         f"{key('hist-warmup')} = 4\n"
         f"{key('hist-stop')} = 12\n"
         f"{key('hist-fraction')} = 1\n"
@@ -1270,6 +1333,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         grad_quantile=0.6,
         staleness_iters=11,  # the flag wins over the file
         policy="stale",
+        max_serves=7,
         warmup_steps=4,
         stop_step=12,
         fraction=1,
@@ -1292,6 +1356,7 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         (["--grad-quantile", "1.5"], "grad_quantile must be in (0, 1]"),
         (["--staleness", "-1"], "staleness_iters must be an integer >= 0"),
         (["--hist-policy", "lru"], "hist_policy must be one of"),
+        (["--hist-max-serves", "0"], "hist_max_serves must be an integer >= 1"),
         (["--hist-layers", "0"], "hist_layers must list layers >= 1"),
         (["--hist-layers", "3"], "hist_layers 3 is not a hidden layer of a 3-layer model"),
         (["--hist-layers", "2,x"], "--hist-layers must be comma-separated"),
@@ -1327,6 +1392,8 @@ def test_bad_history_values_exit_2_with_one_line(store, capsys, args, message):
         (dict(dtype="int8"), "hist_dtype"),
         (dict(order="pagerank"), "hist_order"),
         (dict(stop_step=1.5), "stop_step"),
+        (dict(max_serves=0), "hist_max_serves"),
+        (dict(max_serves=True), "hist_max_serves"),
     ],
 )
 def test_history_config_rejects_bad_values(kw, message):
