@@ -24,7 +24,9 @@ Sections (``--sections``):
 ``policies`` each ``--hist-policy`` (and ``--hist-layers 2,1``) on ``papers``, at 10 %
              and, on the first seed, at every other budget of ``--budgets``
 ``sweeps``   ``--grad-quantile``, ``--staleness`` and ``--hist-warmup`` at 10 % on
-             ``papers`` (a warmup of 100 steps is most of its first epoch of 125)
+             ``papers`` (a warmup of 100 steps is most of its first epoch of 125);
+             ``--hist-max-serves`` and ``--hist-shadow`` when ``--max-serves`` /
+             ``--shadows`` name values
 ``ideal``    what a perfect history cache would leave: the sampler alone, with
              the table's nodes always cached (an upper bound on any policy)
 ``loader``   loader-only passes (sampling + fetching, no model) from a cold
@@ -96,6 +98,7 @@ from _pyg_baseline import train_pyg_baseline  # noqa: E402
 
 from refresh_store.store import Store, open_store  # noqa: E402
 from refresh_train.config import (  # noqa: E402
+    HIST_SHADOW_KINDS,
     EvalConfig,
     HistoryConfig,
     LoaderConfig,
@@ -114,7 +117,8 @@ SECTION_MODELS = ("gcn", "gat")
 POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
 #: History settings a run may vary (HistoryConfig fields, named alike in records).
 VARIANT_KEYS = (
-    "policy", "grad_quantile", "staleness_iters", "layers", "order", "warmup_steps", "max_serves"
+    "policy", "grad_quantile", "staleness_iters", "layers", "order", "warmup_steps", "max_serves",
+    "shadow",
 )  # fmt: skip
 
 
@@ -370,6 +374,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                     out.append(dict(first, section="sweeps", mode="refresh", warmup_steps=w))
             for n in args.max_serves:
                 out.append(dict(first, section="sweeps", mode="refresh", max_serves=n))
+            for kind in args.shadows:
+                out.append(dict(first, section="sweeps", mode="refresh", shadow=kind))
         if "models" in args.sections:
             for ds in datasets:
                 for model in args.models:
@@ -975,6 +981,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="--hist-max-serves values to sweep, e.g. 1,4 (default: none)",
     )
+    p.add_argument(
+        "--shadows",
+        default="",
+        help="--hist-shadow runs, values and/or gradients (default: none): which half "
+        "of a hit costs accuracy",
+    )
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
@@ -1020,6 +1032,11 @@ def main(argv: list[str] | None = None) -> int:
     args.staleness = [int(t) for t in args.staleness.split(",")]
     args.warmups = [int(w) for w in args.warmups.split(",")]
     args.max_serves = [int(n) for n in args.max_serves.split(",") if n]
+    args.shadows = [k for k in args.shadows.split(",") if k]
+    if bad := [k for k in args.shadows if k not in HIST_SHADOW_KINDS]:
+        print(f"error: --shadows: unknown kind {bad[0]!r}; use "
+              f"{' or '.join(HIST_SHADOW_KINDS)}", file=sys.stderr)  # fmt: skip
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.report:

@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="serve each entry at most N times, then renew it (default: no limit)",
     )
+    h.add_argument(
+        "--hist-shadow",
+        help="values | gradients: a diagnostic run that computes every node and keeps one "
+        "effect of each hit (the served value, or the missing gradient below it)",
+    )
     h.add_argument("--hist-warmup", type=int, help="admit nothing before this step (default 0)")
     h.add_argument(
         "--hist-stop",
@@ -210,7 +215,7 @@ _KEYS = {
     "lr", "seed", "device", "cache", "cache_budget", "host_budget", "host_policy", "io_mode",
     "io_queue_depth", "io_engine", "lookahead", "lookahead_budget", "prefetch", "eval",
     "eval_fanouts", "eval_batch_size", "eval_every", "eval_tmp_dir", "metrics_out", "checkpoint_dir", "resume", "progress",
-    "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_max_serves", "hist_warmup", "hist_stop", "hist_fraction",
+    "hist_layers", "grad_quantile", "staleness", "hist_policy", "hist_max_serves", "hist_shadow", "hist_warmup", "hist_stop", "hist_fraction",
     "hist_lag", "hist_dtype", "hist_order", "hist_count_saved", "prefetch_budget", "max_rss", "device_memory",
     "predict_out", "predict_split", "verify_store",
 }  # fmt: skip
@@ -294,6 +299,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         staleness_iters=_pick(values, "staleness", 200),
         policy=_pick(values, "hist_policy", "grad+stale"),
         max_serves=values.get("hist_max_serves"),
+        shadow=values.get("hist_shadow"),
         warmup_steps=_pick(values, "hist_warmup", 0),
         stop_step=values.get("hist_stop"),
         fraction=values.get("hist_fraction"),

@@ -176,6 +176,7 @@ PREDICT_SPLITS = ("train", "valid", "test", "test-dev", "test-challenge", "test-
 HIST_POLICY_NAMES = ("grad+stale", "grad", "stale", "random")
 HIST_DTYPES = ("float16", "float32")
 HIST_ORDERS = ("lookups", "degree")
+HIST_SHADOW_KINDS = ("values", "gradients")
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,11 @@ class HistoryConfig:
         one computation of a node many times cost more than using older
         ones? (The automatic split's model of the usable share does not
         know the limit.)
+    shadow
+        ``"values"`` or ``"gradients"``: a diagnostic that computes every node
+        (no pruning, no bytes saved) and keeps one effect of each hit, the
+        served value or the missing gradient below it
+        (:mod:`refresh_train.history.shadow`); ``None``: a normal run.
     warmup_steps
         No admission before this global step (embeddings of a fresh model
         change fastest).
@@ -247,6 +253,7 @@ class HistoryConfig:
     staleness_iters: int = 200
     policy: str = "grad+stale"
     max_serves: int | None = None
+    shadow: str | None = None
     warmup_steps: int = 0
     stop_step: int | None = None
     fraction: float | None = None
@@ -281,6 +288,15 @@ class HistoryConfig:
         m = self.max_serves
         if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
             raise ConfigError(f"hist_max_serves must be an integer >= 1, got {m!r}")
+        if self.shadow is not None:
+            if self.shadow not in HIST_SHADOW_KINDS:
+                raise ConfigError(
+                    f"hist_shadow must be one of {HIST_SHADOW_KINDS}, got {self.shadow!r}"
+                )
+            if self.layers is not None and len(self.layers) > 1:
+                raise ConfigError(
+                    f"hist_shadow needs one cached layer, got hist_layers {self.layers!r}"
+                )
         if self.lag_steps is not None and (
             not isinstance(self.lag_steps, int)
             or isinstance(self.lag_steps, bool)

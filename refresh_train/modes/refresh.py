@@ -35,6 +35,11 @@ How a step goes
    entry is never overwritten, it expires. A written entry becomes usable
    when the batch ``lag`` steps later is sampled, which sets its birth.
 
+With ``shadow`` (``--hist-shadow``) nothing is pruned: lookups, serves and
+admissions go on as usual, and each node a lookup found is computed anyway
+and keeps one effect of the hit (:mod:`refresh_train.history.shadow`); the
+admission policy chooses among the other nodes, as it would in a pruned run.
+
 With ``stop_step`` (``--hist-stop``) the table is neither read nor written
 from that step on, so the steps after it train exactly; at the first epoch
 end after it the table's bytes go to raw rows.
@@ -85,6 +90,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..history import BudgetSplit, HistoryTable, SplitCounters, make_policy
 from ..history.cover import uncovered_rank
+from ..history.shadow import ShadowBlock
 from ..history.slots import SlotOrder
 from .raw import RawCache
 
@@ -189,6 +195,9 @@ class RefreshCache(RawCache):
         # The automatic split counts its candidates on the unpruned samples.
         self.count_saved = hc.count_saved or self.split.automatic
         self.max_serves: float = hc.max_serves if hc.max_serves is not None else math.inf
+        self.shadow = hc.shadow
+        if self.shadow is not None and len(self.hist_layers) != 1:
+            raise ValueError(f"--hist-shadow needs one cached layer, got {self.hist_layers!r}")
         self.table = HistoryTable(
             self.hist_layers, width, 0, _TORCH_DTYPES[hc.dtype], self.device, self.max_serves
         )
@@ -283,14 +292,16 @@ class RefreshCache(RawCache):
         stream = self.stream
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             self._commit_through(step - self.lag)
-            served: dict[int, np.ndarray] = {}
+            found: dict[int, np.ndarray] = {}  # per cached layer, the lookups' rows
             batch = sampler.sample(
                 seeds,
                 batch_seed,
-                prune=lambda layer, ids: self._prune(layer, ids, step, len(seeds), served),
+                prune=lambda layer, ids: self._prune(layer, ids, step, len(seeds), found),
             )
             if math.isfinite(self.max_serves):
-                batch.extra["hist_served"] = served
+                batch.extra["hist_served"] = {v: rows[rows >= 0] for v, rows in found.items()}
+            if self.shadow is not None:
+                self._shadow(batch, found)
             for layer, block in enumerate(batch.blocks):
                 if block.cached_rows is not None:
                     block.cached_emb = self.table.gather(layer, block.cached_rows.numpy())
@@ -306,6 +317,17 @@ class RefreshCache(RawCache):
         if self.count_saved and not self._stopped(step):
             self._count_saved(sampler, seeds, batch_seed, batch)
         return batch
+
+    def _shadow(self, batch: MiniBatch, found: dict[int, np.ndarray]) -> None:
+        """Mark the nodes the lookups found on their (unpruned) blocks."""
+        shadowed = {}
+        for v, rows in found.items():
+            pos = np.flatnonzero(rows >= 0)
+            emb = self.table.gather(v, rows[pos])
+            pos_t = torch.from_numpy(pos)
+            batch.blocks[v] = ShadowBlock.of(batch.blocks[v], self.shadow, pos_t, emb)
+            shadowed[v] = (pos_t, emb)
+        batch.extra["hist_shadow"] = shadowed  # counted in the batch's bytes
 
     def _probe(
         self, seeds: np.ndarray, step: int
@@ -335,7 +357,7 @@ class RefreshCache(RawCache):
             c.probe_age_sum += age
 
     def _prune(
-        self, layer: int, ids: np.ndarray, step: int, num_seeds: int, served: dict
+        self, layer: int, ids: np.ndarray, step: int, num_seeds: int, found: dict
     ) -> np.ndarray:
         if layer not in self.table.birth or self._stopped(step):
             return np.full(len(ids), -1, dtype=np.int64)
@@ -344,7 +366,7 @@ class RefreshCache(RawCache):
         hit = rows[rows >= 0]
         if math.isfinite(self.max_serves):
             self.table.serve(layer, hit)
-            served[layer] = hit
+        found[layer] = rows
         c = self._counters
         c.lookups[layer] += max(0, len(ids) - num_seeds)
         c.hits[layer] += len(hit)
@@ -352,6 +374,8 @@ class RefreshCache(RawCache):
         # How often each band's nodes are looked up, held by the table or not:
         # what the split's model of the usable share needs.
         c.split.band_lookups += self._bands(slots[num_seeds:])
+        if self.shadow is not None:
+            return np.full(len(ids), -1, dtype=np.int64)  # computed anyway
         return rows
 
     def _band(self, slots: np.ndarray) -> np.ndarray:
@@ -407,6 +431,8 @@ class RefreshCache(RawCache):
                     block.cached_emb.record_stream(current)
             for _, old, _ in batch.extra.get("hist_probe", {}).values():
                 old.record_stream(current)
+            for _, emb in batch.extra.get("hist_shadow", {}).values():
+                emb.record_stream(current)
         if not self._admitting(batch.extra.get("step", -1)):
             return model(batch, x)
         logits, hidden = model(batch, x, return_hidden=True)
@@ -451,7 +477,15 @@ class RefreshCache(RawCache):
         if self.policy.needs_grad:
             grad = h.grad if h.grad is not None else torch.zeros_like(h)
             norms = torch.linalg.vector_norm(grad.float(), dim=1)
-        pos = self.policy.select(norms, n, step, layer)
+        shadowed = batch.extra.get("hist_shadow", {}).get(layer)
+        if shadowed is not None and len(shadowed[0]):
+            # As in a pruned run: the policy chooses among the nodes not served.
+            candidates = np.setdiff1d(np.arange(n), shadowed[0].numpy())
+            if norms is not None:
+                norms = norms[torch.from_numpy(candidates).to(norms.device)]
+            pos = candidates[self.policy.select(norms, len(candidates), step, layer)]
+        else:
+            pos = self.policy.select(norms, n, step, layer)
         ids = self.order.slots(layer, batch.layer_nodes[layer - 1][:n].numpy()[pos])
         # Only nodes with a slot in the table, and not one admitted in the last lag steps:
         # every other node's birth is final now (see after_step). A usable
@@ -570,6 +604,7 @@ class RefreshCache(RawCache):
             hist_layers=list(self.hist_layers),
             hist_policy=self.policy.name,
             hist_max_serves=self.max_serves if math.isfinite(self.max_serves) else None,
+            hist_shadow=self.shadow,
             hist_order=self.order.kind,
             hist_rows=self.table.rows,
             hist_lag_steps=self.lag,

@@ -95,11 +95,12 @@ def test_sweeps_plan_each_setting_once_with_its_history_field():
     args = argparse.Namespace(
         sections={"sweeps"}, datasets={"papers"}, seeds=[0], budgets=[0.1],
         quantiles=[0.5, 0.9], staleness=[20, 200], warmups=[0, 100], max_serves=[4],
+        shadows=["gradients"],
     )  # fmt: skip
     runs = ma.plan(args)
     varied = [{k: r[k] for k in ma.VARIANT_KEYS if k in r} for r in runs]
     assert varied == [{"grad_quantile": 0.5}, {"staleness_iters": 20}, {"warmup_steps": 100},
-                      {"max_serves": 4}]  # fmt: skip
+                      {"max_serves": 4}, {"shadow": "gradients"}]  # fmt: skip
     assert all(r["mode"] == "refresh" and r["budget_frac"] == 0.1 for r in runs)
     # Each name is a HistoryConfig field, so run_config can pass it on as is.
     from refresh_train.config import HistoryConfig
@@ -117,7 +118,7 @@ def test_every_variant_runs_on_every_seed_with_later_raw_runs_last():
     args = argparse.Namespace(
         sections={"models", "policies", "sweeps"}, datasets={"papers"}, seeds=[0, 3],
         budgets=[0.1], quantiles=[0.7], staleness=[100], warmups=[0], models=["gcn", "gat"],
-        max_serves=[],
+        max_serves=[], shadows=[],
     )  # fmt: skip
     runs = ma.plan(args)
     keys = [ma.run_key(r) for r in runs]
@@ -156,7 +157,7 @@ def test_models_choose_the_models_sections_models(tmp_path, capsys):
 
     args = argparse.Namespace(
         sections={"models"}, datasets={"papers", "products"}, seeds=[0, 4], budgets=[0.1],
-        quantiles=[], staleness=[], warmups=[], models=["gat"], max_serves=[],
+        quantiles=[], staleness=[], warmups=[], models=["gat"], max_serves=[], shadows=[],
     )  # fmt: skip
     runs = ma.plan(args)
     assert {r["model"] for r in runs} == {"gat"}
@@ -387,3 +388,11 @@ def test_epoch_times_leave_out_page_cache_runs():
     ]  # fmt: skip
     t = ma.epoch_times(recs)
     assert [r["mode"] for _, r in t["rows"]] == ["raw"] and t["refresh"] is None
+
+
+def test_an_unknown_shadow_kind_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "bad.json"
+    assert ma.main(["--sections", "sweeps", "--shadows", "values,both", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--shadows: unknown kind 'both'" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -130,8 +130,8 @@ def test_the_table_serves_nodes_the_degree_prefix_would_not_hold(store, monkeypa
         rows = mode.table.rows
         prune = mode._prune
 
-        def spy(layer, ids, step, num_seeds):
-            out = prune(layer, ids, step, num_seeds)
+        def spy(layer, ids, step, num_seeds, found):
+            out = prune(layer, ids, step, num_seeds, found)
             served.append(ids[out >= 0])
             return out
 

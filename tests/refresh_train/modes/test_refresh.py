@@ -305,6 +305,7 @@ class Recorder:
     lookups: list[tuple[int, int, np.ndarray, set]] = field(default_factory=list)
     admission_checks: int = 0
     capped_steps: int = 0
+    shadowed: int = 0
     mismatches: list[str] = field(default_factory=list)
     fetched: list[np.ndarray] = field(default_factory=list)
     pruning_checked: int = 0
@@ -377,6 +378,11 @@ class Recorder:
                 norms = None
                 if h.grad is not None:
                     norms = torch.linalg.vector_norm(h.grad.float(), dim=1).cpu().numpy()
+                shadowed = batch.extra.get("hist_shadow", {}).get(layer)
+                if shadowed is not None:  # the nodes a pruned run would not have computed
+                    keep = np.setdiff1d(np.arange(len(nodes)), shadowed[0].numpy())
+                    nodes, norms = nodes[keep], None if norms is None else norms[keep]
+                    self.shadowed += len(shadowed[0])
                 expected[layer] = self._rule(mode, nodes, norms, queued[layer], step, layer)
         return expected
 
@@ -658,17 +664,25 @@ def test_the_served_check_catches_admissions_made_visible_eagerly(store, monkeyp
         check_served(rec, 2, 6)
 
 
-@pytest.mark.parametrize("max_serves", [None, 2])
-def test_admission_follows_the_quantile_rule(store, monkeypatch, max_serves):
+@pytest.mark.parametrize(
+    ("max_serves", "shadow"), [(None, None), (2, None), (None, "values"), (None, "gradients")]
+)
+def test_admission_follows_the_quantile_rule(store, monkeypatch, max_serves, shadow):
     """floor(q n) smallest gradient norms, of the table's nodes not admitted in the
     last lag steps whose rows no later step may use (with a serve limit: also the
     rows whose entry served its limit in the batches trained so far), with the
-    embeddings computed."""
+    embeddings computed; in a shadow run, of the nodes it did not shadow."""
     rec = Recorder(check_admission=True, compare_pruning=False).install(monkeypatch)
     history = _hist(
-        grad_quantile=0.5, staleness_iters=10, fraction=0.3, lag_steps=3, max_serves=max_serves
+        grad_quantile=0.5,
+        staleness_iters=10,
+        fraction=0.3,
+        lag_steps=3,
+        max_serves=max_serves,
+        shadow=shadow,
     )
     _train(_config(store, history=history))
+    assert (rec.shadowed > 0) == (shadow is not None)
     assert rec.admission_checks == 2 * num_batches(NUM_NODES // 2, BATCH)
     assert rec.mismatches == []
     assert 0 < rec.capped_steps < rec.admission_checks, "usable entries never or always skipped"
@@ -1299,7 +1313,7 @@ def test_history_defaults(store):
     assert h == HistoryConfig()
     assert (h.grad_quantile, h.staleness_iters, h.policy) == (0.9, 200, "grad+stale")
     assert (h.warmup_steps, h.fraction, h.dtype, h.count_saved) == (0, None, "float16", True)
-    assert h.stop_step is None and h.max_serves is None
+    assert h.stop_step is None and h.max_serves is None and h.shadow is None
     assert h.order == "lookups"
     assert h.resolved_layers(3) == (2,) and h.resolved_lag(8) == 10 and h.resolved_lag(0) == 4
 
@@ -1349,6 +1363,14 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
     assert h.layers == (1,) and h.count_saved is False
 
 
+def test_hist_shadow_from_a_flag_or_the_toml_file(store, tmp_path):
+    argv = ["--store", str(store.path), "--cache", "refresh", "--hist-shadow", "gradients"]
+    assert config_from_args(argv).history.shadow == "gradients"
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'store = "{store.path.as_posix()}"\nhist-shadow = "values"\n')
+    assert config_from_args(["--config", str(toml)]).history.shadow == "values"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -1357,6 +1379,8 @@ def test_history_toml_keys_and_flags_win(store, tmp_path, spelling):
         (["--staleness", "-1"], "staleness_iters must be an integer >= 0"),
         (["--hist-policy", "lru"], "hist_policy must be one of"),
         (["--hist-max-serves", "0"], "hist_max_serves must be an integer >= 1"),
+        (["--hist-shadow", "both"], "hist_shadow must be one of"),
+        (["--hist-shadow", "values", "--hist-layers", "2,1"], "hist_shadow needs one cached layer"),
         (["--hist-layers", "0"], "hist_layers must list layers >= 1"),
         (["--hist-layers", "3"], "hist_layers 3 is not a hidden layer of a 3-layer model"),
         (["--hist-layers", "2,x"], "--hist-layers must be comma-separated"),
@@ -1393,6 +1417,8 @@ def test_bad_history_values_exit_2_with_one_line(store, capsys, args, message):
         (dict(order="pagerank"), "hist_order"),
         (dict(stop_step=1.5), "stop_step"),
         (dict(max_serves=0), "hist_max_serves"),
+        (dict(shadow="both"), "hist_shadow"),
+        (dict(shadow="values", layers=(2, 1)), "hist_shadow"),
         (dict(max_serves=True), "hist_max_serves"),
     ],
 )
@@ -1447,3 +1473,52 @@ def test_measuring_the_drift_changes_no_result(store, monkeypatch):
     unmeasured = _train(cfg)
     assert sum(r["hist_drift_probes"] for r in unmeasured.records) == 0
     assert_same_outcome(measured, unmeasured, RESULT_KEYS + ("memory_access_bytes", "hist_hits"))
+
+
+# ------------------------------------------------------------- shadow runs
+def _logits_of_each_step(monkeypatch, cls) -> list[torch.Tensor]:
+    """Records the logits of every training step (prefetch 0: in step order)."""
+    logits: list[torch.Tensor] = []
+    forward = cls.forward
+
+    def recorded(mode, model, batch):
+        out = forward(mode, model, batch)
+        if model.training:
+            logits.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(cls, "forward", recorded)
+    return logits
+
+
+def test_shadow_runs_keep_one_effect_of_each_hit(store, monkeypatch):
+    """Without dropout, every run trains like none until the first hit; at that step
+    a `values` shadow computes what the pruned run computes and a `gradients` shadow
+    what none computes; after it both train differently from none, and neither
+    prunes anything."""
+    history = _hist(staleness_iters=20, fraction=0.3)
+    runs, records = {}, {}
+    for name, cache, shadow in (
+        ("none", "none", None),
+        ("pruned", "refresh", None),
+        ("values", "refresh", "values"),
+        ("gradients", "refresh", "gradients"),
+    ):
+        with monkeypatch.context() as m:
+            runs[name] = _logits_of_each_step(m, NoCache if cache == "none" else RefreshCache)
+            cfg = _config(store, cache=cache, dropout=0.0, history=replace(history, shadow=shadow))
+            records[name] = _train(cfg).records
+    none, pruned = runs["none"], runs["pruned"]
+    first = next(i for i, (a, b) in enumerate(zip(none, pruned)) if not torch.equal(a, b))
+    assert first > 0
+    for name in ("values", "gradients"):
+        assert all(torch.equal(a, b) for a, b in zip(runs[name][:first], none[:first])), name
+        assert all(r["hist_hits"] > 0 and r["nodes_pruned"] == 0 for r in records[name][1:])
+        bytes_ = [r["memory_access_bytes"] for r in records[name]]
+        assert bytes_ > [r["memory_access_bytes"] for r in records["pruned"]]
+    torch.testing.assert_close(runs["values"][first], pruned[first], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(runs["values"][first], none[first])
+    assert torch.equal(runs["gradients"][first], none[first])
+    # The missing gradient changed the next update; so did the served values' gradient.
+    assert not torch.equal(runs["gradients"][first + 1], none[first + 1])
+    assert not torch.equal(runs["values"][first + 1], pruned[first + 1])
