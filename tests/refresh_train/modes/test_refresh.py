@@ -1522,3 +1522,21 @@ def test_shadow_runs_keep_one_effect_of_each_hit(store, monkeypatch):
     # The missing gradient changed the next update; so did the served values' gradient.
     assert not torch.equal(runs["gradients"][first + 1], none[first + 1])
     assert not torch.equal(runs["values"][first + 1], pruned[first + 1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "history",
+    [
+        pytest.param(_hist(max_serves=2, fraction=0.3), id="max-serves"),
+        pytest.param(_hist(shadow="values", fraction=0.3), id="shadow-values"),
+        pytest.param(_hist(shadow="gradients", fraction=0.3), id="shadow-gradients"),
+    ],
+)
+def test_serve_limits_and_shadow_runs_train_on_every_device(store, history, device):
+    """On CUDA the table's serves, the shadowed rows and their copies cross streams."""
+    records = train(_config(store, device=device, prefetch=2, history=history))
+    for r in records:
+        assert np.isfinite(r["train_loss"]) and r["hist_hits"] > 0
+        assert (r["nodes_pruned"] == 0) == (history.shadow is not None)
+    assert records[-1]["valid_acc"] > 0.5
