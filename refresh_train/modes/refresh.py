@@ -195,9 +195,7 @@ class RefreshCache(RawCache):
         # The automatic split counts its candidates on the unpruned samples.
         self.count_saved = hc.count_saved or self.split.automatic
         self.max_serves: float = hc.max_serves if hc.max_serves is not None else math.inf
-        self.shadow = hc.shadow
-        if self.shadow is not None and len(self.hist_layers) != 1:
-            raise ValueError(f"--hist-shadow needs one cached layer, got {self.hist_layers!r}")
+        self.shadow = hc.shadow  # one cached layer (HistoryConfig checks)
         self.table = HistoryTable(
             self.hist_layers, width, 0, _TORCH_DTYPES[hc.dtype], self.device, self.max_serves
         )
