@@ -416,14 +416,10 @@ class Recorder:
     def _uses(self, mode, layer, nodes, step) -> np.ndarray:
         """Lookups of steps <= ``step`` served by each node's entry (admitted <= step - lag)."""
         births = admission_steps(self)
-        uses: Counter = Counter()
-        for s, v_layer, _, got in self.lookups:
-            if v_layer == layer and s <= step:
-                for v in got:
-                    uses[(v, usable_birth(births, layer, v, s, mode.lag, mode.staleness))] += 1
+        uses = served_uses(self, mode.lag, mode.staleness, step + 1)
         current = [max([b for b in births.get((layer, v), ()) if b <= step - mode.lag],
                        default=None) for v in nodes.tolist()]  # fmt: skip
-        return np.array([uses[(v, b)] for v, b in zip(nodes.tolist(), current)], dtype=np.int64)
+        return np.array([uses[(layer, v, b)] for v, b in zip(nodes.tolist(), current)])
 
     def _after_admission(self, mode, step, expected) -> None:
         with mode._lock:
@@ -512,6 +508,17 @@ def usable_birth(births, layer: int, v: int, step: int, lag: int, staleness: flo
     return None
 
 
+def served_uses(rec: Recorder, lag: int, staleness: float, before: int) -> Counter:
+    """``(layer, node, birth)`` -> lookups the batches of steps ``< before`` served from it."""
+    births = admission_steps(rec)
+    uses: Counter = Counter()
+    for step, layer, _, got in rec.lookups:
+        if step < before:
+            for v in got:
+                uses[(layer, v, usable_birth(births, layer, v, step, lag, staleness))] += 1
+    return uses
+
+
 def assert_drift_matches(
     rec: Recorder, records: list[dict], layers, lag, staleness, max_serves: float = math.inf
 ) -> int:
@@ -525,21 +532,14 @@ def assert_drift_matches(
     births = admission_steps(rec)
     per_epoch = num_batches(NUM_NODES // 2, BATCH)
     total = 0
-    uses: Counter = Counter()  # served lookups of the batches before `step`
-    lookups = iter(rec.lookups)
-    pending = next(lookups, None)
     for r in records:
         errs, ages = [], []
         for step in range((r["epoch"] - 1) * per_epoch, r["epoch"] * per_epoch):
-            while pending is not None and pending[0] < step:
-                for v in pending[3]:
-                    uses[(pending[1], v, usable_birth(births, pending[1], v, pending[0], lag,
-                                                      staleness))] += 1  # fmt: skip
-                pending = next(lookups, None)
+            uses = served_uses(rec, lag, staleness, step) if math.isfinite(max_serves) else {}
             for layer in layers:
                 for v in rec.seeds[step].tolist():
                     birth = usable_birth(births, layer, v, step, lag, staleness)
-                    if birth is None or uses[(layer, v, birth)] >= max_serves:
+                    if birth is None or uses.get((layer, v, birth), 0) >= max_serves:
                         continue
                     old = rec.admitted[(layer, v, birth)].double()
                     new = rec.fresh[(layer, v, step)].double()
