@@ -299,7 +299,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Accuracy at convergence: `none` against `refresh`",
         "",
         f"Machine: {result['machine']}; load average {result['load_start']} at the start, "
-        f"{result['load_end']} at the end. Settings: {result['settings']}.",
+        f"{result['load_end']} at the end of the last invocation (each run's own, at its "
+        f"start and end, is its record's `load`). Settings: {result['settings']}.",
         "",
         "Selected = the epoch of best validation accuracy; last quarter = the mean over the",
         "last quarter of the epochs; bytes = the last epoch's memory",
@@ -553,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         at = f", {_budget(key[2])}" if key[2] else ""
         print(f"[{i + 1}/{len(todo)}] {key[0]}, seed {key[1]}{at}", flush=True)
+        load = os.getloadavg()[0]
         rec = run_one(store, *key, args)
+        rec["load"] = [round(load, 1), round(os.getloadavg()[0], 1)]
         last = rec["epochs"][-1]
         print(f"    test acc {last['test_acc']:.4f} after {len(rec['epochs'])} epochs, "
               f"{last['memory_access_bytes'] / 2**20:,.0f} MiB in the last", flush=True)  # fmt: skip

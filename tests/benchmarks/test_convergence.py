@@ -28,6 +28,7 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
     assert sorted(r["variant"] for r in recs) == sorted(cv.VARIANTS)
     for r in recs:
         assert [e["epoch"] for e in r["epochs"]] == [1, 2]
+        assert len(r["load"]) == 2 and min(r["load"]) >= 0  # the run's own, start and end
         for e in r["epochs"]:
             assert set(cv.EPOCH_KEYS) <= set(e)
             assert e["test_acc"] is not None and e["valid_acc"] is not None
