@@ -792,7 +792,7 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
     rows = result["summary"]["rows"]
     files = []
     grid = [r for r in rows if r["section"] == "grid"]
-    if grid:
+    if len({r["budget_frac"] for r in grid if r["mode"] != "none"}) > 1:  # lines, not points
         fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
         for ax, ds in zip(axes, ("papers", "products")):
             for mode in ("raw", "refresh"):
@@ -860,6 +860,30 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files.append(str(path))
+    settings = settings_over_seeds(rows)
+    if len(settings) > 1:
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        for j, (_, share, diff, ci, _) in enumerate(settings):
+            ax.errorbar([100 * share], [diff], yerr=None if ci is None else [ci], fmt="o",
+                        color=f"C{j % 10}", capsize=3, lw=0.8)  # fmt: skip
+        ax.autoscale_view()
+        _label_points(
+            fig, ax, [(label, 100 * share, diff) for label, share, diff, _, _ in settings]
+        )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(-0.5, color="grey", lw=0.8, ls=":")
+        ax.axvline(30, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("memory access per epoch, % of none")
+        ax.set_ylabel("test accuracy minus none's (points; bars: 95 % interval)")
+        seeds = sorted({n for *_, n in settings})
+        ax.set_title(
+            f"papers, SAGE, 10 % budget, settings run on {'/'.join(map(str, seeds))} seeds"
+        )
+        fig.tight_layout()
+        path = out.with_name(out.stem + "_settings.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(str(path))
     points = frontier(result["records"])
     if len(points) > 1:
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -917,6 +941,31 @@ def _label_points(fig, ax, points: list[tuple[str, float, float]]) -> None:
                 break
             note.remove()
         placed.append(box)
+
+
+def settings_over_seeds(
+    rows: list[dict[str, Any]], min_seeds: int = 3
+) -> list[tuple[str, float, float, float | None, int]]:
+    """Every refresh setting at 10 % on ``papers`` (SAGE) run on at least ``min_seeds`` seeds.
+
+    ``(label, share of none's bytes, mean accuracy minus none's in points,
+    half-width of its 95 % interval, seeds)``, each seed paired with ``none``
+    of its seed (:func:`summarize`'s rows).
+    """
+    out = []
+    for r in rows:
+        if (r["dataset"], r["model"], r["mode"], r["budget_frac"]) != (
+            "papers",
+            "sage",
+            "refresh",
+            0.10,
+        ):
+            continue
+        if r["section"] not in ("grid", "policies", "sweeps") or r["paired_seeds"] < min_seeds:
+            continue
+        out.append((_variant(r) or "default", r["share_of_none"], r["acc_minus_none_points"],
+                    r["acc_minus_none_ci95_points"], r["paired_seeds"]))  # fmt: skip
+    return sorted(out, key=lambda p: p[1])
 
 
 def frontier(records: list[dict[str, Any]]) -> list[tuple[str, float, float]]:

@@ -396,3 +396,23 @@ def test_an_unknown_shadow_kind_is_refused_before_anything_runs(tmp_path, capsys
     err = capsys.readouterr().err
     assert "--shadows: unknown kind 'both'" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_settings_over_seeds_keep_the_settings_run_on_enough_seeds():
+    def rec(mode, seed, acc, section="grid", **varied):
+        run = dict(section=section, dataset="papers", mode=mode, budget_frac=0.1 if mode != "none"
+                   else 0.0, seed=seed, model="sage", **varied)  # fmt: skip
+        return dict(run, run=run, test_acc=acc, memory_access_bytes=100.0 if mode == "none"
+                    else 40.0, epoch_time_s=1.0, last_epoch={}, feature_ram_bytes=1)  # fmt: skip
+
+    seeds = (0, 1, 2)
+    records = [rec("none", s, 0.80 + s / 100) for s in seeds]
+    records += [rec("refresh", s, 0.79 + s / 100) for s in seeds]  # -1 point on every seed
+    records += [rec("refresh", s, 0.78 + s / 100 + (s - 1) / 100, section="sweeps",
+                    max_serves=4) for s in seeds]  # fmt: skip
+    records += [rec("refresh", 0, 0.5, section="sweeps", staleness_iters=20)]  # one seed only
+    got = ma.settings_over_seeds(ma.summarize(records, {})["rows"])
+    assert [g[0] for g in got] == ["default", "max serves=4"]
+    (_, share, diff, ci, n), (_, _, diff4, ci4, _) = got
+    assert (share, n) == (0.4, 3) and abs(diff + 1) < 1e-9 and abs(ci) < 1e-9
+    assert abs(diff4 + 2) < 1e-9 and ci4 > 1  # -3, -2, -1 points: a wide interval
