@@ -954,14 +954,14 @@ def settings_over_seeds(
     """
     out = []
     for r in rows:
-        if (r["dataset"], r["model"], r["mode"], r["budget_frac"]) != (
-            "papers",
-            "sage",
-            "refresh",
-            0.10,
+        at_10 = (r["dataset"], r["model"], r["budget_frac"]) == ("papers", "sage", 0.10)
+        if (
+            not at_10
+            or r["mode"] != "refresh"
+            or r["section"] not in ("grid", "policies", "sweeps")
         ):
             continue
-        if r["section"] not in ("grid", "policies", "sweeps") or r["paired_seeds"] < min_seeds:
+        if r["paired_seeds"] < min_seeds:
             continue
         out.append((_variant(r) or "default", r["share_of_none"], r["acc_minus_none_points"],
                     r["acc_minus_none_ci95_points"], r["paired_seeds"]))  # fmt: skip
