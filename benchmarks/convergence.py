@@ -21,7 +21,13 @@ ogbn-products-sized one) at a 10 % device budget (or the budgets of
 * ``refresh-exact1``: the published policy with the last epoch trained
   exactly (``--hist-stop`` at its first step; the table's bytes then hold
   raw rows), so the output layer ends on fresh embeddings, as evaluation
-  sees them.
+  sees them;
+
+and, only when ``--variants`` names them, the diagnostics of what a hit
+costs: ``refresh-serves1`` (``--hist-max-serves 1``: every served entry a
+computation of its own), ``refresh-shadow-values`` and
+``refresh-shadow-gradients`` (``--hist-shadow``: nothing pruned, one effect
+of each hit kept).
 
 Per run and epoch it records training loss, validation and test accuracy
 (sampled evaluation, fanouts 15,10,5; with ``--eval-every N`` only every Nth
@@ -95,7 +101,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "refresh-stale100": ("refresh", {"staleness_iters": 100}),
     # exact_epochs: the last epochs without the history (--hist-stop at their first step).
     "refresh-exact1": ("refresh", {"exact_epochs": 1}),
+    "refresh-serves1": ("refresh", {"max_serves": 1}),
+    "refresh-shadow-values": ("refresh", {"shadow": "values"}),
+    "refresh-shadow-gradients": ("refresh", {"shadow": "gradients"}),
 }
+#: What runs unless --variants says otherwise (the diagnostics only when named).
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "refresh-serves1" and "shadow" not in v)
 #: Per-epoch keys kept from the trainer's metrics records.
 EPOCH_KEYS = (
     "epoch train_loss valid_acc test_acc memory_access_bytes epoch_time_s "
@@ -468,7 +479,7 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--budgets", default="0.10",

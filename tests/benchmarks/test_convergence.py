@@ -25,7 +25,7 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
     args = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
     assert cv.main(args) == 0
     recs = json.loads(out.read_text())["records"]
-    assert sorted(r["variant"] for r in recs) == sorted(cv.VARIANTS)
+    assert sorted(r["variant"] for r in recs) == sorted(cv.DEFAULT_VARIANTS)
     for r in recs:
         assert [e["epoch"] for e in r["epochs"]] == [1, 2]
         assert len(r["load"]) == 2 and min(r["load"]) >= 0  # the run's own, start and end
@@ -60,6 +60,28 @@ def test_every_epoch_is_evaluated_and_a_rerun_measures_only_what_is_missing(tmp_
         e["memory_access_bytes"] for e in by["refresh"]["epochs"]
     ]
     assert "| refresh-nostale |" in out.with_suffix(".md").read_text()
+
+
+def test_the_diagnostic_variants_run_when_named(tmp_path, monkeypatch):
+    """Named, each trains with its history setting (the tiny graph's one batch per
+    epoch gets no hits, so the settings are checked where they reach the trainer)."""
+    seen = {}
+    trainer = cv.Trainer
+
+    def recording(cfg):
+        seen[(cfg.history.max_serves, cfg.history.shadow)] = cfg.tiers.cache
+        return trainer(cfg)
+
+    monkeypatch.setattr(cv, "Trainer", recording)
+    out = tmp_path / "cv.json"
+    variants = "refresh-serves1,refresh-shadow-values,refresh-shadow-gradients"
+    args = TINY + ["--data-dir", str(tmp_path / "data"), "--out", str(out), "--variants", variants]
+    assert cv.main(args) == 0
+    recs = {r["variant"]: r for r in json.loads(out.read_text())["records"]}
+    assert set(recs) == set(variants.split(","))
+    assert not set(recs) & set(cv.DEFAULT_VARIANTS)
+    assert seen == {(1, None): "refresh", (None, "values"): "refresh",
+                    (None, "gradients"): "refresh"}  # fmt: skip
 
 
 def test_budgets_share_one_none_run_and_a_file_of_other_settings_is_kept(tmp_path, capsys):
