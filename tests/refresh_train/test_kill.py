@@ -89,12 +89,44 @@ _SLOW_STEPS = textwrap.dedent(
 )
 
 
-def _start(args: list[str], code: str | None = None) -> subprocess.Popen:
+# Ctrl-C at a fixed optimiser step: the process sends itself SIGINT right
+# after step CTRL_C_AT_STEP, so where the signal lands does not depend on how
+# two loaded processes are scheduled (sent from the test after it saw the
+# first epoch's metrics, a starved test process could send it after the
+# last step, when a Ctrl-C rightly changes nothing).
+_CTRL_C_AT_STEP = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from refresh_train.cli import main
+
+    real_step = torch.optim.Adam.step
+    at = int(os.environ["CTRL_C_AT_STEP"])
+    steps = [0]
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        steps[0] += 1
+        if steps[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    torch.optim.Adam.step = step
+    # As an interactive shell leaves it, whatever the parent process ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _start(args: list[str], code: str | None = None, env=None) -> subprocess.Popen:
     if code is None:
         cmd = [sys.executable, "-m", "refresh_train", *args]
     else:
         cmd = [sys.executable, "-c", code, *args]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        cmd, env={**ENV, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _wait_for(proc: subprocess.Popen, ready, timeout_s: float = 600.0) -> bool:
@@ -210,19 +242,15 @@ def test_sigkill_while_writing_a_checkpoint_keeps_one_that_resumes(
 
 
 def test_ctrl_c_in_a_real_process_saves_and_resumes(store, tmp_path, uninterrupted):
-    metrics = tmp_path / "m.jsonl"
-    proc = _start(_argv(store, tmp_path), _SLOW_STEPS)
-
-    def first_epoch_done() -> bool:
-        return metrics.exists() and metrics.read_text().count("\n") >= 1
-
-    assert _wait_for(proc, first_epoch_done), proc.stderr.read().decode()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    per_epoch = -(-len(store.train_idx) // 8)  # batches of 8 (_argv)
+    at = per_epoch + per_epoch // 2  # half-way through the second epoch
+    proc = _start(_argv(store, tmp_path), _CTRL_C_AT_STEP, {"CTRL_C_AT_STEP": str(at)})
+    _, err = proc.communicate(timeout=300)
     lines = err.decode().splitlines()
     assert proc.returncode == 130, err.decode()
     assert len(lines) == 1 and lines[0].startswith("refresh-train: interrupted: stopped ")
     assert "continue with --resume" in lines[0]
     state = load_checkpoint(tmp_path / "ckpt")
-    assert 1 <= state["epoch"] < EPOCHS
+    assert state["epoch"] == 1  # stopped in the second epoch, after the step it was at
+    assert state["extra"]["mid_epoch"]["batches_done"] == at - per_epoch
     _resume_to_the_end_and_compare(store, tmp_path, uninterrupted)
