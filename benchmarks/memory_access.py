@@ -917,9 +917,8 @@ def staleness_points(
     """
     stale = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "refresh"
              and r["budget_frac"] == 0.10 and r["model"] == "sage"
-             and r["section"] in ("grid", "sweeps") and r["policy"] is None
-             and r["grad_quantile"] is None and r["layers"] is None
-             and r["order"] is None and r["warmup_steps"] is None]  # fmt: skip
+             and r["section"] in ("grid", "sweeps")
+             and all(r.get(k) is None for k in VARIANT_KEYS if k != "staleness_iters")]  # fmt: skip
     return sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
                    r["acc_minus_none_points"], r["share_of_none"], r["runs"],
                    r.get("acc_minus_none_ci95_points"))

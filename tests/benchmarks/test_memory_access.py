@@ -331,6 +331,7 @@ def test_staleness_points_pair_each_setting_with_none_of_its_seeds(tmp_path):
     records += [rec("refresh", s, a, 500, section="sweeps", staleness_iters=100)
                 for s, a in ((0, 0.80), (1, 0.72), (2, 0.73))]  # fmt: skip
     records += [rec("refresh", 0, 0.5, 100, section="sweeps", grad_quantile=0.7)]  # not staleness
+    records += [rec("refresh", 0, 0.5, 100, section="sweeps", max_serves=4)]  # nor this
     records += [rec("none", 0, 0.9, 900, budget=0.0, dataset="products"),
                 rec("refresh", 0, 0.9, 100, dataset="products")]  # fmt: skip
     rows = ma.summarize(records, {})["rows"]
