@@ -905,6 +905,12 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
     return files
 
 
+def _sage_refresh_at_10(r: dict[str, Any]) -> bool:
+    """A summary row of refresh with SAGE at 10 % on ``papers`` (the sweeps' setting)."""
+    key = (r["dataset"], r["model"], r["mode"], r["budget_frac"])
+    return key == ("papers", "sage", "refresh", 0.10)
+
+
 def staleness_points(
     rows: list[dict[str, Any]],
 ) -> list[tuple[int, float, float, int, float | None]]:
@@ -915,9 +921,7 @@ def staleness_points(
     default, 200). Accuracy is the difference to ``none`` of the same seeds, so
     settings run on different numbers of seeds still compare.
     """
-    stale = [r for r in rows if r["dataset"] == "papers" and r["mode"] == "refresh"
-             and r["budget_frac"] == 0.10 and r["model"] == "sage"
-             and r["section"] in ("grid", "sweeps")
+    stale = [r for r in rows if _sage_refresh_at_10(r) and r["section"] in ("grid", "sweeps")
              and all(r.get(k) is None for k in VARIANT_KEYS if k != "staleness_iters")]  # fmt: skip
     return sorted((r["staleness_iters"] if r["staleness_iters"] is not None else 200,
                    r["acc_minus_none_points"], r["share_of_none"], r["runs"],
@@ -953,12 +957,7 @@ def settings_over_seeds(
     """
     out = []
     for r in rows:
-        at_10 = (r["dataset"], r["model"], r["budget_frac"]) == ("papers", "sage", 0.10)
-        if (
-            not at_10
-            or r["mode"] != "refresh"
-            or r["section"] not in ("grid", "policies", "sweeps")
-        ):
+        if not _sage_refresh_at_10(r) or r["section"] not in ("grid", "policies", "sweeps"):
             continue
         if r["paired_seeds"] < min_seeds:
             continue

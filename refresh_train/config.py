@@ -285,9 +285,12 @@ class HistoryConfig:
                 continue  # never stops
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        m = self.max_serves
-        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
-            raise ConfigError(f"hist_max_serves must be an integer >= 1, got {m!r}")
+        for name, shown in (("lag_steps", "lag_steps"), ("max_serves", "hist_max_serves")):
+            value = getattr(self, name)  # None: the default / no limit
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ConfigError(f"{shown} must be an integer >= 1, got {value!r}")
         if self.shadow is not None:
             if self.shadow not in HIST_SHADOW_KINDS:
                 raise ConfigError(
@@ -297,12 +300,6 @@ class HistoryConfig:
                 raise ConfigError(
                     f"hist_shadow needs one cached layer, got hist_layers {self.layers!r}"
                 )
-        if self.lag_steps is not None and (
-            not isinstance(self.lag_steps, int)
-            or isinstance(self.lag_steps, bool)
-            or self.lag_steps < 1
-        ):
-            raise ConfigError(f"lag_steps must be an integer >= 1, got {self.lag_steps!r}")
         if self.policy not in HIST_POLICY_NAMES:
             raise ConfigError(
                 f"hist_policy must be one of {HIST_POLICY_NAMES}, got {self.policy!r}"

@@ -165,10 +165,16 @@ def test_models_choose_the_models_sections_models(tmp_path, capsys):
         (ds, mode, s) for ds in ("papers", "products") for mode in ma.MODES for s in (0, 4)
     )
     # An unknown model (SAGE is the grid's) is refused before anything runs.
+    assert_refused(["--sections", "models", "--models", "gat,sage"],
+                   "--models: unknown model 'sage'", tmp_path, capsys)  # fmt: skip
+
+
+def assert_refused(argv: list[str], message: str, tmp_path, capsys) -> None:
+    """``argv`` exits 2 with ``message`` in one line, before writing any output."""
     out = tmp_path / "bad.json"
-    assert ma.main(["--sections", "models", "--models", "gat,sage", "--out", str(out)]) == 2
+    assert ma.main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--models: unknown model 'sage'" in err and err.count("\n") == 1
+    assert message in err and err.count("\n") == 1
     assert not out.exists()
 
 
@@ -392,11 +398,8 @@ def test_epoch_times_leave_out_page_cache_runs():
 
 
 def test_an_unknown_shadow_kind_is_refused_before_anything_runs(tmp_path, capsys):
-    out = tmp_path / "bad.json"
-    assert ma.main(["--sections", "sweeps", "--shadows", "values,both", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "--shadows: unknown kind 'both'" in err and err.count("\n") == 1
-    assert not out.exists()
+    assert_refused(["--sections", "sweeps", "--shadows", "values,both"],
+                   "--shadows: unknown kind 'both'", tmp_path, capsys)  # fmt: skip
 
 
 def test_settings_over_seeds_keep_the_settings_run_on_enough_seeds():
